@@ -1,0 +1,1 @@
+"""Converters: one module per output format, registered in :mod:`edgekit.converters.registry`."""

@@ -1,0 +1,185 @@
+"""What every architecture shares: a typed view of config.json and the ArchSpec hooks.
+
+An architecture file declares an :class:`ArchSpec` (data) and overrides a hook only where
+the architecture really differs from Llama. Tensor names are mapped by gguf-py's
+TensorNameMap (llama.cpp's own table), so no architecture repeats name lists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgekit.errors import InputError
+
+if TYPE_CHECKING:
+    import gguf
+
+
+def _rope(cfg: dict[str, Any], layer_type: str | None = None) -> dict[str, Any]:
+    """Rope settings from either the transformers-5 ``rope_parameters`` or the older keys."""
+    params = cfg.get("rope_parameters")
+    if isinstance(params, dict):
+        if layer_type and isinstance(params.get(layer_type), dict):
+            return dict(params[layer_type])
+        if "rope_theta" in params or "rope_type" in params:
+            return dict(params)
+        # per-layer-type dict without the type we asked for: take the global one
+        for key in ("full_attention", "default"):
+            if isinstance(params.get(key), dict):
+                return dict(params[key])
+    out: dict[str, Any] = dict(cfg.get("rope_scaling") or {})
+    if "type" in out and "rope_type" not in out:
+        out["rope_type"] = out.pop("type")
+    out.setdefault("rope_theta", cfg.get("rope_theta", 10000.0))
+    return out
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """The hyper-parameters a decoder-only transformer needs, read from config.json."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    max_position: int
+    rms_norm_eps: float
+    rope: dict[str, Any]
+    tie_word_embeddings: bool
+    raw: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_hf(cls, cfg: dict[str, Any]) -> TextConfig:
+        if isinstance(cfg.get("text_config"), dict):  # multimodal wrappers keep the LM here
+            cfg = {**cfg["text_config"], "architectures": cfg.get("architectures")}
+        try:
+            hidden = int(cfg["hidden_size"])
+            heads = int(cfg["num_attention_heads"])
+            return cls(
+                hidden_size=hidden,
+                intermediate_size=int(cfg["intermediate_size"]),
+                num_layers=int(cfg["num_hidden_layers"]),
+                num_heads=heads,
+                num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
+                head_dim=int(cfg.get("head_dim") or hidden // heads),
+                vocab_size=int(cfg["vocab_size"]),
+                max_position=int(cfg.get("max_position_embeddings") or 4096),
+                rms_norm_eps=float(cfg.get("rms_norm_eps") or 1e-6),
+                rope=_rope(cfg),
+                tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+                raw=cfg,
+            )
+        except KeyError as e:
+            raise InputError(f"config.json lacks {e.args[0]!r}", hint="pass a complete Hugging Face config") from e
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """One supported architecture: data first, hooks for what differs."""
+
+    name: str  # edgekit's name, shown to users
+    hf_architectures: tuple[str, ...]  # config.json "architectures" values
+    gguf_arch: str  # gguf.MODEL_ARCH member name
+    # llama.cpp's LLAMA arch applies rope to interleaved pairs (rope type NORM), while HF
+    # rotates halves: q/k rows must be permuted. NEOX-rope archs (qwen2/3, gemma3) need none.
+    permute_qk: bool = False
+    # Gemma's RMSNorm multiplies by (1 + w); llama.cpp expects the plain scale.
+    norm_shift: float = 0.0
+    # HF tensors that carry no weights llama.cpp wants (rotary caches).
+    skip_suffixes: tuple[str, ...] = ("rotary_emb.inv_freq",)
+    # Tokenizer quirks the GGUF needs stated (llama.cpp defaults differ per model family).
+    add_space_prefix: bool | None = None
+
+    @property
+    def model_arch(self) -> gguf.MODEL_ARCH:
+        import gguf
+
+        return gguf.MODEL_ARCH[self.gguf_arch]
+
+    # -- hooks ------------------------------------------------------------------------
+    def write_hparams(self, w: gguf.GGUFWriter, c: TextConfig) -> None:
+        """Hyper-parameters common to llama-like decoders; extend in an arch file."""
+        w.add_context_length(c.max_position)
+        w.add_embedding_length(c.hidden_size)
+        w.add_block_count(c.num_layers)
+        w.add_feed_forward_length(c.intermediate_size)
+        w.add_head_count(c.num_heads)
+        w.add_head_count_kv(c.num_kv_heads)
+        w.add_layer_norm_rms_eps(c.rms_norm_eps)
+        w.add_rope_freq_base(float(c.rope.get("rope_theta", 10000.0)))
+        w.add_rope_dimension_count(c.head_dim)
+        w.add_key_length(c.head_dim)
+        w.add_value_length(c.head_dim)
+        w.add_vocab_size(c.vocab_size)
+        self.write_rope_scaling(w, c)
+
+    def write_rope_scaling(self, w: gguf.GGUFWriter, c: TextConfig) -> None:
+        import gguf
+
+        kind = c.rope.get("rope_type", "default")
+        if kind in (None, "default"):
+            return
+        factor = float(c.rope.get("factor", 1.0))
+        if kind == "linear":
+            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            w.add_rope_scaling_factor(factor)
+        elif kind == "yarn":
+            w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+            w.add_rope_scaling_factor(factor)
+            w.add_rope_scaling_orig_ctx_len(int(c.rope.get("original_max_position_embeddings", c.max_position)))
+        elif kind == "llama3":
+            pass  # expressed as the rope_freqs tensor, see extra_tensors
+        else:
+            raise InputError(f"rope scaling type {kind!r} is not supported",
+                             hint="supported: default, linear, yarn, llama3")
+
+    def extra_tensors(self, c: TextConfig) -> dict[str, np.ndarray]:
+        """Tensors llama.cpp needs that HF does not store (llama3 rope frequency factors)."""
+        if c.rope.get("rope_type") != "llama3":
+            return {}
+        # Same formula as transformers' _compute_llama3_parameters, as per-dimension divisors.
+        base = float(c.rope.get("rope_theta", 10000.0))
+        factor = float(c.rope.get("factor", 8.0))
+        low = float(c.rope.get("low_freq_factor", 1.0))
+        high = float(c.rope.get("high_freq_factor", 4.0))
+        old_ctx = float(c.rope.get("original_max_position_embeddings", 8192))
+        freqs = 1.0 / (base ** (np.arange(0, c.head_dim, 2, dtype=np.float32) / c.head_dim))
+        factors = []
+        for f in freqs:
+            wavelen = 2 * np.pi / f
+            if wavelen < old_ctx / high:
+                factors.append(1.0)
+            elif wavelen > old_ctx / low:
+                factors.append(factor)
+            else:
+                smooth = (old_ctx / wavelen - low) / (high - low)
+                factors.append(1.0 / ((1 - smooth) / factor + smooth))
+        return {"rope_freqs.weight": np.asarray(factors, dtype=np.float32)}
+
+    def transform(self, hf_name: str, data: np.ndarray, c: TextConfig) -> np.ndarray:
+        """Per-tensor fix-ups between HF's layout and llama.cpp's."""
+        if self.permute_qk:
+            if hf_name.endswith("q_proj.weight") or hf_name.endswith("q_proj.bias"):
+                data = permute_rope(data, c.num_heads)
+            elif hf_name.endswith("k_proj.weight") or hf_name.endswith("k_proj.bias"):
+                data = permute_rope(data, c.num_kv_heads)
+        if self.norm_shift and hf_name.endswith("norm.weight"):
+            data = data + np.float32(self.norm_shift)
+        return data
+
+    def skip(self, hf_name: str, c: TextConfig) -> bool:
+        if any(hf_name.endswith(s) for s in self.skip_suffixes):
+            return True
+        # A tied lm_head duplicates the embedding; llama.cpp reuses token_embd when output is absent.
+        return c.tie_word_embeddings and hf_name == "lm_head.weight"
+
+
+def permute_rope(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Reorder each head's rows from HF's [first half | second half] to interleaved pairs."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)

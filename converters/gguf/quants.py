@@ -1,0 +1,81 @@
+"""GGUF output types: one table, read by the converter, the CLI and the profiler.
+
+``ftype`` names llama.cpp's LLAMA_FTYPE_* constant (resolved lazily from llama_cpp, so
+validating a name costs no import). ``bpw`` is the nominal bits per weight of the main
+matmul type, block scales included (from ggml's block sizes: e.g. Q4_K stores 256 weights
+in 144 bytes = 4.5 bpw); "mixed" types (the _M/_S variants) keep some tensors at a higher
+type, which :func:`effective_bpw` in the profiler accounts for from real shapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from edgekit.errors import UnknownChoiceError
+
+
+class Precision(str, Enum):
+    """Precision classes shared by every format, keying the verification thresholds."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"  # f16 and bf16
+    INT8 = "int8"
+    INT6 = "int6"
+    INT5 = "int5"
+    INT4 = "int4"
+    INT3 = "int3"
+    INT2 = "int2"
+
+
+@dataclass(frozen=True)
+class GGUFQuant:
+    name: str  # what users type: q4_k_m
+    ftype: str  # llama_cpp.LLAMA_FTYPE_* member
+    main_type: str  # gguf.GGMLQuantizationType member of the large matrices
+    bpw: float  # nominal bits per weight of main_type
+    precision: Precision
+    note: str
+
+
+# Only types llama.cpp can make without an importance matrix (IQ*, Q2_K_S need one).
+QUANTS: tuple[GGUFQuant, ...] = (
+    GGUFQuant("f32", "LLAMA_FTYPE_ALL_F32", "F32", 32.0, Precision.FP32, "lossless, 4 bytes/weight"),
+    GGUFQuant("f16", "LLAMA_FTYPE_MOSTLY_F16", "F16", 16.0, Precision.FP16, "half precision"),
+    GGUFQuant("bf16", "LLAMA_FTYPE_MOSTLY_BF16", "BF16", 16.0, Precision.FP16, "bfloat16, lossless for bf16 sources"),
+    GGUFQuant("q8_0", "LLAMA_FTYPE_MOSTLY_Q8_0", "Q8_0", 8.5, Precision.INT8, "8-bit, blocks of 32"),
+    GGUFQuant("q6_k", "LLAMA_FTYPE_MOSTLY_Q6_K", "Q6_K", 6.5625, Precision.INT6, "6-bit k-quant"),
+    GGUFQuant("q5_k_m", "LLAMA_FTYPE_MOSTLY_Q5_K_M", "Q5_K", 5.5, Precision.INT5, "5-bit k-quant, some tensors q6_k"),
+    GGUFQuant("q5_k_s", "LLAMA_FTYPE_MOSTLY_Q5_K_S", "Q5_K", 5.5, Precision.INT5, "5-bit k-quant"),
+    GGUFQuant("q5_1", "LLAMA_FTYPE_MOSTLY_Q5_1", "Q5_1", 6.0, Precision.INT5, "legacy 5-bit with min"),
+    GGUFQuant("q5_0", "LLAMA_FTYPE_MOSTLY_Q5_0", "Q5_0", 5.5, Precision.INT5, "legacy 5-bit"),
+    GGUFQuant("q4_k_m", "LLAMA_FTYPE_MOSTLY_Q4_K_M", "Q4_K", 4.5, Precision.INT4, "4-bit k-quant, some tensors q6_k"),
+    GGUFQuant("q4_k_s", "LLAMA_FTYPE_MOSTLY_Q4_K_S", "Q4_K", 4.5, Precision.INT4, "4-bit k-quant"),
+    GGUFQuant("q4_1", "LLAMA_FTYPE_MOSTLY_Q4_1", "Q4_1", 5.0, Precision.INT4, "legacy 4-bit with min"),
+    GGUFQuant("q4_0", "LLAMA_FTYPE_MOSTLY_Q4_0", "Q4_0", 4.5, Precision.INT4, "legacy 4-bit"),
+    GGUFQuant("q3_k_l", "LLAMA_FTYPE_MOSTLY_Q3_K_L", "Q3_K", 3.4375, Precision.INT3, "3-bit k-quant, more q5_k"),
+    GGUFQuant("q3_k_m", "LLAMA_FTYPE_MOSTLY_Q3_K_M", "Q3_K", 3.4375, Precision.INT3, "3-bit k-quant"),
+    GGUFQuant("q3_k_s", "LLAMA_FTYPE_MOSTLY_Q3_K_S", "Q3_K", 3.4375, Precision.INT3, "3-bit k-quant, smallest"),
+    GGUFQuant("q2_k", "LLAMA_FTYPE_MOSTLY_Q2_K", "Q2_K", 2.625, Precision.INT2, "2-bit k-quant, large quality loss"),
+)
+_BY_NAME = {q.name: q for q in QUANTS}
+FLOAT_QUANTS = frozenset({"f32", "f16", "bf16"})
+
+
+def quant(name: str) -> GGUFQuant:
+    key = name.strip().lower()
+    if key not in _BY_NAME:
+        raise UnknownChoiceError("GGUF quant type", name, [q.name for q in QUANTS])
+    return _BY_NAME[key]
+
+
+def parse_quants(spec: str | list[str] | tuple[str, ...]) -> list[GGUFQuant]:
+    """``"f16,q8_0"`` or a list -> validated, de-duplicated, in the order given."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    out: list[GGUFQuant] = []
+    for item in items:
+        if item.strip() and quant(item) not in out:
+            out.append(quant(item))
+    if not out:
+        raise UnknownChoiceError("GGUF quant type", str(spec), [q.name for q in QUANTS])
+    return out

@@ -1,0 +1,131 @@
+"""The source of a conversion: a Hugging Face model directory (config, safetensors, tokenizer).
+
+Only metadata is read eagerly; tensors are served one at a time from memmaps so that peak
+memory stays near the largest tensor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import CorruptFileError, InputError, ModelNotFoundError
+
+from .safetensors_io import SafetensorsFile, TensorInfo
+
+INDEX_FILE = "model.safetensors.index.json"
+
+
+@dataclass
+class SourceModel:
+    path: Path
+    config: dict[str, Any]
+    files: list[SafetensorsFile] = field(repr=False)
+    _where: dict[str, SafetensorsFile] = field(repr=False)
+
+    @property
+    def architecture(self) -> str:
+        archs = self.config.get("architectures") or []
+        return str(archs[0]) if archs else str(self.config.get("model_type", "?"))
+
+    @property
+    def model_type(self) -> str:
+        return str(self.config.get("model_type", ""))
+
+    def names(self) -> list[str]:
+        return list(self._where)
+
+    def info(self, name: str) -> TensorInfo:
+        return self._where[name].tensors[name]
+
+    def has(self, name: str) -> bool:
+        return name in self._where
+
+    def float32(self, name: str) -> np.ndarray:
+        return self._where[name].float32(name)
+
+    def dtype_tags(self) -> set[str]:
+        return {f.tensors[n].dtype for n, f in self._where.items()}
+
+    def iter_infos(self) -> Iterator[TensorInfo]:
+        for name, f in self._where.items():
+            yield f.tensors[name]
+
+    def weights_sha256(self) -> str:
+        """sha256 over the weight files in name order (one file: that file's sha256)."""
+        from edgekit.fsutil import sha256_file
+
+        paths = sorted(f.path for f in self.files)
+        if len(paths) == 1:
+            return sha256_file(paths[0])
+        h = hashlib.sha256()
+        for p in paths:
+            h.update(f"{p.name}:{sha256_file(p)}\n".encode())
+        return h.hexdigest()
+
+    @property
+    def weights_bytes(self) -> int:
+        return sum(f.path.stat().st_size for f in self.files)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CorruptFileError(path, f"not valid JSON ({e.msg} at line {e.lineno})", hint="fix or re-download it") from e
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror}") from e
+    if not isinstance(data, dict):
+        raise CorruptFileError(path, "expected a JSON object")
+    return data
+
+
+def load_config(model_dir: Path) -> dict[str, Any]:
+    model_dir = Path(model_dir)
+    if not model_dir.exists():
+        raise ModelNotFoundError(f"model directory {model_dir} does not exist",
+                                 hint="pass the path of a Hugging Face model directory")
+    if not model_dir.is_dir():
+        raise ModelNotFoundError(f"{model_dir} is not a directory",
+                                 hint="pass the directory holding config.json and *.safetensors")
+    cfg_path = model_dir / "config.json"
+    if not cfg_path.is_file():
+        raise ModelNotFoundError(f"no config.json in {model_dir}",
+                                 hint="pass a Hugging Face model directory (saved with save_pretrained)")
+    return read_json(cfg_path)
+
+
+def open_source(model_dir: Path) -> SourceModel:
+    model_dir = Path(model_dir)
+    config = load_config(model_dir)
+    index = model_dir / INDEX_FILE
+    if index.is_file():
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CorruptFileError(index, "has no weight_map")
+        names = sorted(set(weight_map.values()))
+        missing = [n for n in names if not (model_dir / n).is_file()]
+        if missing:
+            raise ModelNotFoundError(f"shard {missing[0]} listed in {INDEX_FILE} is missing from {model_dir}",
+                                     hint="download every shard of the model")
+        paths = [model_dir / n for n in names]
+    else:
+        paths = sorted(model_dir.glob("*.safetensors"))
+        paths = [p for p in paths if not p.name.startswith("adapter_")]
+    if not paths:
+        bins = list(model_dir.glob("*.bin")) + list(model_dir.glob("*.pth"))
+        hint = ("re-save it with save_pretrained(..., safe_serialization=True); pickled .bin weights are not read "
+                "because loading them can run code") if bins else "save the model with save_pretrained"
+        raise ModelNotFoundError(f"no *.safetensors weights in {model_dir}", hint=hint)
+    files = [SafetensorsFile(p) for p in paths]
+    where: dict[str, SafetensorsFile] = {}
+    for f in files:
+        for name in f.tensors:
+            where[name] = f
+    return SourceModel(model_dir, config, files, where)

@@ -1,0 +1,1 @@
+"""CLI commands, one module each; registered in :data:`edgekit.cli.COMMANDS`."""

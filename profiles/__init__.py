@@ -1,0 +1,1 @@
+"""Hardware profiles (data) and the profiler."""

@@ -1,0 +1,1 @@
+"""Runtimes: one module per inference engine, behind one Session API."""
