@@ -1,4 +1,4 @@
-"""A small, validating safetensors reader on numpy memmaps.
+"""A small, validating safetensors reader on numpy.
 
 Why not ``safetensors.safe_open``: its numpy backend cannot return bfloat16, and the torch
 backend would make torch a dependency of conversion. Reading the format ourselves (8-byte
@@ -99,15 +99,22 @@ class SafetensorsFile:
             if info.nbytes != info.numel * _DTYPES[dtype][1]:
                 raise CorruptFileError(path, f"tensor {name!r}: {info.nbytes} bytes for shape {shape} {dtype}")
             self.tensors[name] = info
-        self._mmap: np.memmap | None = None
 
     def raw(self, name: str) -> np.ndarray:
-        """The tensor's data as stored (a memmap view: nothing is read until used)."""
+        """The tensor's data as stored, read into its own buffer.
+
+        Not a memmap on purpose: mapped pages stay resident (and counted in RSS) after use,
+        so a converter reading every tensor through one mapping ends up "holding" the
+        whole file; a plain read keeps memory at the tensor being converted.
+        """
         info = self.tensors[name]
-        if self._mmap is None:
-            self._mmap = np.memmap(self.path, dtype=np.uint8, mode="r")
         np_dtype, _ = _DTYPES[info.dtype]
-        return self._mmap[info.start:info.end].view(np_dtype).reshape(info.shape)
+        buf = np.empty(info.nbytes, dtype=np.uint8)
+        with open(self.path, "rb") as f:
+            f.seek(info.start)
+            if f.readinto(buf.data) != info.nbytes:
+                raise CorruptFileError(self.path, f"tensor {name!r} is cut short (file changed while reading?)")
+        return buf.view(np_dtype).reshape(info.shape)
 
     def float32(self, name: str) -> np.ndarray:
         return to_float32(self.raw(name), self.tensors[name].dtype)

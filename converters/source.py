@@ -1,7 +1,7 @@
 """The source of a conversion: a Hugging Face model directory (config, safetensors, tokenizer).
 
-Only metadata is read eagerly; tensors are served one at a time from memmaps so that peak
-memory stays near the largest tensor.
+Only metadata is read eagerly; tensors are read one at a time so that peak memory stays
+near the largest tensor.
 """
 
 from __future__ import annotations

@@ -42,11 +42,19 @@ def ensure_writable_dir(path: Path) -> Path:
 
 def output_error(e: OSError, target: Path) -> OutputError:
     """Turn an OSError while writing into a one-line error naming the cause."""
-    if e.errno == errno.ENOSPC:
+    if e.errno == errno.ENOSPC or _nearly_full(target.parent):
+        # numpy's tofile reports a short write without errno: ask the filesystem instead
         return OutputError(f"disk full while writing {target}", hint="free space or choose another -o")
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return OutputError(f"cannot write {target}: {e.strerror}", hint="choose a writable location with -o")
     return OutputError(f"cannot write {target}: {e.strerror or e}")
+
+
+def _nearly_full(directory: Path, margin: int = 1 << 20) -> bool:
+    try:
+        return shutil.disk_usage(directory).free < margin
+    except OSError:
+        return False
 
 
 def temp_path_for(final: Path) -> Path:

@@ -10,12 +10,12 @@ type, which :func:`effective_bpw` in the profiler accounts for from real shapes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from edgekit.errors import UnknownChoiceError
 
 
-class Precision(str, Enum):
+class Precision(StrEnum):
     """Precision classes shared by every format, keying the verification thresholds."""
 
     FP32 = "fp32"
