@@ -1,0 +1,209 @@
+"""The one Session API every runtime implements.
+
+A backend supplies token-level operations (tokenize, token bytes, a generator of sampled
+ids, end-of-generation test); everything at the text level -- incremental UTF-8-safe
+detokenization, stop strings, chat templating, timing -- is shared here, so GGUF and ONNX
+sessions behave identically.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import chat_template
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    max_tokens: int = 128
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    time_to_first_token_s: float = 0.0  # prompt processing + first sampled token
+    total_s: float = 0.0
+
+    @property
+    def prompt_tokens_per_s(self) -> float:
+        return self.prompt_tokens / self.time_to_first_token_s if self.time_to_first_token_s else 0.0
+
+    @property
+    def generation_tokens_per_s(self) -> float:
+        # tokens after the first, over the time after the first: decode speed alone
+        dt = self.total_s - self.time_to_first_token_s
+        return (self.completion_tokens - 1) / dt if self.completion_tokens > 1 and dt > 0 else 0.0
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "time_to_first_token_s": round(self.time_to_first_token_s, 6), "total_s": round(self.total_s, 6),
+                "prompt_tokens_per_s": round(self.prompt_tokens_per_s, 2),
+                "generation_tokens_per_s": round(self.generation_tokens_per_s, 2)}
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    finish_reason: str  # "stop" (EOS or stop string) or "length"
+    stats: GenerationStats = field(default_factory=GenerationStats)
+
+
+class Session(ABC):
+    """A loaded artifact. Use :func:`edgekit.load` to get one."""
+
+    backend: str = "?"
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.last_stats = GenerationStats()
+        self.last_finish_reason = "stop"
+
+    # -- what a backend implements ------------------------------------------------------
+    @abstractmethod
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]: ...
+
+    @abstractmethod
+    def token_bytes(self, ids: Sequence[int]) -> bytes: ...
+
+    @abstractmethod
+    def _sample(self, prompt_ids: list[int], cfg: SamplingConfig) -> Generator[int, None, None]:
+        """Yield sampled token ids forever (the caller stops); KV cache handled by the backend."""
+
+    @abstractmethod
+    def is_end(self, token: int) -> bool: ...
+
+    @abstractmethod
+    def logits(self, ids: list[int]) -> np.ndarray:
+        """Next-token logits for every position of ``ids``: shape [len(ids), vocab]."""
+
+    @property
+    @abstractmethod
+    def context_length(self) -> int: ...
+
+    @property
+    def chat_template(self) -> str | None:
+        return None
+
+    @property
+    def special_tokens(self) -> dict[str, str]:
+        return {}
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- shared text-level API -----------------------------------------------------------
+    def stream(self, prompt: str | list[int], **options: Any) -> Iterator[str]:
+        """Yield text pieces as they are generated; stats land in ``last_stats``."""
+        cfg = _config(options)
+        ids = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+        if not ids:
+            ids = self.tokenize("")
+        if len(ids) + cfg.max_tokens > self.context_length:
+            from edgekit.errors import InputError
+
+            raise InputError(f"prompt ({len(ids)} tokens) + max_tokens ({cfg.max_tokens}) exceeds the context "
+                             f"length {self.context_length}", hint="shorten the prompt, lower max_tokens or raise --ctx")
+        stats = GenerationStats(prompt_tokens=len(ids))
+        self.last_stats, self.last_finish_reason = stats, "length"
+        pending = b""  # bytes of an incomplete UTF-8 character
+        text_so_far = ""
+        emitted = 0  # chars of text_so_far already yielded (held back while a stop string may start)
+        hold = max((len(s) for s in cfg.stop), default=0)
+        t0 = time.perf_counter()
+        gen = self._sample(ids, cfg)
+        cut_by_stop = False
+        try:
+            for token in gen:
+                stats.completion_tokens += 1
+                if stats.completion_tokens == 1:
+                    stats.time_to_first_token_s = time.perf_counter() - t0
+                if self.is_end(token):
+                    self.last_finish_reason = "stop"
+                    break
+                pending += self.token_bytes([token])
+                piece = _decode_complete(pending)
+                pending = pending[len(piece.encode("utf-8")):]
+                text_so_far += piece
+                cut = _find_stop(text_so_far, cfg.stop, emitted)
+                if cut is not None:
+                    if cut > emitted:
+                        yield text_so_far[emitted:cut]
+                    self.last_finish_reason, cut_by_stop = "stop", True
+                    break
+                safe = len(text_so_far) - (hold - 1 if hold else 0)
+                if safe > emitted:
+                    yield text_so_far[emitted:safe]
+                    emitted = safe
+                if stats.completion_tokens >= cfg.max_tokens:
+                    break
+            if not cut_by_stop and len(text_so_far) > emitted:
+                yield text_so_far[emitted:]
+        finally:
+            gen.close()
+            stats.total_s = time.perf_counter() - t0
+
+    def generate(self, prompt: str | list[int], **options: Any) -> GenerationResult:
+        text = "".join(self.stream(prompt, **options))
+        return GenerationResult(text, self.last_finish_reason, self.last_stats)
+
+    def render_chat(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
+        template = self.chat_template or chat_template.FALLBACK_TEMPLATE
+        sp = self.special_tokens
+        return chat_template.render(template, messages, add_generation_prompt=add_generation_prompt,
+                                    bos_token=sp.get("bos", ""), eos_token=sp.get("eos", ""))
+
+    def chat_stream(self, messages: Sequence[Mapping[str, Any]], **options: Any) -> Iterator[str]:
+        # The template writes BOS itself when the model wants it: don't add another.
+        ids = self.tokenize(self.render_chat(messages), add_special=False)
+        return self.stream(ids, **options)
+
+    def chat(self, messages: Sequence[Mapping[str, Any]], **options: Any) -> GenerationResult:
+        text = "".join(self.chat_stream(messages, **options))
+        return GenerationResult(text, self.last_finish_reason, self.last_stats)
+
+
+def _config(options: Mapping[str, Any]) -> SamplingConfig:
+    opts = dict(options)
+    stop = opts.pop("stop", ()) or ()
+    cfg = SamplingConfig(stop=(stop,) if isinstance(stop, str) else tuple(stop), **opts)
+    if cfg.max_tokens < 1:
+        raise ValueError("max_tokens must be >= 1")
+    return cfg
+
+
+def _decode_complete(data: bytes) -> str:
+    """Decode the longest prefix of ``data`` that ends on a UTF-8 character boundary."""
+    for cut in range(len(data), max(len(data) - 4, -1), -1):
+        try:
+            return data[:cut].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+    return data.decode("utf-8", errors="replace")  # not UTF-8 at all: don't stall forever
+
+
+def _find_stop(text: str, stops: tuple[str, ...], start: int) -> int | None:
+    best: int | None = None
+    for s in stops:
+        i = text.find(s, max(0, start - len(s)))
+        if i != -1 and (best is None or i < best):
+            best = i
+    return best

@@ -1,0 +1,83 @@
+"""Process-wide llama.cpp setup: log routing and the AMX guard.
+
+Logs: llama-cpp-python installs a callback that prints to stderr; library code must not
+print, so we replace it once with one that logs to ``edgekit.llama_cpp``. llama.cpp is
+chatty: its INFO goes to DEBUG (shown with -vv) and its WARN to INFO (-v).
+
+AMX: on Sapphire Rapids hosts llama.cpp (GGML_NATIVE builds) moves q4_0/q8_0/k-quant
+weights into AMX "extra buffers"; in virtual machines seen here those kernels segfault on
+the first matmul (f16/f32 and q5_0/q2_k, which skip AMX, run fine). We turn extra buffer
+types off when llama.cpp reports AMX, at the cost of its weight repacking.
+``EDGEKIT_LLAMA_EXTRA_BUFTS=1`` forces them on, ``=0`` off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from functools import lru_cache
+from typing import Any
+
+_log = logging.getLogger("edgekit.llama_cpp")
+_LEVELS = {0: logging.DEBUG, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.DEBUG, 5: logging.DEBUG}
+_callback: Any = None  # keep a reference: ctypes would free the trampoline otherwise
+_patch_lock = threading.Lock()
+
+
+def route_llama_logs() -> None:
+    global _callback
+    if _callback is not None:
+        return
+    import llama_cpp
+
+    @llama_cpp.llama_log_callback  # type: ignore[misc]
+    def _cb(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        lvl = _LEVELS.get(level, logging.DEBUG)
+        if _log.isEnabledFor(lvl):
+            _log.log(lvl, text.decode("utf-8", errors="replace").rstrip())
+
+    _callback = _cb
+    llama_cpp.llama_log_set(_cb, ctypes.c_void_p(0))
+
+
+@lru_cache(maxsize=1)
+def use_extra_buffer_types() -> bool:
+    forced = os.environ.get("EDGEKIT_LLAMA_EXTRA_BUFTS")
+    if forced in ("0", "1"):
+        return forced == "1"
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info().decode(errors="replace")
+    return "AMX_INT8 = 1" not in info
+
+
+@contextlib.contextmanager
+def llama_load_params() -> Iterator[None]:
+    """While a ``llama_cpp.Llama`` is constructed, apply edgekit's model-load settings.
+
+    llama-cpp-python has no argument for ``use_extra_bufts``; it fills llama_model_params
+    from ``llama_model_default_params()``, so we wrap that call for the construction.
+    """
+    route_llama_logs()
+    if use_extra_buffer_types():
+        yield
+        return
+    import llama_cpp.llama_cpp as C
+
+    with _patch_lock:
+        original = C.llama_model_default_params
+
+        def patched() -> Any:
+            params = original()
+            params.use_extra_bufts = False
+            return params
+
+        C.llama_model_default_params = patched
+        try:
+            yield
+        finally:
+            C.llama_model_default_params = original

@@ -1,0 +1,68 @@
+"""Which runtime opens which artifact: detected from the file, registered in one table."""
+
+from __future__ import annotations
+
+import importlib
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from edgekit.errors import InputError, ModelNotFoundError
+
+from .base import Session
+
+
+class ArtifactKind(StrEnum):
+    GGUF = "gguf"
+    ONNX = "onnx"
+
+
+# kind -> (module, Session class); imported only when that kind is opened
+RUNTIMES: dict[ArtifactKind, tuple[str, str]] = {
+    ArtifactKind.GGUF: ("edgekit.runtimes.llamacpp", "LlamaCppSession"),
+}
+
+
+def detect(path: Path, quant: str | None = None) -> tuple[ArtifactKind, Path]:
+    """Resolve a file, an ONNX directory or an edgekit output directory to (kind, artifact path)."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelNotFoundError(f"{path} does not exist", hint="pass a .gguf file, an ONNX model directory or "
+                                                                "an edgekit output directory")
+    if path.is_file():
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic == b"GGUF":
+            return ArtifactKind.GGUF, path
+        raise InputError(f"{path} is not an artifact edgekit can run (not GGUF)",
+                         hint="pass a .gguf file or an ONNX model directory")
+    if (path / "genai_config.json").is_file():
+        return ArtifactKind.ONNX, path
+    from edgekit.manifest import MANIFEST_NAME, load_manifest
+
+    if (path / MANIFEST_NAME).is_file():
+        arts = load_manifest(path).artifacts
+        if quant is not None:
+            arts = [a for a in arts if a.quant == quant]
+        runnable = [a for a in arts if a.format in {k.value for k in RUNTIMES}]
+        if not runnable:
+            listed = ", ".join(f"{a.format}:{a.quant}" for a in load_manifest(path).artifacts) or "none"
+            raise InputError(f"no runnable artifact{' with quant ' + quant if quant else ''} in {path}",
+                             hint=f"artifacts listed: {listed}")
+        return detect(path / runnable[0].file)
+    ggufs = sorted(path.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return ArtifactKind.GGUF, ggufs[0]
+    raise InputError(f"cannot tell which artifact to run in {path}",
+                     hint="pass the .gguf file itself, or a directory with an edgekit.json manifest")
+
+
+def load(path: str | Path, *, quant: str | None = None, **options: Any) -> Session:
+    kind, artifact = detect(Path(path), quant)
+    if kind not in RUNTIMES:
+        raise InputError(f"no runtime for {kind.value} artifacts is installed in this edgekit",
+                         hint=f"available: {', '.join(k.value for k in RUNTIMES)}")
+    module, cls = RUNTIMES[kind]
+    session_cls = getattr(importlib.import_module(module), cls)
+    session: Session = session_cls(artifact, **options)
+    return session
