@@ -1,5 +1,44 @@
-"""edgekit: convert fine-tuned LLMs to GGUF / ONNX / GPTQ, verify them, run them on edge hardware."""
+"""edgekit: convert fine-tuned LLMs to GGUF / ONNX / GPTQ, verify them, run them on edge hardware.
+
+    >>> import edgekit
+    >>> edgekit.convert("my-finetune/", "out/", to="gguf", quants="f16,q4_k_m")   # doctest: +SKIP
+    >>> with edgekit.load("out/my-finetune-q4_k_m.gguf") as s:                    # doctest: +SKIP
+    ...     print(s.generate("Hello", max_tokens=32).text)
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from edgekit.runtimes.base import Session
+
+
+def load(path: str | Path, *, quant: str | None = None, **options: Any) -> Session:
+    """Open an artifact (GGUF file, ONNX dir, or an output dir with edgekit.json) for generation.
+
+    Options go to the runtime: ``n_ctx``, ``n_threads``, ``n_gpu_layers`` for llama.cpp.
+    """
+    from edgekit.runtimes.registry import load as _load
+
+    return _load(path, quant=quant, **options)
+
+
+def convert(model_dir: str | Path, out_dir: str | Path, *, to: str = "gguf", **options: Any) -> Any:
+    """Convert a Hugging Face model directory; every artifact is verified unless ``verify_artifacts=False``."""
+    from edgekit.converters.registry import converter, parse_format
+
+    return converter(parse_format(to))(Path(model_dir), Path(out_dir), **options)
+
+
+def inspect(path: str | Path) -> dict[str, Any]:
+    """A GGUF file's metadata and tensor table, or an output directory's manifest, as a dict."""
+    from edgekit.commands.inspect import inspect_path
+
+    return inspect_path(Path(path))
+
+
+__all__ = ["__version__", "convert", "inspect", "load"]

@@ -24,7 +24,7 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     numeric = [all(_is_num(row[i]) for row in rows) and bool(rows) for i in range(len(headers))]
 
     def line(values: Sequence[str]) -> str:
-        parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)]
+        parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=False)]
         return "  ".join(parts).rstrip()
 
     out = [line(list(headers)), line(["-" * w for w in widths])]
@@ -33,7 +33,7 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def _is_num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) or v is None
+    return (isinstance(v, int | float) and not isinstance(v, bool)) or v is None
 
 
 def _fmt(v: Any) -> str:
@@ -54,8 +54,8 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+def emit_json(data: Any, *, compact: bool = False) -> None:
+    click.echo(json.dumps(data, indent=None if compact else 2, default=str))
 
 
 def human_bytes(n: float) -> str:
