@@ -91,16 +91,21 @@ def convert_gguf(
 
     reference: Reference | None = None
     base_type = _base_type(source.dtype_tags())
+    # The lossless float type, when requested, is written first and doubles as the
+    # quantization base; otherwise a temporary base is written and deleted at the end.
+    base_q = next((q for q in wanted if q.name == base_type), None)
+    ordered = ([base_q] if base_q else []) + [q for q in wanted if q is not base_q]
+    base_path: Path | None = None
     base_tmp: Path | None = None
     try:
-        if any(q.name not in FLOAT_QUANTS for q in wanted):
-            base_tmp = temp_path_for(out_dir / f"{stem}-{base_type}.gguf")
+        if base_q is None and any(q.name not in FLOAT_QUANTS for q in wanted):
+            base_tmp = base_path = temp_path_for(out_dir / f"{stem}-{base_type}.gguf")
             with timer.step(f"write {base_type} (base for quantization)"):
                 report(progress, f"write {base_type}", "streaming tensors (base for quantization)")
                 write_float_gguf(source, base_tmp, spec=spec, out_type=base_type, adapter=adapter, name=name,
                                  pre_override=pre_override, progress=progress)
 
-        for q in wanted:
+        for q in ordered:
             final = out_dir / f"{stem}-{q.name}.gguf"
             t0 = time.perf_counter()
             with atomic_output(final) as tmp:
@@ -110,10 +115,10 @@ def convert_gguf(
                         write_float_gguf(source, tmp, spec=spec, out_type=q.name, adapter=adapter, name=name,
                                          pre_override=pre_override, progress=progress)
                 else:
-                    assert base_tmp is not None
+                    assert base_path is not None
                     with timer.step(f"quantize {q.name}"):
                         report(progress, f"quantize {q.name}", "llama.cpp quantizer")
-                        quantize_file(base_tmp, tmp, q, threads=threads)
+                        quantize_file(base_path, tmp, q, threads=threads)
                 verification = None
                 if verify_artifacts:
                     if reference is None:
@@ -134,6 +139,8 @@ def convert_gguf(
                 entry = ArtifactEntry(file=final.name, format="gguf", quant=q.name, precision=q.precision.value,
                                       size_bytes=size, sha256=sha256_file(tmp), verification=verification,
                                       seconds=round(time.perf_counter() - t0, 3))
+            if q is base_q:
+                base_path = final
             manifest.upsert(entry)
             manifest.save(out_dir)  # after each rename: the manifest never lists a missing file
             result.artifacts.append(entry)
