@@ -47,8 +47,12 @@ def bench_raw(path: Path, n_ctx: int, threads: int, max_tokens: int) -> dict[str
     try:
         t0 = time.perf_counter()
         ttft, n = 0.0, 0
-        for _ in llm.create_completion(PROMPT, max_tokens=max_tokens, temperature=0.0, top_k=1, top_p=1.0,
-                                       min_p=0.0, repeat_penalty=1.0, stream=True):
+        for chunk in llm.create_completion(PROMPT, max_tokens=max_tokens, temperature=0.0, top_k=1, top_p=1.0,
+                                           min_p=0.0, repeat_penalty=1.0, stream=True):
+            # one chunk per token, plus a closing chunk (finish_reason set) that may carry no text
+            choice = chunk["choices"][0]  # type: ignore[index]
+            if choice["finish_reason"] is not None and not choice["text"]:
+                continue
             n += 1
             if n == 1:
                 ttft = time.perf_counter() - t0
