@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "inspect": ("inspect", "inspect", "Show a GGUF file's metadata and tensors, or an output manifest."),
     "run": ("run", "run", "Generate text from an artifact (streams tokens)."),
     "chat": ("run", "chat", "Chat with an artifact using its chat template."),
+    "profile": ("profile", "profile", "Hardware profiles: list, show, detect this host, calibrate."),
+    "recommend": ("recommend", "recommend", "Rank formats/quants for a device profile and pick one."),
 }
 
 

@@ -1,0 +1,125 @@
+"""Measure this host's achievable memory bandwidth and matmul rate, in a few seconds.
+
+Bandwidth: every core sums its slice of a float32 array much larger than the caches
+(numpy's reductions release the GIL, so threads run in parallel); token generation is a
+streaming read of the weights, so the read rate is the figure that matters. A copy rate
+(read + write) is reported alongside. Matmul: float32 GEMM through numpy's BLAS, the
+ceiling for prompt processing on the CPU. Best of several repeats: the question is what the
+hardware can do, not what a noisy neighbour left over.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from .schema import DeviceClass, Figure, Origin, PowerMode, Profile, SourceKind
+
+log = logging.getLogger(__name__)
+
+MAX_ARRAY_BYTES = 512 * 2**20  # well past any L3; capped by MemAvailable / 8 below
+MATMUL_N = 2048  # 2 x 2048^3 = 17 GFLOP per product: long enough to time, short enough to repeat
+
+
+@dataclass(frozen=True)
+class Calibration:
+    read_gbs: float  # all threads, streaming sum
+    read_1t_gbs: float  # one thread
+    copy_gbs: float  # all threads, read + write bytes counted
+    matmul_gflops: float  # float32 GEMM
+    threads: int
+    array_mib: int
+    seconds: float
+
+    @property
+    def bandwidth_gbs(self) -> float:
+        """The best streaming read any thread count reached: what the memory can deliver."""
+        return max(self.read_gbs, self.read_1t_gbs)
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {k: round(v, 2) if isinstance(v, float) else v for k, v in self.__dict__.items()}
+
+
+def _best(fn: Callable[[], object], budget_s: float, min_reps: int = 3) -> float:
+    """Fastest wall time of ``fn`` over repeats that fit the budget (at least ``min_reps``)."""
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_reps or time.perf_counter() - start < budget_s:
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+        if len(times) >= 50:
+            break
+    return min(times)
+
+
+def _memory_rates(size: int, n_threads: int, share: float) -> tuple[float, float, float]:
+    """(read all threads, read one thread, copy) in bytes/s over a ``size``-byte array."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    a = np.ones(size // 4, dtype=np.float32)
+    b = np.empty_like(a)
+    chunks, out_chunks = np.array_split(a, n_threads), np.array_split(b, n_threads)
+    with ThreadPoolExecutor(n_threads) as pool:
+        list(pool.map(np.copyto, out_chunks, chunks))  # fault every page in and wake the threads
+        read = a.nbytes / _best(lambda: list(pool.map(np.sum, chunks)), share)
+        copy = 2 * a.nbytes / _best(lambda: list(pool.map(np.copyto, out_chunks, chunks)), share)
+    read_1t = a.nbytes / _best(lambda: a.sum(), share / 2)
+    return read, read_1t, copy
+
+
+def measure(budget_s: float = 4.0, threads: int | None = None, available_bytes: int | None = None) -> Calibration:
+    import numpy as np
+
+    t0 = time.perf_counter()
+    n_threads = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    if available_bytes is None:
+        import psutil
+
+        available_bytes = psutil.virtual_memory().available
+    size = max(64 * 2**20, min(MAX_ARRAY_BYTES, available_bytes // 8))
+    share = budget_s / 4
+    read, read_1t, copy = _memory_rates(size, n_threads, share)
+    x = np.random.default_rng(0).standard_normal((MATMUL_N, MATMUL_N), dtype=np.float32)
+    x @ x  # BLAS thread start-up
+    gflops = 2 * MATMUL_N**3 / _best(lambda: x @ x, share * 1.5) / 1e9
+    cal = Calibration(read / 1e9, read_1t / 1e9, copy / 1e9, gflops, n_threads, size // 2**20,
+                      time.perf_counter() - t0)
+    log.info("calibration: %s", cal)
+    return cal
+
+
+def calibrated_profile(base: Profile, cal: Calibration) -> Profile:
+    """``base`` (usually the detected host) with the measured figures in place.
+
+    The numpy read rate is the CPU's view of memory: it replaces the bandwidth of CPU-class
+    hosts only. On a Jetson or a GPU host it is kept as a note, since the accelerator reaches
+    a different rate (its own memory, or the shared DRAM through a wider path)."""
+    ref = f"numpy streaming read, best of 1 and {cal.threads} threads, {cal.array_mib} MiB array"
+    measured_bw = Figure(round(cal.bandwidth_gbs, 2), SourceKind.MEASURED, ref)
+    gflops = Figure(round(cal.matmul_gflops, 1), SourceKind.MEASURED, "numpy float32 GEMM 2048^3")
+    notes = f"Calibrated: CPU read {cal.read_gbs:.1f} GB/s, copy {cal.copy_gbs:.1f} GB/s, " \
+            f"matmul {cal.matmul_gflops:.0f} GFLOP/s."
+    modes = base.power_modes
+    if base.device_class in (DeviceClass.X86_CPU, DeviceClass.ARM_CPU):
+        modes = tuple(PowerMode(m.name, measured_bw, m.power_w, m.emc_mhz, m.note) if m.name == base.default_mode
+                      else m for m in base.power_modes)
+    else:
+        notes += " The accelerator's bandwidth is the profile's figure, not this CPU measurement."
+    return replace(base, power_modes=modes, compute=replace(base.compute, cpu_gflops=gflops),
+                   origin=Origin.CALIBRATED, notes=notes,
+                   display_name=base.display_name.replace("This host", "This host, calibrated"))
+
+
+def calibrate(name: str = "host", root: Path = Path("/"), budget_s: float = 4.0) -> tuple[Profile, Calibration]:
+    """Detect this host, measure it, and return the calibrated profile (not yet saved)."""
+    from .detect import detect_host
+
+    cal = measure(budget_s)
+    return calibrated_profile(detect_host(root, name=name), cal), cal

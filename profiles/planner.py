@@ -1,0 +1,250 @@
+"""`edgekit recommend`: every (format, quant, runtime) a profile supports, costed and ranked.
+
+The pick is the best quality that fits the memory budget and meets the speed floor. Quality
+is the mean KL divergence to the source model (nats, lower is better): measured when the
+model directory's ``edgekit.json`` has a verified artifact of that kind, else an estimate per
+quant type (marked as such). Candidates whose quality is within ``QUALITY_TIE_KL`` of the
+best are treated as equal and the fastest of them wins, so a near-lossless 8-bit model beats
+f16 that is twice as slow for no visible gain.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from .costs import GIB, RUNTIME_OVERHEAD_GIB, Cost, estimate
+from .schema import Backend, OnnxPrecision, Profile, Runtime
+from .shapes import ModelShapes, gguf_weights, model_shapes, onnx_weights
+
+log = logging.getLogger(__name__)
+
+
+class Format(StrEnum):
+    GGUF = "gguf"
+    ONNX = "onnx"
+
+
+class QualitySource(StrEnum):
+    MEASURED = "measured"
+    ESTIMATED = "estimated"
+
+
+@dataclass(frozen=True)
+class Quality:
+    mean_kl: float  # nats vs the source model, lower is better
+    top1: float  # fraction of positions whose argmax agrees
+    ppl_delta_pct: float
+    source: QualitySource = QualitySource.ESTIMATED
+
+
+# Default GGUF candidates: one per precision step that llama.cpp makes without an imatrix.
+GGUF_CANDIDATES = ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", "q3_k_m", "q2_k")
+
+# Estimated quality per quant type, for when nothing was measured. Perplexity deltas are
+# llama.cpp's k-quants results on LLaMA-7B (wikitext, PR #1684: q8_0 +0.01%, q6_k +0.07%,
+# q5_k_m +0.24%, q4_k_m +0.9%, q4_0 +4.2%, q3_k_m +4.1%, q2_k +14.7%), rounded; KL and top-1
+# follow the same ordering at magnitudes typical of llama.cpp's KL-divergence runs on 7-8B
+# models. Small models lose more per bit, so treat these as a ranking, not a promise. ONNX
+# int4 is round-to-nearest, block 32, symmetric: close to q4_0.
+QUALITY_TABLE: dict[tuple[Format, str], Quality] = {
+    (Format.GGUF, "f32"): Quality(0.0, 1.0, 0.0),
+    (Format.GGUF, "f16"): Quality(0.00001, 0.999, 0.0),
+    (Format.GGUF, "bf16"): Quality(0.00001, 0.999, 0.0),
+    (Format.GGUF, "q8_0"): Quality(0.0005, 0.993, 0.01),
+    (Format.GGUF, "q6_k"): Quality(0.0018, 0.985, 0.07),
+    (Format.GGUF, "q5_k_m"): Quality(0.005, 0.975, 0.24),
+    (Format.GGUF, "q5_k_s"): Quality(0.007, 0.972, 0.6),
+    (Format.GGUF, "q4_k_m"): Quality(0.02, 0.955, 0.9),
+    (Format.GGUF, "q4_k_s"): Quality(0.03, 0.948, 1.9),
+    (Format.GGUF, "q4_0"): Quality(0.06, 0.935, 4.2),
+    (Format.GGUF, "q3_k_m"): Quality(0.08, 0.915, 4.1),
+    (Format.GGUF, "q2_k"): Quality(0.35, 0.83, 14.7),
+    (Format.ONNX, "fp32"): Quality(0.0, 1.0, 0.0),
+    (Format.ONNX, "fp16"): Quality(0.00001, 0.999, 0.0),
+    (Format.ONNX, "int4"): Quality(0.05, 0.94, 3.5),
+}
+QUALITY_TIE_KL = 0.002  # nats: below what the verification step can tell apart on short probes
+DEFAULT_CTX = 4096
+
+
+@dataclass
+class Candidate:
+    format: Format
+    quant: str
+    runtime: Runtime
+    backend: Backend
+    cost: Cost
+    quality: Quality
+    fits: bool = False
+    meets_speed: bool = True
+    pareto: bool = False
+    pick: bool = False
+    artifact: str = ""  # file name from the manifest, when it exists
+
+    @property
+    def label(self) -> str:
+        return f"{self.format.value} {self.quant}"
+
+    def to_dict(self) -> dict[str, Any]:
+        c = self.cost
+        return {
+            "format": self.format.value, "quant": self.quant, "runtime": self.runtime.value,
+            "backend": self.backend.value, "artifact": self.artifact or None,
+            "memory": {"total_bytes": c.total_bytes, "weights_bytes": c.weights_bytes, "kv_cache_bytes": c.kv_bytes,
+                       "buffers_bytes": c.buffer_bytes, "runtime_overhead_bytes": c.overhead_bytes},
+            "fits": self.fits, "gen_tokens_per_s": round(c.gen_tps, 2), "prompt_tokens_per_s": round(c.prompt_tps, 1),
+            "meets_speed": self.meets_speed, "efficiency": {"decode": c.efficiency.decode,
+                                                            "prefill": c.efficiency.prefill,
+                                                            "ref": c.efficiency.ref},
+            "quality": {"mean_kl": self.quality.mean_kl, "top1": self.quality.top1,
+                        "ppl_delta_pct": self.quality.ppl_delta_pct, "source": self.quality.source.value},
+            "pareto": self.pareto, "pick": self.pick,
+        }
+
+
+@dataclass
+class Plan:
+    model: str
+    profile: str
+    mode: str
+    ctx: int
+    budget_bytes: int
+    min_tps: float | None
+    params: int
+    candidates: list[Candidate]
+    pick: Candidate | None
+    reason: str
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "profile": self.profile, "power_mode": self.mode, "ctx": self.ctx,
+                "memory_budget_bytes": self.budget_bytes, "min_tokens_per_s": self.min_tps, "params": self.params,
+                "pick": self.pick.to_dict() if self.pick else None, "reason": self.reason, "notes": self.notes,
+                "candidates": [c.to_dict() for c in self.candidates]}
+
+
+def read_measured_quality(model_dir: Path) -> dict[tuple[Format, str], tuple[Quality, str]]:
+    """Verified artifacts from ``edgekit.json``: (format, quant) -> (measured quality, file)."""
+    path = model_dir / "edgekit.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        entries = data.get("artifacts", []) if isinstance(data, dict) else []
+    except (OSError, json.JSONDecodeError) as e:
+        log.warning("ignoring unreadable manifest %s: %s", path, e)
+        return {}
+    out: dict[tuple[Format, str], tuple[Quality, str]] = {}
+    for a in entries:
+        v = a.get("verification") if isinstance(a, dict) else None
+        if not isinstance(v, dict) or not all(isinstance(v.get(k), int | float) for k in ("mean_kl", "top1")):
+            continue
+        try:
+            fmt = Format(str(a.get("format", "")).lower())
+        except ValueError:
+            continue
+        q = Quality(float(v["mean_kl"]), float(v["top1"]), float(v.get("ppl_delta_pct") or 0.0), QualitySource.MEASURED)
+        out[(fmt, str(a.get("quant", "")).lower())] = (q, str(a.get("file", "")))
+    return out
+
+
+def _candidates(profile: Profile) -> list[tuple[Format, str, Runtime, Backend, OnnxPrecision | None]]:
+    out: list[tuple[Format, str, Runtime, Backend, OnnxPrecision | None]] = []
+    for rt in profile.runtimes:
+        if rt.runtime is Runtime.LLAMA_CPP:
+            out += [(Format.GGUF, q, rt.runtime, rt.backend, None) for q in GGUF_CANDIDATES]
+        elif (rt.runtime, rt.backend) in RUNTIME_OVERHEAD_GIB:
+            out += [(Format.ONNX, p.value, rt.runtime, rt.backend, p) for p in rt.onnx]
+    return out
+
+
+def _dominates(a: Candidate, b: Candidate) -> bool:
+    ge = (a.quality.mean_kl <= b.quality.mean_kl and a.cost.gen_tps >= b.cost.gen_tps
+          and a.cost.total_bytes <= b.cost.total_bytes)
+    gt = (a.quality.mean_kl < b.quality.mean_kl or a.cost.gen_tps > b.cost.gen_tps
+          or a.cost.total_bytes < b.cost.total_bytes)
+    return ge and gt
+
+
+def plan(model_dir: Path, profile: Profile, *, ctx: int = DEFAULT_CTX, mode: str | None = None,
+         min_tps: float | None = None, max_memory_gb: float | None = None) -> Plan:
+    from edgekit.converters.source import load_config
+    from edgekit.errors import InputError
+
+    if ctx < 1:
+        raise InputError(f"--ctx must be positive, got {ctx}")
+    if max_memory_gb is not None and max_memory_gb <= 0:
+        raise InputError(f"--max-memory must be positive, got {max_memory_gb}")
+    model_dir = Path(model_dir)
+    shapes = model_shapes(load_config(model_dir))
+    power = profile.mode(mode)
+    budget_gib = profile.usable_memory_gb.value if max_memory_gb is None else min(max_memory_gb,
+                                                                                  profile.usable_memory_gb.value)
+    budget = int(budget_gib * GIB)
+    measured = read_measured_quality(model_dir)
+    notes: list[str] = []
+    if ctx > shapes.config.max_position:
+        notes.append(f"ctx {ctx} exceeds the model's max_position_embeddings ({shapes.config.max_position})")
+    estimated_figures = [what for what, fig in (("bandwidth", power.bandwidth_gbs),
+                                                ("usable memory", profile.usable_memory_gb)) if fig.source == "estimated"]
+    if estimated_figures:
+        notes.append(f"profile figures that are estimates, not datasheet or measured: {', '.join(estimated_figures)}")
+
+    cands: list[Candidate] = []
+    for fmt, q, runtime, backend, precision in _candidates(profile):
+        weights = gguf_weights(shapes, q) if fmt is Format.GGUF else onnx_weights(shapes, precision, backend)  # type: ignore[arg-type]
+        cost = estimate(shapes, weights, runtime, backend, profile, ctx=ctx, mode=power.name, onnx_precision=precision)
+        quality, artifact = measured.get((fmt, q), (QUALITY_TABLE[(fmt, q)], ""))
+        cands.append(Candidate(fmt, q, runtime, backend, cost, quality, fits=cost.total_bytes <= budget,
+                               meets_speed=min_tps is None or cost.gen_tps >= min_tps, artifact=artifact))
+    fitting = [c for c in cands if c.fits]
+    for c in fitting:
+        c.pareto = not any(_dominates(o, c) for o in fitting if o is not c)
+    feasible = [c for c in fitting if c.meets_speed]
+    pick: Candidate | None = None
+    if feasible:
+        best_kl = min(c.quality.mean_kl for c in feasible)
+        pick = max((c for c in feasible if c.quality.mean_kl <= best_kl + QUALITY_TIE_KL), key=lambda c: c.cost.gen_tps)
+        pick.pick = True
+    ranked = sorted(cands, key=lambda c: (not c.pick, not c.fits, not c.meets_speed,
+                                          c.quality.mean_kl if c.fits else c.cost.total_bytes, -c.cost.gen_tps))
+    reason = _reason(pick, cands, shapes, profile, power.name, ctx, budget, min_tps)
+    return Plan(str(model_dir), profile.name, power.name, ctx, budget, min_tps, shapes.params, ranked, pick, reason,
+                notes)
+
+
+def _gib(n: float) -> str:
+    return f"{n / GIB:.2f} GiB"
+
+
+def _reason(pick: Candidate | None, cands: list[Candidate], shapes: ModelShapes, profile: Profile, mode: str,
+            ctx: int, budget: int, min_tps: float | None) -> str:
+    where = f"{profile.name} ({mode})"
+    if not cands:
+        return f"{where} lists no runtime edgekit can plan for."
+    fitting = [c for c in cands if c.fits]
+    if not fitting:
+        small = min(cands, key=lambda c: c.cost.total_bytes)
+        return (f"Nothing fits: the smallest candidate, {small.label}, needs {_gib(small.cost.total_bytes)} at ctx {ctx}, "
+                f"more than the {_gib(budget)} available on {where}; use a shorter --ctx, a smaller model or a "
+                f"bigger device.")
+    if pick is None:
+        fast = max(fitting, key=lambda c: c.cost.gen_tps)
+        return (f"Nothing reaches {min_tps:g} tokens/s: the fastest candidate that fits, {fast.label} on "
+                f"{fast.runtime.value}, is predicted at {fast.cost.gen_tps:.1f} tokens/s on {where}; lower "
+                f"--min-tokens-per-s or choose a faster device or power mode.")
+    best = min((c for c in fitting if c.meets_speed), key=lambda c: c.quality.mean_kl)
+    floor = f" and reaches {min_tps:g} tokens/s" if min_tps else ""
+    predicted = (f"(predicted {_gib(pick.cost.total_bytes)}, {pick.cost.gen_tps:.1f} tokens/s, "
+                 f"quality {pick.quality.source.value})")
+    head = f"{pick.label} on {pick.runtime.value}/{pick.backend.value}"
+    if best is pick:
+        return f"{head} is the most accurate candidate that fits {_gib(budget)} on {where}{floor} {predicted}."
+    return (f"{head} is as accurate as {best.label} (within {QUALITY_TIE_KL} nats KL) but "
+            f"{pick.cost.gen_tps / best.cost.gen_tps:.1f}x faster, and fits {_gib(budget)} on {where}{floor} "
+            f"{predicted}.")

@@ -1,0 +1,261 @@
+"""Tensor shapes from config.json, and what each quant type makes of them.
+
+Sizes come from the real tensor list of the architecture (what the GGUF converter writes)
+and ggml's block sizes (``gguf.GGML_QUANT_SIZES``), not from a bytes-per-parameter guess.
+For the mixed llama.cpp types (``_M``) the per-tensor type follows llama.cpp's
+``llama_tensor_get_type`` (src/llama-quant.cpp) for the types edgekit offers:
+
+* ``output.weight`` (or ``token_embd.weight`` when the embeddings are tied and no output
+  tensor exists) becomes Q6_K unless the type is Q8_0 (or its rows do not split into blocks: Q8_0);
+* ``attn_v.weight``: Q2_K -> Q4_K with GQA >= 4 else Q3_K; Q3_K_M -> Q5_K for the first two
+  layers, then Q4_K; Q3_K_L -> Q5_K; Q4_K_M/Q5_K_M -> Q6_K on the "more bits" layers
+  (first 1/8, last 1/8, and every third in between); Q4_K_S -> Q5_K for the first 4 layers;
+* ``ffn_down``: Q2_K -> Q3_K; Q3_K_M -> Q5_K for the first 1/16 of layers, else Q4_K;
+  Q3_K_L -> Q5_K; Q4_K_M/Q5_K_M -> Q6_K on the "more bits" layers; Q4_K_S -> Q5_K on the
+  first 1/8;
+* ``attn_output``: Q2_K -> Q3_K, Q3_K_M -> Q4_K, Q3_K_L -> Q5_K;
+* 1-D tensors and norms stay F32; a type whose block does not divide the row length falls
+  back (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, Q2_K/Q3_K -> Q4_0, then F16).
+
+Checked tensor by tensor against llama_model_quantize output in tests/test_profiles.py.
+MoE and imatrix-dependent rules are not modelled (edgekit converts dense models only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from edgekit.converters.gguf.archs import TextConfig, spec_for
+from edgekit.converters.gguf.quants import quant
+
+from .schema import Backend, OnnxPrecision
+
+
+@dataclass(frozen=True)
+class TensorShape:
+    name: str  # GGUF name: blk.0.attn_q.weight
+    ne: tuple[int, ...]  # ggml order: ne[0] is the row length (input features)
+    layer: int = -1  # block index, -1 outside the blocks
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.ne:
+            n *= d
+        return n
+
+    @property
+    def is_matrix(self) -> bool:
+        return len(self.ne) >= 2 and not self.name.endswith("_norm.weight")
+
+
+@dataclass(frozen=True)
+class ModelShapes:
+    arch: str
+    config: TextConfig
+    tensors: tuple[TensorShape, ...]
+    sliding_window: int | None = None  # tokens of KV kept on the local layers (Gemma 3)
+    local_layers: int = 0
+
+    @property
+    def params(self) -> int:
+        return sum(t.numel for t in self.tensors)
+
+    @property
+    def has_output(self) -> bool:
+        return any(t.name == "output.weight" for t in self.tensors)
+
+    def matmul_params(self) -> int:
+        """Parameters multiplied per generated token (everything but the embedding lookup)."""
+        return sum(t.numel for t in self.tensors if t.name != "token_embd.weight" or not self.has_output)
+
+
+def model_shapes(config: dict[str, Any]) -> ModelShapes:
+    """The GGUF tensor list the converter writes for this config (names as llama.cpp expects)."""
+    spec = spec_for(config)  # raises UnsupportedArchitectureError with the supported list
+    c = TextConfig.from_hf(config)
+    h, ff, q_dim, kv_dim = c.hidden_size, c.intermediate_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+    t: list[TensorShape] = [TensorShape("token_embd.weight", (h, c.vocab_size))]
+    if c.rope.get("rope_type") == "llama3":
+        t.append(TensorShape("rope_freqs.weight", (c.head_dim // 2,)))
+    for i in range(c.num_layers):
+        b = f"blk.{i}."
+        t += [TensorShape(b + "attn_norm.weight", (h,), i),
+              TensorShape(b + "attn_q.weight", (h, q_dim), i),
+              TensorShape(b + "attn_k.weight", (h, kv_dim), i),
+              TensorShape(b + "attn_v.weight", (h, kv_dim), i),
+              TensorShape(b + "attn_output.weight", (q_dim, h), i),
+              TensorShape(b + "ffn_norm.weight", (h,), i),
+              TensorShape(b + "ffn_gate.weight", (h, ff), i),
+              TensorShape(b + "ffn_up.weight", (h, ff), i),
+              TensorShape(b + "ffn_down.weight", (ff, h), i)]
+        if spec.name == "qwen2":  # q/k/v biases
+            t += [TensorShape(b + "attn_q.bias", (q_dim,), i), TensorShape(b + "attn_k.bias", (kv_dim,), i),
+                  TensorShape(b + "attn_v.bias", (kv_dim,), i)]
+        if spec.name in ("qwen3", "gemma3"):  # per-head RMSNorm on q and k
+            t += [TensorShape(b + "attn_q_norm.weight", (c.head_dim,), i),
+                  TensorShape(b + "attn_k_norm.weight", (c.head_dim,), i)]
+        if spec.name == "gemma3":  # sandwich norms
+            t += [TensorShape(b + "post_attention_norm.weight", (h,), i),
+                  TensorShape(b + "post_ffw_norm.weight", (h,), i)]
+    t.append(TensorShape("output_norm.weight", (h,)))
+    if not c.tie_word_embeddings:
+        t.append(TensorShape("output.weight", (h, c.vocab_size)))
+    window, local = None, 0
+    if spec.name == "gemma3" and c.raw.get("sliding_window"):
+        window = int(c.raw["sliding_window"])
+        local = sum(1 for i in range(c.num_layers) if (i + 1) % 6 != 0)  # llama.cpp's fixed 5:1 pattern
+    return ModelShapes(spec.name, c, tuple(t), window, local)
+
+
+# -- llama.cpp's per-tensor type choice -----------------------------------------------------
+
+def _more_bits(i: int, n: int) -> bool:
+    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
+
+
+# ggml types a row length must split into (fallbacks when it does not).
+# (older llama.cpp sent Q2_K/Q3_K to IQ4_NL: same 4.5 bits per weight.)
+_FALLBACK = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0", "Q2_K": "Q4_0", "Q3_K": "Q4_0"}
+
+
+def block_size(type_name: str) -> int:
+    import gguf
+
+    return int(gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[type_name]][0])
+
+
+def tensor_bytes(ne: tuple[int, ...], type_name: str) -> int:
+    import gguf
+
+    blk, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[type_name]]
+    rows = 1
+    for d in ne[1:]:
+        rows *= d
+    return rows * (ne[0] // blk) * size
+
+
+def gguf_tensor_types(shapes: ModelShapes, quant_name: str) -> dict[str, str]:
+    """GGUF type name per tensor for an edgekit quant name (f16, q8_0, q4_k_m, ...)."""
+    q = quant(quant_name)
+    ftype = q.name.upper()
+    default = q.main_type
+    c = shapes.config
+    n_layers = c.num_layers
+    gqa = c.num_heads // max(c.num_kv_heads, 1)
+    out: dict[str, str] = {}
+    for t in shapes.tensors:
+        if not t.is_matrix:
+            out[t.name] = "F32"
+            continue
+        if q.name in ("f32", "f16", "bf16"):
+            out[t.name] = default
+            continue
+        new = default
+        kind = t.name.split(".")[-2]
+        i = t.layer
+        if t.name == "output.weight" or (not shapes.has_output and t.name == "token_embd.weight"):
+            if t.ne[0] % block_size(new) != 0:
+                new = "Q8_0"
+            elif new != "Q8_0":
+                new = "Q6_K"
+        elif t.name == "token_embd.weight":
+            pass
+        elif kind == "attn_v":
+            if ftype == "Q2_K":
+                new = "Q4_K" if gqa >= 4 else "Q3_K"
+            elif ftype == "Q3_K_M":
+                new = "Q5_K" if i < 2 else "Q4_K"
+            elif ftype == "Q3_K_L":
+                new = "Q5_K"
+            elif ftype in ("Q4_K_M", "Q5_K_M") and _more_bits(i, n_layers):
+                new = "Q6_K"
+            elif ftype == "Q4_K_S" and i < 4:
+                new = "Q5_K"
+        elif kind == "ffn_down":
+            if ftype == "Q2_K":
+                new = "Q3_K"
+            elif ftype == "Q3_K_M":
+                new = "Q5_K" if i < n_layers // 16 else "Q4_K"
+            elif ftype == "Q3_K_L":
+                new = "Q5_K"
+            elif ftype in ("Q4_K_M", "Q5_K_M") and _more_bits(i, n_layers):
+                new = "Q6_K"
+            elif ftype == "Q4_K_S" and i < n_layers // 8:
+                new = "Q5_K"
+        elif kind == "attn_output":
+            new = {"Q2_K": "Q3_K", "Q3_K_M": "Q4_K", "Q3_K_L": "Q5_K"}.get(ftype, new)
+        if t.ne[0] % block_size(new) != 0:
+            new = _FALLBACK.get(new, "F16")
+            if t.ne[0] % block_size(new) != 0:
+                new = "F16"
+        out[t.name] = new
+    return out
+
+
+@dataclass(frozen=True)
+class WeightPlan:
+    """Bytes of one artifact's weights, split the way the speed model needs them."""
+
+    total_bytes: int  # all tensor data
+    per_token_bytes: int  # read for every generated token (all but the embedding lookup)
+    types: dict[str, str]  # tensor -> type (GGUF type names; ONNX: a precision label)
+
+
+def gguf_weights(shapes: ModelShapes, quant_name: str) -> WeightPlan:
+    types = gguf_tensor_types(shapes, quant_name)
+    sizes = {t.name: tensor_bytes(t.ne, types[t.name]) for t in shapes.tensors}
+    total = sum(sizes.values())
+    lookup = sizes["token_embd.weight"] if shapes.has_output else 0  # tied: it is the LM head too
+    return WeightPlan(total, total - lookup, types)
+
+
+def gguf_file_bytes(shapes: ModelShapes, quant_name: str, tokenizer_bytes: int = 0) -> int:
+    """Expected file size: tensor data padded to 32-byte alignment, tensor infos, metadata."""
+    types = gguf_tensor_types(shapes, quant_name)
+    data = sum(-(-tensor_bytes(t.ne, types[t.name]) // 32) * 32 for t in shapes.tensors)
+    infos = sum(8 + len(t.name) + 4 + 8 * len(t.ne) + 4 + 8 for t in shapes.tensors)
+    return 24 + 1024 + tokenizer_bytes + infos + 32 + data  # header + ~1 KiB of hparams + alignment
+
+
+def onnx_weights(shapes: ModelShapes, precision: OnnxPrecision, backend: Backend) -> WeightPlan:
+    """ONNX Runtime GenAI builder layout: int4 = MatMulNBits, block 32, symmetric (no zero
+    points), scales in the I/O dtype (fp32 on CPU, fp16 on CUDA); the embedding stays in the
+    I/O dtype and the LM head is quantized like the other matmuls."""
+    io_bytes = 2 if backend is Backend.CUDA or precision is OnnxPrecision.FP16 else 4
+
+    def int4(numel: int) -> int:
+        return numel // 2 + (numel // 32) * io_bytes
+
+    total = per_token = 0
+    types: dict[str, str] = {}
+    for t in shapes.tensors:
+        quantized = precision is OnnxPrecision.INT4 and t.is_matrix and t.name != "token_embd.weight"
+        if quantized:
+            size = int4(t.numel)
+        elif not t.is_matrix or precision is OnnxPrecision.FP32:
+            size = t.numel * 4
+        else:
+            size = t.numel * io_bytes
+        types[t.name] = "int4" if quantized else (precision.value if t.is_matrix else "fp32")
+        total += size
+        if t.name != "token_embd.weight":
+            per_token += size
+        elif not shapes.has_output:  # tied: int4 gets its own quantized LM head, else the table is read
+            head = int4(t.numel) if precision is OnnxPrecision.INT4 else size
+            total += head if precision is OnnxPrecision.INT4 else 0
+            per_token += head
+    return WeightPlan(total, per_token, types)
+
+
+def kv_cache_bytes(shapes: ModelShapes, ctx: int, dtype_bytes: int = 2) -> int:
+    """K and V for every layer: layers x kv_heads x head_dim x 2 x ctx x dtype bytes.
+
+    Gemma 3's sliding-window layers keep only the window (llama.cpp's default SWA cache)."""
+    c = shapes.config
+    per_token_layer = c.num_kv_heads * c.head_dim * 2 * dtype_bytes
+    if shapes.sliding_window:
+        local_ctx = min(ctx, shapes.sliding_window)
+        return per_token_layer * (shapes.local_layers * local_ctx + (c.num_layers - shapes.local_layers) * ctx)
+    return per_token_layer * c.num_layers * ctx

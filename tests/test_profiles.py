@@ -1,0 +1,303 @@
+"""Hardware profiles and the profiler: schema, detection, memory arithmetic, recommendations."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgekit import cli
+from edgekit.errors import EdgekitError, ModelNotFoundError
+from edgekit.profiles import calibrate, detect, planner, schema, shapes, store
+
+# The tiny model of tests/conftest.py: dimensions that differ from each other.
+TINY = {"architectures": ["LlamaForCausalLM"], "hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64, "vocab_size": 1024,
+        "max_position_embeddings": 1024, "tie_word_embeddings": False}
+REQUIRED_DEVICES = ("jetson-orin-nano-4gb", "jetson-orin-nano-4gb-super", "jetson-orin-nano-8gb",
+                    "jetson-orin-nano-8gb-super", "jetson-orin-nx-8gb", "jetson-orin-nx-16gb", "jetson-agx-orin-32gb",
+                    "jetson-agx-orin-64gb", "jetson-thor", "jetson-xavier-nx", "rtx-4090", "rtx-3060-12gb", "apple-m2",
+                    "apple-m3", "raspberry-pi-5-8gb", "x86-laptop-ddr5")
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Calibrated profiles go to a temp EDGEKIT_HOME, never the user's."""
+    home = tmp_path / "edgekit-home"
+    monkeypatch.setenv("EDGEKIT_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def run_cli(monkeypatch: pytest.MonkeyPatch):
+    # Register the commands even before edgekit/cli.py lists them (a no-op once it does).
+    monkeypatch.setitem(cli.COMMANDS, "profile", ("profile", "profile", "Hardware profiles."))
+    monkeypatch.setitem(cli.COMMANDS, "recommend", ("recommend", "recommend", "Recommend a format."))
+
+    def run(*args: str) -> tuple[int, str]:
+        r = CliRunner().invoke(cli.main, list(args))
+        return r.exit_code, r.output
+
+    return run
+
+
+def model_dir(tmp_path: Path, **overrides: object) -> Path:
+    d = tmp_path / "model"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.json").write_text(json.dumps({**TINY, **overrides}))
+    return d
+
+
+# -- schema -------------------------------------------------------------------------------
+
+def test_every_shipped_profile_validates_and_round_trips() -> None:
+    profiles = store.shipped_profiles()
+    assert set(REQUIRED_DEVICES) <= set(profiles)
+    for name, p in profiles.items():
+        assert p.power_modes and p.runtimes, name
+        assert all(isinstance(m.bandwidth_gbs.source, schema.SourceKind) for m in p.power_modes)
+        assert p.usable_memory_gb.value <= p.memory_gb.value
+        again = schema.parse_profile(tomllib.loads(store.dump_toml(p)), "roundtrip")
+        assert store.profile_to_dict(again) == store.profile_to_dict(p), name
+    nano = profiles["jetson-orin-nano-8gb-super"]
+    assert nano.mode("15W").bandwidth_gbs.value < nano.mode("MAXN_SUPER").bandwidth_gbs.value  # EMC cap
+
+
+@pytest.mark.parametrize(("edit", "field", "problem"), [
+    (lambda d: d["power_modes"][0]["bandwidth_gbs"].update(value="fast"), "power_modes[0].bandwidth_gbs.value",
+     "expected a number"),
+    (lambda d: d["memory"].update(usable_gbb=1), "memory.usable_gbb", "unknown key"),
+    (lambda d: d["power_modes"][0]["bandwidth_gbs"].update(source="wikipedia"), "power_modes[0].bandwidth_gbs.source",
+     "is not one of"),
+    (lambda d: d.update(default_mode="MAXN_TURBO"), "default_mode", "is not one of the power modes"),
+    (lambda d: d["runtimes"][1].update(onnx=["int3"]), "runtimes[1].onnx[0]", "is not one of"),
+    (lambda d: d["memory"].pop("usable_gb"), "memory.usable_gb", "missing"),
+])
+def test_malformed_profile_names_file_field_and_problem(tmp_path: Path, edit, field: str, problem: str) -> None:
+    data = tomllib.loads((store.DATA_DIR / "jetson-orin-nano-8gb.toml").read_text())
+    edit(data)
+    path = tmp_path / "jetson-orin-nano-8gb.toml"
+    path.write_text(store.dict_to_toml(data))
+    with pytest.raises(schema.ProfileFormatError) as e:
+        store.load_profile_file(path)
+    assert e.value.file == str(path) and e.value.field == field and problem in e.value.problem
+    assert str(path) in str(e.value) and field in str(e.value)
+
+
+def test_malformed_user_profile_fails_the_cli_with_one_line(run_cli, isolated_home: Path) -> None:
+    bad = isolated_home / "profiles" / "broken.toml"
+    bad.parent.mkdir(parents=True)
+    bad.write_text('name = "broken"\nmemory = 8\n')
+    code, out = run_cli("profile", "list")
+    assert code == 1
+    assert f"error: {bad}: memory: expected a table, got int" in out
+    assert out.count("error:") == 1
+
+
+def test_not_toml_is_reported(tmp_path: Path) -> None:
+    p = tmp_path / "x.toml"
+    p.write_text("name = [unclosed\n")
+    with pytest.raises(schema.ProfileFormatError, match="not valid TOML"):
+        store.load_profile_file(p)
+
+
+# -- CLI bad input ------------------------------------------------------------------------
+
+def test_unknown_profile_lists_known_and_suggests_closest(run_cli, tmp_path: Path) -> None:
+    code, out = run_cli("recommend", str(model_dir(tmp_path)), "--profile", "jetson-orin-nano-8g")
+    assert code == 1
+    assert "unknown hardware profile 'jetson-orin-nano-8g'" in out
+    assert "did you mean 'jetson-orin-nano-8gb'?" in out and "raspberry-pi-5-8gb" in out
+    code, out = run_cli("profile", "show", "rpi5")
+    assert code == 1 and "known profiles:" in out
+
+
+def test_model_dir_without_config(run_cli, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    code, out = run_cli("recommend", str(tmp_path / "empty"), "--profile", "rtx-4090")
+    assert code == 1 and "no config.json" in out and out.count("\n") == 1
+    with pytest.raises(ModelNotFoundError):
+        planner.plan(tmp_path / "empty", store.get_profile("rtx-4090"))
+
+
+# -- recommend ----------------------------------------------------------------------------
+
+def test_recommend_nothing_fits_is_an_answer_not_a_crash(run_cli, tmp_path: Path) -> None:
+    llama_8b = {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+                "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 128256, "max_position_embeddings": 131072}
+    code, out = run_cli("recommend", str(model_dir(tmp_path / "big", **llama_8b)), "--profile", "jetson-orin-nano-4gb")
+    assert code == 0, out
+    assert "no pick: Nothing fits: the smallest candidate, gguf q2_k, needs" in out and "<- pick" not in out
+    d = model_dir(tmp_path)
+    code, out = run_cli("recommend", str(d), "--profile", "raspberry-pi-5-8gb", "--max-memory", "0.01")
+    assert code == 0, out
+    assert "Nothing fits" in out and "too big" in out and "<- pick" not in out
+    code, out = run_cli("recommend", str(d), "--profile", "raspberry-pi-5-8gb", "--max-memory", "0.01", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["pick"] is None and not any(c["fits"] for c in data["candidates"])
+
+
+def test_recommend_speed_floor_nobody_meets(tmp_path: Path) -> None:
+    p = planner.plan(model_dir(tmp_path), store.get_profile("raspberry-pi-5-8gb"), min_tps=1e9)
+    assert p.pick is None and p.reason.startswith("Nothing reaches")
+
+
+def test_recommend_ranks_picks_and_marks_pareto(run_cli, tmp_path: Path) -> None:
+    code, out = run_cli("recommend", str(model_dir(tmp_path)), "--profile", "jetson-orin-nano-8gb", "--ctx", "1024")
+    assert code == 0, out
+    assert "<- pick" in out and "*" in out and "pick: " in out
+    p = planner.plan(model_dir(tmp_path), store.get_profile("jetson-orin-nano-8gb"), ctx=1024)
+    assert p.pick is not None and p.pick.fits and p.pick.pareto and p.candidates[0] is p.pick
+    labels = {c.label for c in p.candidates}
+    assert {f"gguf {q}" for q in planner.GGUF_CANDIDATES} <= labels and {"onnx fp16", "onnx int4"} <= labels
+    # more bits never predicts faster generation
+    gguf = {c.quant: c for c in p.candidates if c.format is planner.Format.GGUF}
+    assert gguf["f16"].cost.gen_tps < gguf["q8_0"].cost.gen_tps < gguf["q4_k_m"].cost.gen_tps
+
+
+def test_recommend_uses_measured_quality_from_manifest(tmp_path: Path) -> None:
+    d = model_dir(tmp_path)
+    (d / "edgekit.json").write_text(json.dumps({"artifacts": [
+        {"format": "gguf", "quant": "q4_k_m", "file": "m-q4_k_m.gguf", "size_bytes": 1,
+         "verification": {"mean_kl": 0.0001, "top1": 1.0, "ppl_delta_pct": 0.1}}]}))
+    p = planner.plan(d, store.get_profile("x86-laptop-ddr5"), ctx=1024)
+    q4 = next(c for c in p.candidates if c.quant == "q4_k_m")
+    assert q4.quality.source is planner.QualitySource.MEASURED and q4.quality.mean_kl == 0.0001
+    assert q4.artifact == "m-q4_k_m.gguf"
+
+
+def test_kv_cache_and_gemma_sliding_window() -> None:
+    s = shapes.model_shapes(TINY)
+    assert shapes.kv_cache_bytes(s, 4096) == 2 * 2 * 64 * 2 * 4096 * 2  # layers x kv x hd x (K,V) x ctx x f16
+    g = shapes.model_shapes({**TINY, "architectures": ["Gemma3ForCausalLM"], "num_hidden_layers": 6,
+                             "sliding_window": 512})
+    assert shapes.kv_cache_bytes(g, 8192) == 2 * 64 * 2 * 2 * (5 * 512 + 1 * 8192)
+
+
+# -- detect / calibrate -------------------------------------------------------------------
+
+def test_detect_runs_here_and_yields_a_valid_profile() -> None:
+    p = detect.detect_host()
+    assert p.origin is schema.Origin.DETECTED and p.memory_gb.value > 0 and p.compute.cpu_cores.value >= 1
+    assert 0 < p.usable_memory_gb.value <= p.memory_gb.value
+    again = schema.parse_profile(tomllib.loads(store.dump_toml(p)), "detected")
+    assert again.device_class is p.device_class and again.runtimes
+
+
+def test_detect_recognises_a_jetson_from_its_files(tmp_path: Path) -> None:
+    (tmp_path / "proc/device-tree").mkdir(parents=True)
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "proc/device-tree/model").write_text("NVIDIA Jetson Orin Nano Engineering Reference Developer Kit\x00")
+    (tmp_path / "proc/meminfo").write_text("MemTotal:        7802492 kB\nMemFree: 1000 kB\nMemAvailable:    5452000 kB\n")
+    (tmp_path / "proc/cpuinfo").write_text("processor\t: 0\nFeatures\t: fp asimd asimddp asimdhp\nCPU part\t: 0xd42\n"
+                                           "processor\t: 1\n")
+    (tmp_path / "etc/nv_tegra_release").write_text("# R36 (release), REVISION: 4.3, GCID: 1, BOARD: generic\n")
+    p = detect.detect_host(tmp_path, use_nvml=False)
+    assert p.device_class is schema.DeviceClass.JETSON and p.software["l4t"] == "36.4.3"
+    assert p.memory_gb.value == pytest.approx(7.44, abs=0.01) and p.usable_memory_gb.value == pytest.approx(5.2, abs=0.01)
+    assert "neon" in p.compute.isa and p.mode().bandwidth_gbs.source is not schema.SourceKind.DETECTED
+
+
+def test_calibrated_profile_is_saved_listed_and_usable(run_cli, tmp_path: Path, monkeypatch) -> None:
+    fake = calibrate.Calibration(read_gbs=12.5, read_1t_gbs=9.0, copy_gbs=10.0, matmul_gflops=150.0, threads=2,
+                                 array_mib=64, seconds=0.1)
+    monkeypatch.setattr(calibrate, "measure", lambda *a, **k: fake)
+    code, out = run_cli("profile", "calibrate", "--name", "bench-host")
+    assert code == 0, out
+    assert "saved profile 'bench-host'" in out
+    p = store.get_profile("bench-host")
+    assert p.origin is schema.Origin.CALIBRATED and p.compute.cpu_gflops.value == 150.0
+    if p.device_class in (schema.DeviceClass.X86_CPU, schema.DeviceClass.ARM_CPU):
+        assert p.mode().bandwidth_gbs.value == 12.5 and p.mode().bandwidth_gbs.source is schema.SourceKind.MEASURED
+    code, out = run_cli("profile", "list")
+    assert code == 0 and "bench-host" in out and "calibrated" in out
+    code, out = run_cli("recommend", str(model_dir(tmp_path)), "--profile", "bench-host", "--json")
+    assert code == 0 and json.loads(out)["pick"] is not None
+
+
+def test_measure_is_quick_and_positive() -> None:
+    cal = calibrate.measure(budget_s=1.0, available_bytes=64 * 2**20 * 8)
+    assert cal.read_gbs > 0 and cal.copy_gbs > 0 and cal.matmul_gflops > 0
+
+
+# -- memory arithmetic against real GGUF files -----------------------------------------------
+
+def make_gguf(path: Path, config: dict, quant: str) -> Path:
+    """A GGUF of ``config`` with random weights: f16 via GGUFWriter, other types through
+    llama.cpp's own quantizer. (To be replaced by edgekit.converters.gguf once it lands.)"""
+    import gguf
+    import llama_cpp
+
+    h, ff, n, v = (config[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size"))
+    heads, kv, hd = config["num_attention_heads"], config["num_key_value_heads"], config["head_dim"]
+    f16 = path.with_name(path.stem + "-f16.gguf")
+    w = gguf.GGUFWriter(str(f16), "llama")
+    for add, val in ((w.add_context_length, 1024), (w.add_embedding_length, h), (w.add_block_count, n),
+                     (w.add_feed_forward_length, ff), (w.add_head_count, heads), (w.add_head_count_kv, kv),
+                     (w.add_rope_dimension_count, hd), (w.add_vocab_size, v), (w.add_file_type, 1)):
+        add(val)
+    w.add_layer_norm_rms_eps(1e-5)
+    rng = np.random.default_rng(0)
+    for t in shapes.model_shapes(config).tensors:  # ggml ne is reversed numpy shape
+        a = rng.standard_normal(tuple(reversed(t.ne)), dtype=np.float32) * 0.02
+        w.add_tensor(t.name, a.astype(np.float16) if t.is_matrix else a)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    if quant == "f16":
+        return f16.rename(path)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, "LLAMA_FTYPE_MOSTLY_" + quant.upper())
+    assert llama_cpp.llama_model_quantize(str(f16).encode(), str(path).encode(), ctypes.byref(params)) == 0
+    return path
+
+
+SHAPE_CASES = {
+    "untied": {},
+    "tied": {"tie_word_embeddings": True},  # token_embd doubles as the LM head: it gets the output's type
+    "odd-ffn": {"intermediate_size": 800, "num_hidden_layers": 9, "num_key_value_heads": 1},  # k-quant fallbacks
+}
+
+
+@pytest.mark.parametrize("case", list(SHAPE_CASES))
+@pytest.mark.parametrize("quant", ["f16", "q8_0", "q4_k_m", "q2_k"])
+def test_predicted_gguf_weights_match_a_real_file(tmp_path: Path, quant: str, case: str) -> None:
+    import gguf
+
+    config = {**TINY, **SHAPE_CASES[case]}
+    path = make_gguf(tmp_path / f"tiny-{quant}.gguf", config, quant)
+    s = shapes.model_shapes(config)
+    predicted = shapes.gguf_weights(s, quant)
+    reader = gguf.GGUFReader(str(path))
+    real_types = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert real_types == predicted.types  # llama.cpp's per-tensor choices, mirrored exactly
+    assert sum(int(t.n_bytes) for t in reader.tensors) == predicted.total_bytes
+    on_disk = path.stat().st_size
+    assert abs(predicted.total_bytes - on_disk) / on_disk < 0.01
+    assert abs(shapes.gguf_file_bytes(s, quant) - on_disk) / on_disk < 0.01
+
+
+def test_mixed_types_follow_llama_cpp_rules() -> None:
+    s = shapes.model_shapes({**TINY, "num_hidden_layers": 16, "num_key_value_heads": 1})
+    t = shapes.gguf_tensor_types(s, "q4_k_m")
+    more_bits = [i for i in range(16) if t[f"blk.{i}.ffn_down.weight"] == "Q6_K"]
+    assert more_bits == [0, 1, 4, 7, 10, 13, 14, 15]  # first/last eighth and every third between
+    assert t["output.weight"] == "Q6_K" and t["blk.3.ffn_up.weight"] == "Q4_K" and t["blk.0.attn_norm.weight"] == "F32"
+    q2 = shapes.gguf_tensor_types(s, "q2_k")
+    assert q2["blk.5.attn_v.weight"] == "Q4_K" and q2["blk.5.ffn_down.weight"] == "Q3_K"  # GQA 4: attn_v Q4_K
+    odd = shapes.gguf_tensor_types(shapes.model_shapes({**TINY, "intermediate_size": 800}), "q4_k_m")
+    assert odd["blk.0.ffn_down.weight"] == "Q5_0" and odd["blk.1.ffn_down.weight"] == "Q8_0"  # rows of 800: fallbacks
+    assert odd["blk.0.ffn_gate.weight"] == "Q4_K"
+
+
+def test_errors_are_edgekit_errors() -> None:
+    with pytest.raises(EdgekitError):
+        store.get_profile("nope")
+    with pytest.raises(EdgekitError):
+        store.get_profile("rtx-4090").mode("turbo")
