@@ -165,11 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("artifacts", nargs="?", type=Path, help="directory holding *.gguf (and config.json)")
     ap.add_argument("--synthetic", type=Path, help="build a random model into this directory and check it")
     # q2_k is left out: llama-cpp-python 0.3.36 segfaults on multi-token batches of it on AVX-512/AMX hosts
+    ap.add_argument("--shape", default="1024,12,2816,16,4,32000",
+                    help="--synthetic shape: hidden,layers,intermediate,heads,kv_heads,vocab")
     ap.add_argument("--quants", default="f16,q8_0,q6_k,q5_k_m,q4_k_m,q4_0,q3_k_m", help="quants for --synthetic")
     ap.add_argument("--profile", help="profile to predict with (default: calibrate this host now)")
     ap.add_argument("--ctx", type=int, default=1024)
-    ap.add_argument("--prompt", type=int, default=256)
-    ap.add_argument("--gen", type=int, default=64)
+    ap.add_argument("--prompt", type=int, default=512, help="a full ubatch: the worst-case compute buffer")
+    ap.add_argument("--gen", type=int, default=128)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="default: all cores")
     ap.add_argument("-o", "--output", type=Path, default=Path("profile_check.json"))
@@ -192,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.synthetic:
         print(f"- building a synthetic model in {args.synthetic}", file=sys.stderr)
-        make_synthetic(args.synthetic, [q.strip() for q in args.quants.split(",") if q.strip()])
+        hidden, layers, ff, heads, kv_heads, vocab = (int(x) for x in args.shape.split(","))
+        make_synthetic(args.synthetic, [q.strip() for q in args.quants.split(",") if q.strip()], hidden, layers, ff,
+                       heads, kv_heads, vocab)
         args.artifacts = args.synthetic
     if args.artifacts is None:
         ap.error("give a directory of GGUF artifacts (or --synthetic DIR)")
@@ -224,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         shapes, quant = model_shapes(config), quant_of(f)
         weights = gguf_weights(shapes, quant)
         pred = estimate(shapes, weights, Runtime.LLAMA_CPP, Backend.CPU, profile, ctx=args.ctx,
-                        kv_fill=args.prompt + args.gen // 2)
+                        kv_fill=args.prompt + args.gen // 2, prompt_len=args.prompt)
         print(f"- measuring {f.name}", file=sys.stderr)
         child = subprocess.run([sys.executable, __file__, "--_child", str(f), str(args.ctx), str(args.prompt),
                                 str(args.gen), str(args.reps), str(threads)], capture_output=True, text=True)

@@ -1,10 +1,11 @@
-"""Memory and speed of one (artifact, runtime, device) combination: the roofline model.
+"""Memory and speed of one (artifact, runtime, device) combination: a roofline model.
 
-Generation is memory-bound: every token reads the weights (all but the embedding lookup)
-plus the KV cache filled so far, so tokens/s = bandwidth / bytes per token x efficiency.
-Prompt processing is compute-bound: about 2 x matmul parameters FLOP per token, so
-tokens/s = compute rate / (2 x params) x efficiency. The efficiencies are the only fudge
-factors and live in one table below, each with where it comes from.
+Generation reads the weights (all but the embedding lookup) plus the KV cache filled so far
+for every token: tokens/s = bandwidth / bytes per token x efficiency. On CPUs with few cores
+the dequantize-and-dot kernels are the tighter roof, so there the time per token is the
+larger of the memory time and the kernel time (CPU_KERNELS). Prompt processing is
+compute-bound: about 2 x matmul parameters FLOP per token. Every factor that is not
+arithmetic lives in a commented table below, with where it comes from.
 """
 
 from __future__ import annotations
@@ -39,25 +40,73 @@ class Efficiency:
 # runtime reaches a larger fraction of it. Prefill fractions are estimates (llama.cpp's
 # prompt kernels reach roughly a third of the tensor-core peak on CUDA, half of a CPU's
 # BLAS rate) until a benchmark on the device says otherwise.
+_L, _O, _D, _M = Runtime.LLAMA_CPP, Runtime.ONNXRUNTIME, Basis.DATASHEET, Basis.MEASURED
 EFFICIENCY: dict[tuple[Runtime, DeviceClass, Basis], Efficiency] = {
-    (Runtime.LLAMA_CPP, DeviceClass.JETSON, Basis.DATASHEET): Efficiency(0.50, 0.30, "HARDWARE.md: llama.cpp on Jetson 0.45-0.55"),
-    (Runtime.LLAMA_CPP, DeviceClass.DISCRETE_GPU, Basis.DATASHEET): Efficiency(0.80, 0.35, "HARDWARE.md: llama.cpp desktop CUDA 0.75-0.85"),
-    (Runtime.LLAMA_CPP, DeviceClass.APPLE_SILICON, Basis.DATASHEET): Efficiency(0.80, 0.50, "HARDWARE.md: llama.cpp Metal 0.75-0.85"),
-    (Runtime.LLAMA_CPP, DeviceClass.ARM_CPU, Basis.DATASHEET): Efficiency(0.55, 0.50, "HARDWARE.md: Raspberry Pi 5 CPU about 0.55"),
-    (Runtime.LLAMA_CPP, DeviceClass.X86_CPU, Basis.DATASHEET): Efficiency(0.55, 0.40, "estimated: like the Pi 5 CPU figure"),
-    # Measured on the project's dev host (2 vCPU Xeon, AVX-512/AMX) with benchmarks/profile_check.py
-    # against the calibrated numpy read bandwidth; see that script's output for the spread.
-    (Runtime.LLAMA_CPP, DeviceClass.X86_CPU, Basis.MEASURED): Efficiency(0.75, 0.50, "measured: benchmarks/profile_check.py"),
-    (Runtime.LLAMA_CPP, DeviceClass.ARM_CPU, Basis.MEASURED): Efficiency(0.75, 0.50, "estimated: as x86 measured"),
+    (_L, DeviceClass.JETSON, _D): Efficiency(0.50, 0.30, "HARDWARE.md: llama.cpp on Jetson 0.45-0.55"),
+    (_L, DeviceClass.DISCRETE_GPU, _D): Efficiency(0.80, 0.35, "HARDWARE.md: llama.cpp desktop CUDA 0.75-0.85"),
+    (_L, DeviceClass.APPLE_SILICON, _D): Efficiency(0.80, 0.50, "HARDWARE.md: llama.cpp Metal 0.75-0.85"),
+    (_L, DeviceClass.ARM_CPU, _D): Efficiency(0.55, 0.50, "HARDWARE.md: Raspberry Pi 5 CPU about 0.55"),
+    (_L, DeviceClass.X86_CPU, _D): Efficiency(0.55, 0.40, "estimated: like the Pi 5 CPU figure"),
+    # Against a calibrated (numpy read) bandwidth. Not observable on the dev host, where decode
+    # is kernel-bound (CPU_KERNELS below; f16 reached 0.57 of the read rate while kernel-bound):
+    # the fraction STREAM-like reads leave to a well-prefetched matvec, estimated.
+    (_L, DeviceClass.X86_CPU, _M): Efficiency(0.75, 0.50, "estimated"),
+    (_L, DeviceClass.ARM_CPU, _M): Efficiency(0.75, 0.50, "estimated: as x86 measured"),
     # ONNX Runtime (GenAI) decode is less tuned for single-stream batch-1 than llama.cpp.
-    (Runtime.ONNXRUNTIME, DeviceClass.JETSON, Basis.DATASHEET): Efficiency(0.40, 0.25, "estimated"),
-    (Runtime.ONNXRUNTIME, DeviceClass.DISCRETE_GPU, Basis.DATASHEET): Efficiency(0.65, 0.35, "estimated"),
-    (Runtime.ONNXRUNTIME, DeviceClass.APPLE_SILICON, Basis.DATASHEET): Efficiency(0.45, 0.40, "estimated (CPU EP)"),
-    (Runtime.ONNXRUNTIME, DeviceClass.ARM_CPU, Basis.DATASHEET): Efficiency(0.45, 0.40, "estimated"),
-    (Runtime.ONNXRUNTIME, DeviceClass.X86_CPU, Basis.DATASHEET): Efficiency(0.45, 0.40, "estimated"),
-    (Runtime.ONNXRUNTIME, DeviceClass.X86_CPU, Basis.MEASURED): Efficiency(0.60, 0.40, "estimated"),
-    (Runtime.ONNXRUNTIME, DeviceClass.ARM_CPU, Basis.MEASURED): Efficiency(0.60, 0.40, "estimated"),
+    (_O, DeviceClass.JETSON, _D): Efficiency(0.40, 0.25, "estimated"),
+    (_O, DeviceClass.DISCRETE_GPU, _D): Efficiency(0.65, 0.35, "estimated"),
+    (_O, DeviceClass.APPLE_SILICON, _D): Efficiency(0.45, 0.40, "estimated (CPU EP)"),
+    (_O, DeviceClass.ARM_CPU, _D): Efficiency(0.45, 0.40, "estimated"),
+    (_O, DeviceClass.X86_CPU, _D): Efficiency(0.45, 0.40, "estimated"),
+    (_O, DeviceClass.X86_CPU, _M): Efficiency(0.60, 0.40, "estimated"),
+    (_O, DeviceClass.ARM_CPU, _M): Efficiency(0.60, 0.40, "estimated"),
 }
+
+
+class KernelFamily(StrEnum):
+    X86_AVX512 = "x86-avx512"
+    X86_AVX2 = "x86-avx2"
+
+
+# llama.cpp's CPU kernels as fractions of the CPU's fp32 GEMM rate (the profile's cpu_gflops),
+# per ggml type: (decode = batch-1 dequantize + dot, prompt = batched). On few cores decode is
+# bound by these kernels, not by memory: on the dev host (2 vCPU Xeon, AVX-512 VNNI, extra
+# buffers off) every quantized type stayed at 8-14 GB/s of a 32 GB/s read rate. AVX-512 values
+# are a least-squares fit to benchmarks/profile_check.py runs there (7 model shapes, 2.2M-340M
+# parameters, 1 and 2 threads; residuals within about +-30%); k-quant prompts beat fp32 GEMM
+# thanks to int8 dot products. Types not in those runs (F32, BF16, Q5_0, Q5_1, Q4_1, Q2_K,
+# IQ4_NL) are estimates. AVX2: estimates, twice the fraction (half the fp32 width, similar
+# integer throughput). No table for Arm: there the published bandwidth efficiency
+# (HARDWARE.md) already folds the kernels in.
+CPU_KERNELS: dict[KernelFamily, dict[str, tuple[float, float]]] = {
+    KernelFamily.X86_AVX512: {
+        "F16": (0.073, 0.69), "Q8_0": (0.095, 0.62), "Q6_K": (0.10, 1.13), "Q5_K": (0.075, 1.13),
+        "Q4_K": (0.118, 1.36), "Q4_0": (0.103, 0.50), "Q3_K": (0.107, 0.57),
+        "F32": (0.045, 0.6), "BF16": (0.073, 0.69), "Q5_0": (0.09, 0.5), "Q5_1": (0.09, 0.5), "Q4_1": (0.10, 0.5),
+        "Q2_K": (0.10, 0.9), "IQ4_NL": (0.10, 0.5),
+    },
+}
+CPU_KERNELS[KernelFamily.X86_AVX2] = {k: (2 * d, 2 * p) for k, (d, p) in CPU_KERNELS[KernelFamily.X86_AVX512].items()}
+# Same fit: attention over the f16 KV cache (flash attention off) as a fraction of the GEMM
+# rate, and a fixed cost per layer per token (norms, rope, softmax, graph and thread sync)
+# that dominates models of a few million parameters.
+CPU_ATTENTION = (0.105, 0.60)  # (decode, prompt)
+CPU_LAYER_S = (14e-6, 10e-6)  # seconds per layer per token (decode, prompt)
+# Accelerators pay kernel launches per layer per generated token (llama.cpp batches them in
+# CUDA graphs; small models still top out well below the bandwidth roof). Estimates; a
+# Jetson's slower CPU issues them more slowly. Used where the CPU kernel table is not.
+LAYER_OVERHEAD_S: dict[tuple[Backend, DeviceClass | None], float] = {
+    (Backend.CPU, None): CPU_LAYER_S[0],
+    (Backend.CUDA, None): 20e-6,
+    (Backend.CUDA, DeviceClass.JETSON): 40e-6,
+    (Backend.METAL, None): 20e-6,
+}
+
+
+def kernel_family(isa: tuple[str, ...]) -> KernelFamily | None:
+    flags = set(isa)
+    return KernelFamily.X86_AVX512 if "avx512f" in flags else KernelFamily.X86_AVX2 if "avx2" in flags else None
+
 
 # Memory a runtime costs before any model tensor: process, libraries, device context (GiB).
 RUNTIME_OVERHEAD_GIB: dict[tuple[Runtime, Backend], tuple[float, str]] = {
@@ -118,22 +167,27 @@ def compute_flops(profile: Profile, backend: Backend) -> float:
     return c.cpu_cores.value * 2.5e9 * per_cycle
 
 
-def llamacpp_compute_buffer(shapes: ModelShapes, ctx: int, n_ubatch: int = 512, flash_attn: bool = False) -> int:
+def llamacpp_compute_buffer(shapes: ModelShapes, ctx: int, n_ubatch: int = 512, flash_attn: bool = False,
+                            n_outputs: int | None = None) -> int:
     """ggml's graph-allocator peak for one ubatch, fitted to the `compute buffer size` llama.cpp
     logs (CPU, within 3% over vocab, n_ff, heads and ctx; up to 8% high for wide models).
 
     Without flash attention the largest of: attention scores (n_head + 1 mask row per query,
-    x n_kv), logits (vocab), FFN activations (3 x n_ff), plus the residual stream. With flash
-    attention the scores are never materialised; only an f16 mask (n_kv per query) is."""
+    x n_kv), FFN activations (3 x n_ff) and logits (vocab per output), plus the residual
+    stream. With flash attention the scores are never materialised; only an f16 mask (n_kv per
+    query) is. llama.cpp reserves logits for every token of the ubatch (``n_outputs=None``);
+    on a CPU only touched pages cost memory, and generation asks for the last token's only."""
     c = shapes.config
     ub = min(n_ubatch, ctx)
+    outputs = ub if n_outputs is None else min(n_outputs, ub)
     q_dim, kv_dim, h = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.hidden_size
     if flash_attn:
-        per_token = max(c.vocab_size + 2 * h, 3 * c.intermediate_size + 4 * h + ctx // 2)
+        peak = max(outputs * c.vocab_size + ub * 2 * h, ub * (3 * c.intermediate_size + 4 * h + ctx // 2))
     else:
         base = 3 * h + 2 * q_dim + 2 * kv_dim
-        per_token = max(ctx * (c.num_heads + 1) + base, c.vocab_size + 3 * h, 3 * c.intermediate_size + base)
-    return 4 * ub * per_token + 4 * c.vocab_size  # + the output (logits) buffer
+        peak = max(ub * (ctx * (c.num_heads + 1) + base), outputs * c.vocab_size + ub * 3 * h,
+                   ub * (3 * c.intermediate_size + base))
+    return 4 * peak + 4 * c.vocab_size  # + the output (logits) buffer
 
 
 def onnx_buffers(shapes: ModelShapes, ctx: int, prompt: int = 1024) -> int:
@@ -159,18 +213,20 @@ def extra_buffer_bytes(shapes: ModelShapes, types: dict[str, str], isa: tuple[st
 
 
 def estimate(shapes: ModelShapes, weights: WeightPlan, runtime: Runtime, backend: Backend, profile: Profile, *,
-             ctx: int, mode: str | None = None, kv_fill: int | None = None,
+             ctx: int, mode: str | None = None, kv_fill: int | None = None, prompt_len: int = 512,
              onnx_precision: OnnxPrecision | None = None) -> Cost:
     """Memory and speed of one candidate. ``kv_fill`` is the context already in the cache while
-    generating (default: half the context, the average over a conversation that fills it)."""
+    generating (default: half the context, the average over a conversation that fills it);
+    prompt speed is for a prompt of ``prompt_len`` tokens (capped at ``ctx``)."""
     eff = efficiency(runtime, profile, mode)
     bandwidth = profile.mode(mode).bandwidth_gbs.value * 1e9
+    cpu = backend is Backend.CPU
     if runtime is Runtime.LLAMA_CPP:
         kv_dtype = 2  # f16 cache, llama.cpp's default
         cells = pad_ctx(ctx)
-        # GPU builds enable flash attention by default (-fa auto); llama-cpp-python's CPU
-        # default leaves it off, and that is what benchmarks/profile_check.py measures.
-        buffers = llamacpp_compute_buffer(shapes, cells, flash_attn=backend is not Backend.CPU)
+        # GPU builds enable flash attention by default (-fa auto) and commit the whole reserve;
+        # llama-cpp-python's CPU default leaves it off, and only touched pages count there.
+        buffers = llamacpp_compute_buffer(shapes, cells, flash_attn=not cpu, n_outputs=1 if cpu else None)
     else:
         kv_dtype = 2 if backend is Backend.CUDA or onnx_precision is OnnxPrecision.FP16 else 4
         cells = ctx
@@ -180,11 +236,25 @@ def estimate(shapes: ModelShapes, weights: WeightPlan, runtime: Runtime, backend
     fill = ctx // 2 if kv_fill is None else kv_fill
     per_token = weights.per_token_bytes + kv_cache_bytes(shapes, max(fill, 1), kv_dtype)
     gen_tps = bandwidth / per_token * eff.decode
-    prompt_tps = compute_flops(profile, backend) * eff.prefill / (2 * shapes.matmul_params())
+    flops = compute_flops(profile, backend)
+    prompt_tps = flops * eff.prefill / (2 * shapes.matmul_params())
+    family = kernel_family(profile.compute.isa) if cpu and runtime is Runtime.LLAMA_CPP else None
+    n_layers = shapes.config.num_layers
+    layer_s = LAYER_OVERHEAD_S.get((backend, profile.device_class), LAYER_OVERHEAD_S[(backend, None)])
+    if family is None:
+        gen_tps = 1 / (1 / gen_tps + n_layers * layer_s)
+    else:  # the kernel roof, summed over the matmuls plus attention and per-layer work
+        kernels, c = CPU_KERNELS[family], shapes.config
+        read = [t for t in shapes.tensors if t.is_matrix and (t.name != "token_embd.weight" or not shapes.has_output)]
+        plen = min(ctx, prompt_len)
+        attn = 4 * c.num_layers * c.num_heads * c.head_dim  # FLOP per token per cached position
+        decode_s = sum(2 * t.numel / kernels.get(weights.types[t.name], (0.05, 0.5))[0] for t in read) / flops
+        decode_s += attn * fill / (flops * CPU_ATTENTION[0])
+        prompt_s = sum(2 * t.numel / kernels.get(weights.types[t.name], (0.05, 0.5))[1] for t in read) / flops
+        prompt_s += attn * plen / 2 / (flops * CPU_ATTENTION[1]) + c.num_layers * CPU_LAYER_S[1]
+        gen_tps = 1 / (max(1 / gen_tps, decode_s) + c.num_layers * CPU_LAYER_S[0])
+        prompt_tps = 1 / prompt_s
     peak = weights.total_bytes + kv + buffers + overhead
-    if runtime is Runtime.LLAMA_CPP and backend is Backend.CPU:
+    if runtime is Runtime.LLAMA_CPP and cpu:
         peak += extra_buffer_bytes(shapes, weights.types, profile.compute.isa)
-        if shapes.has_output:  # the mmapped embedding table is touched only row by row
-            emb = next(t for t in shapes.tensors if t.name == "token_embd.weight")
-            peak -= tensor_bytes(emb.ne, weights.types[emb.name])
     return Cost(weights.total_bytes, kv, buffers, overhead, peak, gen_tps, prompt_tps, eff)

@@ -47,6 +47,22 @@ HOST_NAME = "host"
 
 
 @dataclass(frozen=True)
+class GpuFacts:
+    """GPU 0 as NVML reports it."""
+
+    name: str
+    total_gib: float
+    free_gib: float
+    bus_bits: int
+    mem_clock_mhz: int
+    cuda_cc: str
+
+    @property
+    def bandwidth_gbs(self) -> float:
+        return self.bus_bits / 8 * self.mem_clock_mhz * 2 / 1000  # DDR: two transfers per clock
+
+
+@dataclass(frozen=True)
 class HostFacts:
     cpu_model: str
     cores: int
@@ -57,7 +73,7 @@ class HostFacts:
     device_model: str = ""  # /proc/device-tree/model (Jetson, Raspberry Pi)
     l4t: str = ""
     nvpmodel_mode: str = ""
-    gpu: dict[str, object] | None = None  # NVML figures of GPU 0
+    gpu: GpuFacts | None = None
 
 
 def _read(path: Path) -> str:
@@ -122,7 +138,7 @@ def read_nvpmodel(root: Path) -> str:
     return m.group(1) if m else ""
 
 
-def read_nvml() -> dict[str, object] | None:
+def read_nvml() -> GpuFacts | None:
     """GPU 0 through NVML, if nvidia-ml-py is installed and a driver answers."""
     if find_spec("pynvml") is None:
         return None
@@ -134,17 +150,17 @@ def read_nvml() -> dict[str, object] | None:
             h = pynvml.nvmlDeviceGetHandleByIndex(0)
             name = pynvml.nvmlDeviceGetName(h)
             mem = pynvml.nvmlDeviceGetMemoryInfo(h)
-            bus = pynvml.nvmlDeviceGetMemoryBusWidth(h)
-            clock = pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_MEM)
             major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(h)
+            return GpuFacts(name=name.decode() if isinstance(name, bytes) else str(name),
+                            total_gib=mem.total / 2**30, free_gib=mem.free / 2**30,
+                            bus_bits=int(pynvml.nvmlDeviceGetMemoryBusWidth(h)),
+                            mem_clock_mhz=int(pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_MEM)),
+                            cuda_cc=f"{major}.{minor}")
         finally:
             pynvml.nvmlShutdown()
     except Exception as e:  # any NVML failure means "no usable GPU", never a crash
         log.info("NVML not usable: %s", e)
         return None
-    return {"name": name.decode() if isinstance(name, bytes) else str(name), "total_gib": mem.total / 2**30,
-            "free_gib": mem.free / 2**30, "bandwidth_gbs": bus / 8 * clock * 2 / 1000, "bus_bits": bus,
-            "mem_clock_mhz": clock, "cuda_cc": f"{major}.{minor}"}
 
 
 def host_facts(root: Path = Path("/"), *, use_nvml: bool = True) -> HostFacts:
@@ -201,14 +217,12 @@ def detect_host(root: Path = Path("/"), *, use_nvml: bool = True, name: str = HO
         runtimes.append(RuntimeSupport(Runtime.ONNXRUNTIME, Backend.CPU, (OnnxPrecision.FP32, OnnxPrecision.INT4)))
     if facts.gpu:
         g = facts.gpu
-        bw = Figure(round(float(g["bandwidth_gbs"]), 1), detected,  # type: ignore[arg-type]
-                    f"NVML: {g['bus_bits']}-bit bus x {g['mem_clock_mhz']} MHz x 2")
+        bw = Figure(round(g.bandwidth_gbs, 1), detected, f"NVML: {g.bus_bits}-bit bus x {g.mem_clock_mhz} MHz x 2")
         return Profile(
-            name=name, display_name=f"This host: {g['name']}", device_class=DeviceClass.DISCRETE_GPU,
-            memory_kind=MemoryKind.DISCRETE,
-            memory_gb=Figure(round(float(g["total_gib"]), 2), detected, "NVML total"),  # type: ignore[arg-type]
-            usable_memory_gb=Figure(round(float(g["free_gib"]), 2), detected, "NVML free"),  # type: ignore[arg-type]
-            compute=Compute(facts.cpu_model, cores, isa, gpu_name=str(g["name"]), cuda_cc=str(g["cuda_cc"])),
+            name=name, display_name=f"This host: {g.name}", device_class=DeviceClass.DISCRETE_GPU,
+            memory_kind=MemoryKind.DISCRETE, memory_gb=Figure(round(g.total_gib, 2), detected, "NVML total"),
+            usable_memory_gb=Figure(round(g.free_gib, 2), detected, "NVML free"),
+            compute=Compute(facts.cpu_model, cores, isa, gpu_name=g.name, cuda_cc=g.cuda_cc),
             power_modes=(PowerMode("default", bw),), default_mode="default",
             runtimes=(RuntimeSupport(Runtime.LLAMA_CPP, Backend.CUDA),), origin=Origin.DETECTED,
             notes="Detected through NVML; GPU compute rate unknown (prompt speed uses the CPU figure).",

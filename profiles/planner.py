@@ -17,9 +17,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from .costs import GIB, RUNTIME_OVERHEAD_GIB, Cost, estimate
-from .schema import Backend, OnnxPrecision, Profile, Runtime
-from .shapes import ModelShapes, gguf_weights, model_shapes, onnx_weights
+from .costs import GIB, Cost, estimate
+from .schema import Backend, OnnxPrecision, Profile, Runtime, SourceKind
+from .shapes import gguf_weights, model_shapes, onnx_weights
 
 log = logging.getLogger(__name__)
 
@@ -153,12 +153,24 @@ def read_measured_quality(model_dir: Path) -> dict[tuple[Format, str], tuple[Qua
     return out
 
 
+def _config_dir(model_dir: Path) -> Path:
+    """MODEL itself, or for an edgekit output directory (manifest, no config.json) its source."""
+    if (model_dir / "config.json").is_file() or not (model_dir / "edgekit.json").is_file():
+        return model_dir
+    try:
+        source = json.loads((model_dir / "edgekit.json").read_text(encoding="utf-8")).get("source", {})
+        src = Path(str(source.get("path", "")))
+    except (OSError, ValueError, AttributeError):
+        return model_dir
+    return src if (src / "config.json").is_file() else model_dir
+
+
 def _candidates(profile: Profile) -> list[tuple[Format, str, Runtime, Backend, OnnxPrecision | None]]:
     out: list[tuple[Format, str, Runtime, Backend, OnnxPrecision | None]] = []
     for rt in profile.runtimes:
         if rt.runtime is Runtime.LLAMA_CPP:
             out += [(Format.GGUF, q, rt.runtime, rt.backend, None) for q in GGUF_CANDIDATES]
-        elif (rt.runtime, rt.backend) in RUNTIME_OVERHEAD_GIB:
+        else:
             out += [(Format.ONNX, p.value, rt.runtime, rt.backend, p) for p in rt.onnx]
     return out
 
@@ -181,23 +193,25 @@ def plan(model_dir: Path, profile: Profile, *, ctx: int = DEFAULT_CTX, mode: str
     if max_memory_gb is not None and max_memory_gb <= 0:
         raise InputError(f"--max-memory must be positive, got {max_memory_gb}")
     model_dir = Path(model_dir)
-    shapes = model_shapes(load_config(model_dir))
+    shapes = model_shapes(load_config(_config_dir(model_dir)))
     power = profile.mode(mode)
-    budget_gib = profile.usable_memory_gb.value if max_memory_gb is None else min(max_memory_gb,
-                                                                                  profile.usable_memory_gb.value)
-    budget = int(budget_gib * GIB)
+    usable = profile.usable_memory_gb.value
+    budget = int((usable if max_memory_gb is None else min(max_memory_gb, usable)) * GIB)
     measured = read_measured_quality(model_dir)
     notes: list[str] = []
     if ctx > shapes.config.max_position:
         notes.append(f"ctx {ctx} exceeds the model's max_position_embeddings ({shapes.config.max_position})")
-    estimated_figures = [what for what, fig in (("bandwidth", power.bandwidth_gbs),
-                                                ("usable memory", profile.usable_memory_gb)) if fig.source == "estimated"]
+    figures = (("bandwidth", power.bandwidth_gbs), ("usable memory", profile.usable_memory_gb))
+    estimated_figures = [what for what, fig in figures if fig.source is SourceKind.ESTIMATED]
     if estimated_figures:
         notes.append(f"profile figures that are estimates, not datasheet or measured: {', '.join(estimated_figures)}")
 
     cands: list[Candidate] = []
     for fmt, q, runtime, backend, precision in _candidates(profile):
-        weights = gguf_weights(shapes, q) if fmt is Format.GGUF else onnx_weights(shapes, precision, backend)  # type: ignore[arg-type]
+        if precision is None:
+            weights = gguf_weights(shapes, q)
+        else:
+            weights = onnx_weights(shapes, precision, backend)
         cost = estimate(shapes, weights, runtime, backend, profile, ctx=ctx, mode=power.name, onnx_precision=precision)
         quality, artifact = measured.get((fmt, q), (QUALITY_TABLE[(fmt, q)], ""))
         cands.append(Candidate(fmt, q, runtime, backend, cost, quality, fits=cost.total_bytes <= budget,
@@ -213,7 +227,7 @@ def plan(model_dir: Path, profile: Profile, *, ctx: int = DEFAULT_CTX, mode: str
         pick.pick = True
     ranked = sorted(cands, key=lambda c: (not c.pick, not c.fits, not c.meets_speed,
                                           c.quality.mean_kl if c.fits else c.cost.total_bytes, -c.cost.gen_tps))
-    reason = _reason(pick, cands, shapes, profile, power.name, ctx, budget, min_tps)
+    reason = _reason(pick, cands, profile, power.name, ctx, budget, min_tps)
     return Plan(str(model_dir), profile.name, power.name, ctx, budget, min_tps, shapes.params, ranked, pick, reason,
                 notes)
 
@@ -222,7 +236,7 @@ def _gib(n: float) -> str:
     return f"{n / GIB:.2f} GiB"
 
 
-def _reason(pick: Candidate | None, cands: list[Candidate], shapes: ModelShapes, profile: Profile, mode: str,
+def _reason(pick: Candidate | None, cands: list[Candidate], profile: Profile, mode: str,
             ctx: int, budget: int, min_tps: float | None) -> str:
     where = f"{profile.name} ({mode})"
     if not cands:

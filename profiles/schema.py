@@ -1,6 +1,7 @@
 """The hardware-profile schema: typed dataclasses, closed sets as enums, and one validator.
 
-A profile is a TOML file (``profiles/data/NAME.toml`` shipped, or a calibrated one under the
+Units: memory in GiB (2^30 bytes; a vendor's "8 GB" of DRAM is 8 GiB), bandwidth in GB/s
+(10^9 bytes/s), compute in TFLOPS / TOPS / GFLOP/s as named. A profile is a TOML file (``profiles/data/NAME.toml`` shipped, or a calibrated one under the
 user's edgekit directory). Every number is a :class:`Figure` carrying where it came from, so
 a recommendation can say which of its inputs were measured and which were read off a
 datasheet. The validator rejects unknown keys (a typo must not silently drop a figure) and
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from edgekit.errors import InputError
+from edgekit.errors import InputError, UnknownChoiceError
 
 
 class SourceKind(StrEnum):
@@ -129,8 +130,6 @@ class Profile:
     path: str = ""
 
     def mode(self, name: str | None = None) -> PowerMode:
-        from edgekit.errors import UnknownChoiceError
-
         wanted = name or self.default_mode
         for m in self.power_modes:
             if m.name.lower() == wanted.lower():

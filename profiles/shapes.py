@@ -24,12 +24,15 @@ MoE and imatrix-dependent rules are not modelled (edgekit converts dense models 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from edgekit.converters.gguf.archs import TextConfig, spec_for
 from edgekit.converters.gguf.quants import quant
 
 from .schema import Backend, OnnxPrecision
+
+if TYPE_CHECKING:
+    from edgekit.converters.gguf.archs import TextConfig
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,8 @@ class ModelShapes:
 
 def model_shapes(config: dict[str, Any]) -> ModelShapes:
     """The GGUF tensor list the converter writes for this config (names as llama.cpp expects)."""
+    from edgekit.converters.gguf.archs import TextConfig, spec_for  # imports numpy
+
     spec = spec_for(config)  # raises UnsupportedArchitectureError with the supported list
     c = TextConfig.from_hf(config)
     h, ff, q_dim, kv_dim = c.hidden_size, c.intermediate_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
@@ -217,6 +222,35 @@ def gguf_file_bytes(shapes: ModelShapes, quant_name: str, tokenizer_bytes: int =
     data = sum(-(-tensor_bytes(t.ne, types[t.name]) // 32) * 32 for t in shapes.tensors)
     infos = sum(8 + len(t.name) + 4 + 8 * len(t.ne) + 4 + 8 for t in shapes.tensors)
     return 24 + 1024 + tokenizer_bytes + infos + 32 + data  # header + ~1 KiB of hparams + alignment
+
+
+def tokenizer_metadata_bytes(model_dir: Path | None, vocab_size: int) -> int:
+    """GGUF bytes of the tokenizer: per token an 8-byte length, the UTF-8 text and a 4-byte type
+    (plus a 4-byte score for SentencePiece), per BPE merge a length and its text, and the chat
+    template. Read from tokenizer.json when the directory has one, else ~24 bytes a token."""
+    import json
+
+    tj = model_dir / "tokenizer.json" if model_dir is not None else None
+    if tj is None or not tj.is_file():
+        return vocab_size * 24
+    try:
+        data = json.loads(tj.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return vocab_size * 24
+    model = data.get("model") or {}
+    vocab, merges = model.get("vocab") or {}, model.get("merges") or []
+    tokens = [str(t[0]) for t in vocab] if isinstance(vocab, list) else list(vocab)
+    tokens += [str(t.get("content", "")) for t in data.get("added_tokens", []) if t.get("content") not in vocab]
+    per_token = 12 if isinstance(vocab, dict) else 16  # + score for Unigram/SentencePiece
+    size = sum(per_token + len(t.encode()) for t in tokens) + max(0, vocab_size - len(tokens)) * (per_token + 8)
+    size += sum(8 + len((m if isinstance(m, str) else " ".join(m)).encode()) for m in merges)
+    for name in ("chat_template.jinja", "tokenizer_config.json"):
+        f = model_dir / name  # type: ignore[operator]
+        if f.is_file():
+            text = f.read_text(encoding="utf-8", errors="replace")
+            size += len(text.encode()) if name.endswith(".jinja") else len(str(json.loads(text).get("chat_template") or ""))
+            break
+    return size
 
 
 def onnx_weights(shapes: ModelShapes, precision: OnnxPrecision, backend: Backend) -> WeightPlan:

@@ -203,6 +203,25 @@ def test_detect_recognises_a_jetson_from_its_files(tmp_path: Path) -> None:
     assert "neon" in p.compute.isa and p.mode().bandwidth_gbs.source is not schema.SourceKind.DETECTED
 
 
+def test_detect_reads_an_nvidia_gpu_through_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NVML is optional: a fake pynvml stands in for a driver here."""
+    import sys
+    import types
+
+    fake = types.SimpleNamespace(
+        NVML_CLOCK_MEM=2, nvmlInit=lambda: None, nvmlShutdown=lambda: None, nvmlDeviceGetHandleByIndex=lambda i: i,
+        nvmlDeviceGetName=lambda h: b"NVIDIA GeForce RTX 4090",
+        nvmlDeviceGetMemoryInfo=lambda h: types.SimpleNamespace(total=24 * 2**30, free=22 * 2**30),
+        nvmlDeviceGetCudaComputeCapability=lambda h: (8, 9), nvmlDeviceGetMemoryBusWidth=lambda h: 384,
+        nvmlDeviceGetMaxClockInfo=lambda h, clock: 10501)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.setattr(detect, "find_spec", lambda name: object())
+    p = detect.detect_host()
+    assert p.device_class is schema.DeviceClass.DISCRETE_GPU and p.compute.cuda_cc == "8.9"
+    assert p.mode().bandwidth_gbs.value == pytest.approx(1008, rel=0.01)  # the datasheet's 1008 GB/s
+    assert p.usable_memory_gb.value == 22
+
+
 def test_calibrated_profile_is_saved_listed_and_usable(run_cli, tmp_path: Path, monkeypatch) -> None:
     fake = calibrate.Calibration(read_gbs=12.5, read_1t_gbs=9.0, copy_gbs=10.0, matmul_gflops=150.0, threads=2,
                                  array_mib=64, seconds=0.1)
@@ -301,3 +320,28 @@ def test_errors_are_edgekit_errors() -> None:
         store.get_profile("nope")
     with pytest.raises(EdgekitError):
         store.get_profile("rtx-4090").mode("turbo")
+
+
+def test_predictions_match_the_real_converter_on_the_demo_model(tmp_path: Path) -> None:
+    """The same arithmetic against edgekit's own converter (tokenizer metadata included)."""
+    import gguf
+
+    import edgekit.converters.gguf.convert as convert
+    from edgekit.demo import demo_model_dir
+
+    src = demo_model_dir()
+    out = tmp_path / "out"
+    convert.convert_gguf(src, out, "f16,q8_0,q4_k_m", verify_artifacts=False)
+    config = json.loads((src / "config.json").read_text())
+    s = shapes.model_shapes(config)
+    tok = shapes.tokenizer_metadata_bytes(src, config["vocab_size"])
+    for quant in ("f16", "q8_0", "q4_k_m"):
+        path = next(out.glob(f"*-{quant}.gguf"))
+        reader = gguf.GGUFReader(str(path))
+        predicted = shapes.gguf_weights(s, quant)
+        assert {t.name: t.tensor_type.name for t in reader.tensors} == predicted.types
+        assert sum(int(t.n_bytes) for t in reader.tensors) == predicted.total_bytes
+        assert abs(shapes.gguf_file_bytes(s, quant, tok) - path.stat().st_size) / path.stat().st_size < 0.01
+    # an output directory (manifest, no config.json) plans from its source's config
+    p = planner.plan(out, store.get_profile("raspberry-pi-5-8gb"), ctx=1024)
+    assert p.pick is not None and p.params == s.params

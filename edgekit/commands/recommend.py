@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgekit.ui import emit_json, format_table
+from edgekit.ui import emit_json, format_table, human_bytes
 
 
 @click.command("recommend")
@@ -33,17 +33,18 @@ def recommend(model: Path, profile_name: str, ctx: int, mode: str | None, min_tp
         emit_json(p.to_dict())
         return
     gib = 1024**3
-    click.echo(f"{p.model} ({p.params / 1e9:.2f} B params) on {p.profile} ({p.mode}), ctx {p.ctx}, "
+    size = f"{p.params / 1e9:.2f} B" if p.params >= 1e9 else f"{p.params / 1e6:.1f} M"
+    click.echo(f"{p.model} ({size} params) on {p.profile} ({p.mode}), ctx {p.ctx}, "
                f"budget {p.budget_bytes / gib:.2f} GiB"
                + (f", floor {p.min_tps:g} tokens/s" if p.min_tps else ""))
     rows = []
     for i, c in enumerate(p.candidates, 1):
         status = "<- pick" if c.pick else "fits" if c.fits and c.meets_speed else "too slow" if c.fits else "too big"
         q = c.quality
-        rows.append([i, c.label, f"{c.runtime.value}/{c.backend.value}", round(c.cost.total_bytes / gib, 2),
+        rows.append([i, c.label, f"{c.runtime.value}/{c.backend.value}", human_bytes(c.cost.total_bytes),
                      round(c.cost.gen_tps, 1), round(c.cost.prompt_tps), f"{q.mean_kl:.2g}", f"{100 * q.top1:.1f}%",
-                     f"+{q.ppl_delta_pct:.2f}", q.source.value, "*" if c.pareto else "", status])
-    headers = ["#", "candidate", "runtime", "memory GiB", "gen tok/s", "prompt tok/s", "mean KL", "top-1", "ppl",
+                     f"{q.ppl_delta_pct:+.2f}", q.source.value, "*" if c.pareto else "", status])
+    headers = ["#", "candidate", "runtime", "memory", "gen tok/s", "prompt tok/s", "mean KL", "top-1", "ppl",
                "quality", "pareto", "status"]
     click.echo(format_table(headers, rows))
     click.echo("(* = Pareto-optimal among the candidates that fit: quality, speed, memory)")
