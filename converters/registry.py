@@ -12,12 +12,39 @@ from edgekit.errors import UnknownChoiceError
 
 class Format(StrEnum):
     GGUF = "gguf"
+    ONNX = "onnx"
 
 
 # format -> (module, conversion function); imported only when used
 CONVERTERS: dict[Format, tuple[str, str]] = {
     Format.GGUF: ("edgekit.converters.gguf.convert", "convert_gguf"),
+    Format.ONNX: ("edgekit.converters.onnx.convert", "convert_onnx"),
 }
+
+
+# format -> (module, tuple of quant specs with a ``.name``): the names --quant accepts
+QUANT_TABLES: dict[Format, tuple[str, str]] = {
+    Format.GGUF: ("edgekit.converters.gguf.quants", "QUANTS"),
+    Format.ONNX: ("edgekit.converters.onnx.quants", "QUANTS"),
+}
+
+
+def quant_names(fmt: Format) -> list[str]:
+    if fmt not in QUANT_TABLES:
+        return []
+    module, attr = QUANT_TABLES[fmt]
+    return [q.name for q in getattr(importlib.import_module(module), attr)]
+
+
+def parse_formats(value: str) -> list[Format]:
+    """``gguf,onnx`` -> [Format.GGUF, Format.ONNX], in the order given, without repeats."""
+    out: list[Format] = []
+    for part in value.split(","):
+        if part.strip() and (f := parse_format(part)) not in out:
+            out.append(f)
+    if not out:
+        raise UnknownChoiceError("output format", value, [f.value for f in Format])
+    return out
 
 
 def parse_format(name: str) -> Format:

@@ -41,13 +41,17 @@ class Thresholds:
 # q4_k_m 1.5e-2/0.916, q4_0 2.6e-2/0.891, q3_k_m 4.9e-2/0.874, q2_k 0.20/0.672): each bound
 # leaves 3-10x headroom for real quantization error, while a broken conversion (wrong
 # permutation, missing norm offset) shows relative logit error O(1) at float precision.
+# ONNX (ONNX Runtime GenAI builder, MatMulNBits) on the same model: fp32 KL 2.6e-12,
+# fp16 1.8e-6, int4 k_quant/block 32 3.8e-2/0.899, int4 RTN/block 32 5.7e-2/0.798 (RTN
+# also quantizes the tied embedding to int4): the int4 top-1 floor is 0.75 so that plain
+# RTN, a legitimate user choice, passes while a broken graph (top-1 < 0.3) does not.
 THRESHOLDS: dict[Precision, Thresholds] = {
     Precision.FP32: Thresholds(1e-4, 0.99, 2e-3, 0.5),
     Precision.FP16: Thresholds(2e-3, 0.97, 2e-2, 1.0),
     Precision.INT8: Thresholds(1e-2, 0.93, None, 3.0),
     Precision.INT6: Thresholds(3e-2, 0.90, None, 5.0),
     Precision.INT5: Thresholds(5e-2, 0.87, None, 8.0),
-    Precision.INT4: Thresholds(0.12, 0.80, None, 15.0),
+    Precision.INT4: Thresholds(0.12, 0.75, None, 15.0),
     Precision.INT3: Thresholds(0.30, 0.70, None, 35.0),
     Precision.INT2: Thresholds(0.90, 0.50, None, 100.0),
 }

@@ -72,7 +72,7 @@ class VerificationError(EdgekitError):
 
     def __init__(self, artifact: str, check: str, detail: str) -> None:
         super().__init__(
-            f"verification failed for {artifact}: {check}: {detail}",
+            f"verification failed for {artifact}: {detail}",
             hint="the artifact was not kept; rerun with --no-verify to keep it anyway (not recommended)",
         )
         self.artifact = artifact

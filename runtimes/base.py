@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ class SamplingConfig:
     top_k: int = 0  # 0 = off
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # keep generating past end-of-generation tokens (benchmarks, like llama-bench)
 
 
 @dataclass
@@ -101,8 +102,20 @@ class Session(ABC):
     def special_tokens(self) -> dict[str, str]:
         return {}
 
+    def _piece_decoder(self) -> Callable[[int], bytes]:
+        """A fresh per-generation decoder: the bytes each generated token adds, in order.
+
+        Backends whose tokenizer only decodes to text (ONNX Runtime GenAI) override this
+        with their own stateful stream decoder; bytes of a split UTF-8 character may then
+        arrive with a later token, which :meth:`stream` handles the same way.
+        """
+        return lambda token: self.token_bytes([token])
+
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
+
+    def reset(self) -> None:  # noqa: B027 - optional hook
+        """Forget cached context (KV cache prefix reuse), so the next prompt is evaluated in full."""
 
     def __enter__(self) -> Session:
         return self
@@ -130,16 +143,17 @@ class Session(ABC):
         hold = max((len(s) for s in cfg.stop), default=0)
         t0 = time.perf_counter()
         gen = self._sample(ids, cfg)
+        piece_bytes = self._piece_decoder()
         cut_by_stop = False
         try:
             for token in gen:
                 stats.completion_tokens += 1
                 if stats.completion_tokens == 1:
                     stats.time_to_first_token_s = time.perf_counter() - t0
-                if self.is_end(token):
+                if self.is_end(token) and not cfg.ignore_eos:
                     self.last_finish_reason = "stop"
                     break
-                pending += self.token_bytes([token])
+                pending += piece_bytes(token)
                 piece = _decode_complete(pending)
                 pending = pending[len(piece.encode("utf-8")):]
                 text_so_far += piece

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.converters.gguf.inspect import read_gguf
-from edgekit.errors import RuntimeLoadError
+from edgekit.errors import RuntimeLoadError, UnknownChoiceError
 
 from .base import SamplingConfig, Session
 from .llama_env import llama_load_params
@@ -20,8 +20,13 @@ class LlamaCppSession(Session):
     backend = "llama.cpp"
 
     def __init__(self, path: Path, *, n_ctx: int = 4096, n_threads: int | None = None, n_gpu_layers: int = 0,
-                 n_batch: int = 512, logits_all: bool = False, vocab_only: bool = False, **llama_kwargs: Any) -> None:
+                 n_batch: int = 512, logits_all: bool = False, vocab_only: bool = False, device: str = "cpu",
+                 graph_optimization: str | None = None, **llama_kwargs: Any) -> None:
         super().__init__(path)
+        if graph_optimization is not None:  # llama.cpp would silently ignore an unknown keyword
+            raise RuntimeLoadError("--graph-opt applies to ONNX artifacts",
+                                   hint="llama.cpp has no graph optimization levels; drop the option")
+        n_gpu_layers = _gpu_layers(device, n_gpu_layers)
         summary = read_gguf(self.path)  # untrusted input: validate before llama.cpp parses it
         self.metadata = summary.metadata
         arch = summary.architecture
@@ -85,8 +90,27 @@ class LlamaCppSession(Session):
         self.llm.eval(ids)
         return np.array(self.llm.scores[: len(ids)], dtype=np.float32)
 
+    def reset(self) -> None:
+        # llama-cpp-python reuses the KV cache for a repeated prompt prefix; n_tokens = 0 drops it
+        self.llm.reset()
+
     def close(self) -> None:
         llm = getattr(self, "llm", None)
         if llm is not None:
             llm.close()
             self.llm = None  # type: ignore[assignment]
+
+
+def _gpu_layers(device: str, n_gpu_layers: int) -> int:
+    """``--device cuda`` means "offload everything" on a GPU build; refuse it on a CPU-only build."""
+    if device == "cpu":
+        return n_gpu_layers
+    import llama_cpp
+
+    if device not in ("cuda", "gpu", "metal"):
+        raise UnknownChoiceError("device for GGUF artifacts", device, ["cpu", "cuda", "metal"])
+    if not llama_cpp.llama_supports_gpu_offload():
+        raise RuntimeLoadError(f"this llama-cpp-python build has no GPU offload for --device {device}",
+                               hint="available devices: cpu; reinstall llama-cpp-python with "
+                                    "CMAKE_ARGS='-DGGML_CUDA=on' (or Metal on macOS)")
+    return n_gpu_layers or -1

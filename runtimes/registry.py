@@ -20,6 +20,7 @@ class ArtifactKind(StrEnum):
 # kind -> (module, Session class); imported only when that kind is opened
 RUNTIMES: dict[ArtifactKind, tuple[str, str]] = {
     ArtifactKind.GGUF: ("edgekit.runtimes.llamacpp", "LlamaCppSession"),
+    ArtifactKind.ONNX: ("edgekit.runtimes.onnx", "OnnxSession"),
 }
 
 
@@ -64,5 +65,11 @@ def load(path: str | Path, *, quant: str | None = None, **options: Any) -> Sessi
                          hint=f"available: {', '.join(k.value for k in RUNTIMES)}")
     module, cls = RUNTIMES[kind]
     session_cls = getattr(importlib.import_module(module), cls)
-    session: Session = session_cls(artifact, **options)
+    try:
+        session: Session = session_cls(artifact, **options)
+    except TypeError as e:  # an option of the other backend (e.g. n_gpu_layers for ONNX)
+        if "unexpected keyword argument" not in str(e):
+            raise
+        raise InputError(f"{str(e).split('argument', 1)[-1].strip()} is not an option for {kind.value} artifacts",
+                         hint="see `edgekit run --help` for which options apply to which format") from e
     return session

@@ -7,19 +7,15 @@ passed verification, so an interrupted or failed run leaves no partial ``.gguf``
 from __future__ import annotations
 
 import logging
-import re
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from edgekit.errors import VerificationError
-from edgekit.fsutil import atomic_output, clean_stale_temps, ensure_writable_dir, sha256_file, temp_path_for
-from edgekit.manifest import ArtifactEntry, Manifest, open_or_new
+from edgekit.fsutil import atomic_output, sha256_file, temp_path_for
+from edgekit.manifest import ArtifactEntry
 from edgekit.progress import ProgressFn, StepTimer, report
 
-from ..lora import LoraAdapter
-from ..source import open_source
-from ..verify import Reference, VerificationReport, verify
+from ..pipeline import Conversion, Verifier, open_inputs, record, slug, start_output
 from .archs import ArchSpec, spec_for
 from .quantize import quantize_file
 from .quants import FLOAT_QUANTS, GGUFQuant, parse_quants
@@ -27,18 +23,7 @@ from .writer import write_float_gguf
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class GGUFConversion:
-    out_dir: Path
-    manifest: Manifest
-    artifacts: list[ArtifactEntry] = field(default_factory=list)
-    reports: list[VerificationReport] = field(default_factory=list)
-    timer: StepTimer = field(default_factory=StepTimer)
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "model"
+GGUFConversion = Conversion  # kept for callers of 0.1
 
 
 def _base_type(tags: set[str]) -> str:
@@ -63,33 +48,20 @@ def convert_gguf(
     pre_override: str | None = None,
     progress: ProgressFn | None = None,
     timer: StepTimer | None = None,
-) -> GGUFConversion:
+) -> Conversion:
     """Convert, quantize and verify. ``spec``/``pre_override`` exist to test the verifier."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     wanted: list[GGUFQuant] = parse_quants(quants)
     timer = timer or StepTimer()
-
-    with timer.step("read source"):
-        source = open_source(model_dir)
-        spec = spec or spec_for(source.config)
-        adapter = LoraAdapter(adapter_dir) if adapter_dir is not None else None
-        if adapter is not None:
-            adapter.check_against(source)
-        source_info = {
-            "path": str(model_dir.resolve()), "architecture": source.architecture, "arch": spec.name,
-            "weights_sha256": source.weights_sha256(), "weights_bytes": source.weights_bytes,
-            "adapter": None if adapter is None else {"path": str(adapter.path.resolve()),
-                                                     "sha256": sha256_file(adapter.file.path)},
-        }
-    ensure_writable_dir(out_dir)
-    clean_stale_temps(out_dir)
-    manifest = open_or_new(out_dir, source_info)
-    result = GGUFConversion(out_dir, manifest, timer=timer)
-    stem = _slug(name or model_dir.resolve().name)
+    inputs = open_inputs(model_dir, adapter_dir, timer)
+    source, adapter = inputs.source, inputs.adapter
+    spec = spec or spec_for(source.config)
+    result = start_output(out_dir, inputs, timer)
+    verifier = Verifier(inputs, result, progress)
+    stem = slug(name or model_dir.resolve().name)
     report(progress, "source", f"{spec.name}, {len(source.names())} tensors, "
                                f"{source.weights_bytes / 2**20:.1f} MiB{' + LoRA' if adapter else ''}")
 
-    reference: Reference | None = None
     base_type = _base_type(source.dtype_tags())
     # The lossless float type, when requested, is written first and doubles as the
     # quantization base; otherwise a temporary base is written and deleted at the end.
@@ -121,40 +93,24 @@ def convert_gguf(
                         quantize_file(base_path, tmp, q, threads=threads)
                 verification = None
                 if verify_artifacts:
-                    if reference is None:
-                        with timer.step("reference (transformers)"):
-                            report(progress, "reference", "running the source model in transformers")
-                            reference = Reference(model_dir, adapter_dir)
-                    with timer.step(f"verify {q.name}"):
-                        rep = verify_gguf(tmp, final.name, q, reference, threads=threads)
-                    result.reports.append(rep)
-                    if not rep.passed:
-                        raise VerificationError(final.name, rep.failures[0].split(":")[0], "; ".join(rep.failures))
-                    verification = rep.to_dict()
-                    m = rep.metrics
-                    assert m is not None
-                    report(progress, f"verify {q.name}", f"pass (KL {m.mean_kl:.2e}, top-1 {m.top1:.3f}, "
-                                                         f"ppl {m.ppl:.3f} vs {m.ppl_ref:.3f})")
-                size = tmp.stat().st_size
+                    verification = verify_gguf(tmp, final.name, q, verifier, threads=threads)
                 entry = ArtifactEntry(file=final.name, format="gguf", quant=q.name, precision=q.precision.value,
-                                      size_bytes=size, sha256=sha256_file(tmp), verification=verification,
-                                      seconds=round(time.perf_counter() - t0, 3))
+                                      size_bytes=tmp.stat().st_size, sha256=sha256_file(tmp),
+                                      verification=verification, seconds=round(time.perf_counter() - t0, 3))
             if q is base_q:
                 base_path = final
-            manifest.upsert(entry)
-            manifest.save(out_dir)  # after each rename: the manifest never lists a missing file
-            result.artifacts.append(entry)
+            record(result, entry)
     finally:
         if base_tmp is not None:
             base_tmp.unlink(missing_ok=True)
     return result
 
 
-def verify_gguf(path: Path, label: str, q: GGUFQuant, reference: Reference, *,
-                threads: int | None = None) -> VerificationReport:
+def verify_gguf(path: Path, label: str, q: GGUFQuant, verifier: Verifier, *,
+                threads: int | None = None) -> dict[str, Any]:
     from edgekit.runtimes.llamacpp import LlamaCppSession
 
-    n_ctx = max(len(ids) for ids in [*reference.logit_ids, reference.ppl_ids]) + 8
-    with LlamaCppSession(path, n_ctx=max(n_ctx, 64), n_batch=max(n_ctx, 64), n_threads=threads,
-                         logits_all=True) as s:
-        return verify(reference, label, q.precision, s.tokenize, s.logits)
+    ref = verifier.reference
+    n_ctx = max(64, max(len(ids) for ids in [*ref.logit_ids, ref.ppl_ids]) + 8)
+    with LlamaCppSession(path, n_ctx=n_ctx, n_batch=n_ctx, n_threads=threads, logits_all=True) as s:
+        return verifier.check(label, q.name, q.precision, s.tokenize, s.logits)

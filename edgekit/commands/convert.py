@@ -3,54 +3,100 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from edgekit.ui import StepPrinter, emit_json, format_table, human_bytes
 
 DEMO_QUANTS = "f16,q8_0,q4_k_m"
+# per format: the quants converted when --quant names none of that format's types
+DEFAULT_QUANTS = {"gguf": "f16", "onnx": "fp32,int4", "gptq": "int4"}
+DEMO_DEFAULTS = {"gguf": DEMO_QUANTS, "onnx": "fp32,fp16,int4", "gptq": "int4"}
+
+
+def split_quants(formats: list[Any], quants: str | None, defaults: dict[str, str]) -> dict[Any, str]:
+    """Give each format the --quant names that are its own (GGUF and ONNX names are disjoint)."""
+    from edgekit.errors import UnknownChoiceError
+
+    names = [q.strip().lower() for q in (quants or "").split(",") if q.strip()]
+    if len(formats) == 1:
+        return {formats[0]: ",".join(names) or defaults[formats[0].value]}
+    from edgekit.converters.registry import quant_names
+
+    known = {f: set(quant_names(f)) for f in formats}
+    out: dict[Any, str] = {}
+    for f in formats:
+        mine = [q for q in names if q in known[f]]
+        out[f] = ",".join(mine) or defaults[f.value]
+    unknown = [q for q in names if not any(q in k for k in known.values())]
+    if unknown:
+        raise UnknownChoiceError("quant type", unknown[0], sorted(set().union(*known.values())))
+    return out
 
 
 @click.command()
 @click.argument("model_dir", required=False, type=click.Path(path_type=Path))
-@click.option("--to", "to", default="gguf", show_default=True, help="Output format.")
-@click.option("--quant", "-q", "quants", default=None, help=f"Comma-separated types, e.g. {DEMO_QUANTS} (default f16).")
+@click.option("--to", "to", default="gguf", show_default=True,
+              help="Output format(s), comma-separated: gguf, onnx (e.g. --to gguf,onnx).")
+@click.option("--quant", "-q", "quants", default=None,
+              help="Comma-separated types, e.g. f16,q8_0,q4_k_m (GGUF) or fp32,fp16,int4 (ONNX). "
+                   "Default: f16 (GGUF), fp32,int4 (ONNX).")
 @click.option("--adapter", type=click.Path(path_type=Path), default=None, help="PEFT LoRA adapter dir to merge.")
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=Path("edgekit-out"),
               show_default=True, help="Output directory.")
 @click.option("--name", default=None, help="Base name of the output files (default: the model dir's name).")
+@click.option("--target", default="cpu", show_default=True,
+              help="ONNX: where it will run, cpu|cuda|jetson (decides the graph the builder emits).")
+@click.option("--block-size", type=int, default=32, show_default=True,
+              help="ONNX int4/int8: weights per quantization block (16/32/64/128/256).")
+@click.option("--int4-algo", default="k_quant", show_default=True, help="ONNX int4/int8: rtn|k_quant|k_quant_mixed.")
 @click.option("--no-verify", is_flag=True, help="Skip verification against the source model (not recommended).")
 @click.option("--threads", type=int, default=None, help="Threads for quantization and verification.")
 @click.option("--demo", is_flag=True, help="Convert the packaged demo model (no download needed).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def convert(model_dir: Path | None, to: str, quants: str | None, adapter: Path | None, out_dir: Path,
-            name: str | None, no_verify: bool, threads: int | None, demo: bool, as_json: bool, quiet: bool) -> None:
+            name: str | None, target: str, block_size: int, int4_algo: str, no_verify: bool, threads: int | None,
+            demo: bool, as_json: bool, quiet: bool) -> None:
     """Convert MODEL_DIR (a Hugging Face model directory) and verify every artifact against it."""
-    from edgekit.converters.registry import converter, parse_format
+    from edgekit.converters.registry import Format, converter, parse_formats
     from edgekit.errors import InputError
 
+    defaults = DEFAULT_QUANTS
     if demo:
         from edgekit.demo import demo_model_dir
 
         if model_dir is not None:
             raise InputError("--demo converts the packaged demo model; drop MODEL_DIR or --demo")
-        model_dir, quants, name = demo_model_dir(), quants or DEMO_QUANTS, name or "edgekit-demo"
+        model_dir, defaults, name = demo_model_dir(), DEMO_DEFAULTS, name or "edgekit-demo"
     if model_dir is None:
         raise InputError("missing MODEL_DIR", hint="pass a Hugging Face model directory, or --demo")
-    fmt = parse_format(to)
-    result = converter(fmt)(model_dir, out_dir, quants or "f16", adapter_dir=adapter, verify_artifacts=not no_verify,
-                            name=name, threads=threads, progress=StepPrinter(quiet=quiet or as_json))
+    formats = parse_formats(to)
+    per_format = split_quants(formats, quants, defaults)
+    # options that only one format understands
+    specific: dict[Format, dict[str, Any]] = {
+        Format.ONNX: {"target": target, "block_size": block_size, "int4_algo": int4_algo},
+    }
+    printer = StepPrinter(quiet=quiet or as_json)
+    results = []
+    for fmt in formats:
+        results.append(converter(fmt)(model_dir, out_dir, per_format[fmt], adapter_dir=adapter,
+                                      verify_artifacts=not no_verify, name=name, threads=threads, progress=printer,
+                                      **specific.get(fmt, {})))
     if as_json:
-        emit_json({"out_dir": str(out_dir), "manifest": result.manifest.to_dict(), "steps": result.timer.as_dict()})
+        emit_json({"out_dir": str(out_dir), "manifest": results[-1].manifest.to_dict(),
+                   "steps": [s for r in results for s in r.timer.as_dict()]})
         return
     rows = []
-    for a in result.artifacts:
-        v = a.verification or {}
-        rows.append([a.file, a.quant, human_bytes(a.size_bytes), v.get("mean_kl"), v.get("top1"), v.get("ppl"),
-                     v.get("ppl_delta_pct"), "pass" if v.get("passed") else "skipped"])
-    click.echo(format_table(["file", "quant", "size", "mean KL", "top-1", "ppl", "ppl Δ%", "verified"], rows))
-    ref = next((a.verification for a in result.artifacts if a.verification), None)
+    for r in results:
+        for a in r.artifacts:
+            v = a.verification or {}
+            rows.append([a.file, a.format, a.quant, human_bytes(a.size_bytes), v.get("mean_kl"), v.get("top1"),
+                         v.get("ppl"), v.get("ppl_delta_pct"), "pass" if v.get("passed") else "skipped"])
+    click.echo(format_table(["artifact", "format", "quant", "size", "mean KL", "top-1", "ppl", "ppl Δ%", "verified"],
+                            rows))
+    ref = next((a.verification for r in results for a in r.artifacts if a.verification), None)
     if ref:
         click.echo(f"source perplexity {ref['ppl_ref']:.3f} on {ref['n_positions']} probe positions; "
                    f"manifest: {out_dir / 'edgekit.json'}")

@@ -17,8 +17,13 @@ def _runtime_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--quant", default=None, help="Which artifact of an output directory (e.g. q4_k_m)."),
         click.option("--ctx", "n_ctx", type=int, default=4096, show_default=True, help="Context length."),
         click.option("--threads", "n_threads", type=int, default=None, help="CPU threads (default: all cores)."),
+        click.option("--device", default="cpu", show_default=True,
+                     help="cpu|cuda|tensorrt (ONNX); cpu|cuda|metal (GGUF: offloads all layers). "
+                          "Never falls back to CPU silently."),
         click.option("--n-gpu-layers", type=int, default=0, show_default=True,
-                     help="Layers to offload (llama.cpp CUDA/Metal builds; -1 = all)."),
+                     help="GGUF: layers to offload (llama.cpp CUDA/Metal builds; -1 = all)."),
+        click.option("--graph-opt", "graph_optimization", default=None,
+                     help="ONNX: graph optimization level none|basic|extended|all (default all)."),
         click.option("--max-tokens", type=int, default=256, show_default=True),
         click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy."),
         click.option("--top-p", type=float, default=1.0, show_default=True),
@@ -30,12 +35,16 @@ def _runtime_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def _open(artifact: Path, quant: str | None, n_ctx: int, n_threads: int | None, n_gpu_layers: int) -> Any:
+def _open(artifact: Path, quant: str | None, n_ctx: int, n_threads: int | None, device: str, n_gpu_layers: int,
+          graph_optimization: str | None) -> Any:
     import edgekit
 
-    opts: dict[str, Any] = {"n_ctx": n_ctx, "n_threads": n_threads}
+    opts: dict[str, Any] = {"n_ctx": n_ctx, "n_threads": n_threads, "device": device}
+    # format-specific options only when set: the other runtime would reject them
     if n_gpu_layers:
         opts["n_gpu_layers"] = n_gpu_layers
+    if graph_optimization:
+        opts["graph_optimization"] = graph_optimization
     return edgekit.load(artifact, quant=quant, **opts)
 
 
@@ -49,14 +58,14 @@ def _stats_line(stats: Any) -> str:
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--prompt", "-p", required=True, help="Prompt text ('-' reads stdin).")
 @_runtime_options
-def run(artifact: Path, prompt: str, quant: str | None, n_ctx: int, n_threads: int | None, n_gpu_layers: int,
-        max_tokens: int, temperature: float, top_p: float, seed: int | None, stop: tuple[str, ...],
+def run(artifact: Path, prompt: str, quant: str | None, n_ctx: int, n_threads: int | None, device: str,
+        n_gpu_layers: int, graph_optimization: str | None, max_tokens: int, temperature: float, top_p: float, seed: int | None, stop: tuple[str, ...],
         as_json: bool) -> None:
     """Generate a completion of --prompt with ARTIFACT, streaming tokens to stdout."""
     if prompt == "-":
         prompt = sys.stdin.read()
     sampling = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed, "stop": stop}
-    with _open(artifact, quant, n_ctx, n_threads, n_gpu_layers) as session:
+    with _open(artifact, quant, n_ctx, n_threads, device, n_gpu_layers, graph_optimization) as session:
         if as_json:
             r = session.generate(prompt, **sampling)
             emit_json({"artifact": str(session.path), "backend": session.backend, "text": r.text,
@@ -72,8 +81,8 @@ def run(artifact: Path, prompt: str, quant: str | None, n_ctx: int, n_threads: i
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--system", default=None, help="System prompt.")
 @_runtime_options
-def chat(artifact: Path, system: str | None, quant: str | None, n_ctx: int, n_threads: int | None,
-         n_gpu_layers: int, max_tokens: int, temperature: float, top_p: float, seed: int | None,
+def chat(artifact: Path, system: str | None, quant: str | None, n_ctx: int, n_threads: int | None, device: str,
+         n_gpu_layers: int, graph_optimization: str | None, max_tokens: int, temperature: float, top_p: float, seed: int | None,
          stop: tuple[str, ...], as_json: bool) -> None:
     """Chat with ARTIFACT using its chat template. One message per line; /exit or EOF ends.
 
@@ -82,7 +91,7 @@ def chat(artifact: Path, system: str | None, quant: str | None, n_ctx: int, n_th
     sampling = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed, "stop": stop}
     messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     interactive = sys.stdin.isatty() and not as_json
-    with _open(artifact, quant, n_ctx, n_threads, n_gpu_layers) as session:
+    with _open(artifact, quant, n_ctx, n_threads, device, n_gpu_layers, graph_optimization) as session:
         if interactive:
             click.echo(f"chatting with {session.path.name} ({session.backend}); /exit to quit", err=True)
         while True:

@@ -1,0 +1,143 @@
+"""``edgekit convert --to onnx``: source -> ONNX Runtime GenAI models (KV cache), verified.
+
+One sub-directory per variant (``<name>-onnx-<quant>/``: ``model.onnx``, its external
+data, ``genai_config.json``, tokenizer files). Each is built into a temporary directory,
+verified through ONNX Runtime on the CPU against transformers with the same probes and
+thresholds as GGUF, and only then renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from edgekit.fsutil import atomic_output_dir, sha256_file
+from edgekit.manifest import ArtifactEntry
+from edgekit.progress import ProgressFn, StepTimer, report
+
+from ..merged_source import write_merged_source
+from ..pipeline import Conversion, Verifier, open_inputs, record, slug, start_output
+from .builder import check_builder_available, run_builder
+from .quants import (
+    DEFAULT_BLOCK_SIZE,
+    Int4Algo,
+    OnnxQuant,
+    Target,
+    check_block_size,
+    parse_algo,
+    parse_onnx_quants,
+    parse_target,
+)
+
+log = logging.getLogger(__name__)
+
+
+def dir_digest(path: Path) -> tuple[int, str]:
+    """(total bytes, sha256 over 'name:sha256' of every file in name order) of a directory."""
+    h, size = hashlib.sha256(), 0
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        size += f.stat().st_size
+        h.update(f"{f.relative_to(path).as_posix()}:{sha256_file(f)}\n".encode())
+    return size, h.hexdigest()
+
+
+def builder_options(q: OnnxQuant, *, block_size: int, algo: Int4Algo, tied: bool) -> dict[str, str]:
+    opts: dict[str, str] = {}
+    if q.name in ("int4", "int8"):
+        opts.update(block_size=str(block_size), algo_config=algo.value)
+    if tied:
+        # Tied embeddings: one copy of the matrix for the embedding Gather and the LM head
+        # instead of two (halves the file for small-vocabulary-heavy models).
+        opts["shared_embeddings"] = "true"
+    return opts
+
+
+def convert_onnx(
+    model_dir: Path,
+    out_dir: Path,
+    quants: str | list[str] = "fp32",
+    *,
+    adapter_dir: Path | None = None,
+    verify_artifacts: bool = True,
+    name: str | None = None,
+    threads: int | None = None,
+    target: str | Target = Target.CPU,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    int4_algo: str | Int4Algo = Int4Algo.K_QUANT,
+    progress: ProgressFn | None = None,
+    timer: StepTimer | None = None,
+    builder_extra: dict[str, str] | None = None,
+    source_override: Path | None = None,
+) -> Conversion:
+    """Export, verify and record ONNX variants.
+
+    ``source_override`` feeds the builder another checkpoint of the same model (a GPTQ
+    checkpoint: its calibrated int4 weights are carried into MatMulNBits) while the
+    reference stays the original source; ``builder_extra`` passes raw builder options
+    (tests use it to build a deliberately broken model and show verification catches it).
+    """
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    wanted = parse_onnx_quants(quants)
+    tgt, algo, block_size = parse_target(target), parse_algo(int4_algo), check_block_size(block_size)
+    check_builder_available()
+    timer = timer or StepTimer()
+    inputs = open_inputs(model_dir, adapter_dir, timer)
+    result = start_output(out_dir, inputs, timer)
+    verifier = Verifier(inputs, result, progress)
+    stem = slug(name or model_dir.resolve().name)
+    cfg = inputs.source.config
+    n_layers = int(cfg.get("num_hidden_layers") or cfg.get("text_config", {}).get("num_hidden_layers") or 0)
+    tied = bool(cfg.get("tie_word_embeddings", False))
+    report(progress, "source", f"{inputs.arch}, target {tgt.value}{' + LoRA' if inputs.adapter else ''}")
+
+    with tempfile.TemporaryDirectory(prefix=".edgekit-onnx-", dir=out_dir) as scratch:
+        src = Path(source_override) if source_override is not None else model_dir
+        if inputs.adapter is not None and source_override is None:
+            with timer.step("merge LoRA"):
+                report(progress, "merge LoRA", "writing merged weights for the ONNX builder")
+                src = write_merged_source(inputs.source, inputs.adapter, Path(scratch) / "merged")
+        for q in wanted:
+            final = out_dir / f"{stem}-onnx-{q.name}"
+            ep = q.builder_ep[tgt]
+            opts = {**builder_options(q, block_size=block_size, algo=algo, tied=tied), **(builder_extra or {})}
+            t0 = time.perf_counter()
+            with atomic_output_dir(final) as tmp:
+                with timer.step(f"build {q.name}"):
+                    report(progress, f"build {q.name}", f"ONNX Runtime GenAI builder (-p {q.builder_precision} "
+                                                       f"-e {ep}{', block ' + str(block_size) if 'block_size' in opts else ''})")
+                    run_builder(src, tmp, precision=q.builder_precision, ep=ep, cache_dir=Path(scratch) / "cache",
+                                extra_options=opts, n_layers=n_layers, progress=progress, label=f"build {q.name}")
+                verification = None
+                if verify_artifacts:
+                    verification = verify_onnx(tmp, final.name, q, verifier, threads=threads)
+                size, digest = dir_digest(tmp)
+                extra: dict[str, Any] = {"target": tgt.value, "builder_ep": ep, "verified_on": "cpu",
+                                         "builder_options": opts, **_versions()}
+                entry = ArtifactEntry(file=final.name, format="onnx", quant=q.name, precision=q.precision.value,
+                                      size_bytes=size, sha256=digest, verification=verification,
+                                      seconds=round(time.perf_counter() - t0, 3), extra=extra)
+            record(result, entry)
+    return result
+
+
+def verify_onnx(path: Path, label: str, q: OnnxQuant, verifier: Verifier, *, threads: int | None = None) -> dict[str, Any]:
+    from edgekit.runtimes.onnx import OnnxSession
+
+    with OnnxSession(path, n_ctx=0, n_threads=threads, device="cpu") as s:
+        return verifier.check(label, q.name, q.precision, s.tokenize, s.logits)
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("onnxruntime-genai", "onnxruntime", "onnxruntime-genai-cuda", "onnxruntime-gpu"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            continue
+    return out

@@ -1,0 +1,212 @@
+"""ONNX Runtime runtime (onnxruntime-genai): ONNX model directories on CPU, CUDA or TensorRT-RTX.
+
+The GenAI library owns the KV cache and sampling; this module maps the Session API onto
+it, picks the execution provider the user asked for -- and refuses, listing what this
+ONNX Runtime build has, when that provider is missing, instead of quietly running on CPU
+-- and exposes the session options that matter on edge boards (threads, graph
+optimization level).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Generator, Sequence
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import DependencyError, RuntimeLoadError, UnknownChoiceError
+
+from .base import SamplingConfig, Session
+from .onnx_check import ONNX_INSTALL, check_onnx_dir
+
+log = logging.getLogger(__name__)
+
+
+class Device(StrEnum):
+    CPU = "cpu"
+    CUDA = "cuda"
+    TENSORRT = "tensorrt"
+
+
+# device -> (provider name onnxruntime-genai takes, ONNX Runtime EP that must be present).
+# GenAI 0.18 drives TensorRT through the TensorRT-RTX EP (RTX GPUs); on Jetson the GenAI
+# runtime uses the CUDA EP of NVIDIA's JetPack builds, so there `--device cuda` is the path.
+DEVICES: dict[Device, tuple[str | None, str]] = {
+    Device.CPU: (None, "CPUExecutionProvider"),
+    Device.CUDA: ("cuda", "CUDAExecutionProvider"),
+    Device.TENSORRT: ("NvTensorRtRtx", "NvTensorRTRTXExecutionProvider"),
+}
+
+
+class GraphOptimization(StrEnum):
+    """ONNX Runtime graph optimization levels (SessionOptions.graph_optimization_level)."""
+
+    NONE = "none"
+    BASIC = "basic"
+    EXTENDED = "extended"
+    ALL = "all"
+
+
+_ORT_LEVELS = {GraphOptimization.NONE: "ORT_DISABLE_ALL", GraphOptimization.BASIC: "ORT_ENABLE_BASIC",
+               GraphOptimization.EXTENDED: "ORT_ENABLE_EXTENDED", GraphOptimization.ALL: "ORT_ENABLE_ALL"}
+
+
+def _import_og() -> Any:
+    try:
+        import onnxruntime_genai as og
+    except ImportError as e:
+        raise DependencyError("onnxruntime-genai", "running ONNX artifacts", ONNX_INSTALL) from e
+    return og
+
+
+def available_devices() -> list[Device]:
+    """Devices this environment's ONNX Runtime build can run (its compiled-in providers)."""
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise DependencyError("onnxruntime", "running ONNX artifacts", ONNX_INSTALL) from e
+    have = set(onnxruntime.get_available_providers())
+    return [d for d, (_, ep) in DEVICES.items() if ep in have]
+
+
+def _parse(enum: type[StrEnum], kind: str, value: str | StrEnum) -> Any:
+    try:
+        return enum(str(value).lower())
+    except ValueError:
+        raise UnknownChoiceError(kind, str(value), [m.value for m in enum]) from None
+
+
+class OnnxSession(Session):
+    backend = "onnxruntime-genai"
+
+    def __init__(self, path: Path, *, n_ctx: int = 4096, n_threads: int | None = None, device: str = "cpu",
+                 graph_optimization: str = "all", n_gpu_layers: int = 0) -> None:
+        super().__init__(path)
+        if n_gpu_layers:
+            raise RuntimeLoadError("--n-gpu-layers applies to GGUF (llama.cpp) artifacts",
+                                   hint="for ONNX artifacts choose the device with --device cuda|tensorrt")
+        self.info = check_onnx_dir(self.path)  # untrusted input: validate before native code parses it
+        self.device = _parse(Device, "device", device)
+        level = _parse(GraphOptimization, "graph optimization level", graph_optimization)
+        available = available_devices()
+        if self.device not in available:
+            raise RuntimeLoadError(
+                f"ONNX Runtime here has no {DEVICES[self.device][1]} for --device {self.device.value}",
+                hint=f"available devices: {', '.join(d.value for d in available)}; for GPUs install "
+                     "'edgekit[onnx-gpu]' (see README: Jetson)")
+        og = _import_og()
+        trained = self.info.context_length or n_ctx
+        self._n_ctx = min(n_ctx, trained) if n_ctx > 0 else trained
+        self.threads = n_threads or max(1, os.cpu_count() or 1)
+        config = og.Config(str(self.path))
+        config.clear_providers()
+        provider = DEVICES[self.device][0]
+        if provider is not None:
+            config.append_provider(provider)
+        # Session options go through GenAI's config overlay (the same keys as genai_config.json).
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": {
+            "intra_op_num_threads": self.threads, "inter_op_num_threads": 1,
+            "graph_optimization_level": _ORT_LEVELS[level]}}}}))
+        try:
+            self.model = og.Model(config)
+        except Exception as e:  # og raises plain RuntimeError with ORT's message
+            raise RuntimeLoadError(f"ONNX Runtime could not load {self.path}: {e}",
+                                   hint="re-export it with `edgekit convert --to onnx`; it may need a newer "
+                                        "onnxruntime-genai") from e
+        self.tokenizer = og.Tokenizer(self.model)
+        self._og = og
+        self._eos = self.info.eos_token_ids
+        self._vocab = int(self.info.config["model"].get("vocab_size") or 0)
+        self._add_special: bool | None = None
+        self._tok_config = self._read_json("tokenizer_config.json")
+
+    def _read_json(self, name: str) -> dict[str, Any]:
+        p = self.path / name
+        try:
+            data = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+        except (OSError, ValueError):
+            data = {}
+        return data if isinstance(data, dict) else {}
+
+    # -- Session API ---------------------------------------------------------------------
+    @property
+    def context_length(self) -> int:
+        return self._n_ctx
+
+    @property
+    def chat_template(self) -> str | None:
+        t = self._tok_config.get("chat_template")
+        if isinstance(t, str) and t:
+            return t
+        f = self.path / "chat_template.jinja"
+        return f.read_text(encoding="utf-8") if f.is_file() else None
+
+    @property
+    def special_tokens(self) -> dict[str, str]:
+        out = {}
+        for key in ("bos", "eos"):
+            v = self._tok_config.get(f"{key}_token")
+            v = v.get("content") if isinstance(v, dict) else v
+            if isinstance(v, str):
+                out[key] = v
+        return out
+
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        if self._add_special is not add_special:  # toggling costs a call; most callers keep one mode
+            self.tokenizer.update_options(add_special_tokens="true" if add_special else "false")
+            self._add_special = add_special
+        return [int(t) for t in self.tokenizer.encode(text)]
+
+    def token_bytes(self, ids: Sequence[int]) -> bytes:
+        return str(self.tokenizer.decode(np.asarray(list(ids), dtype=np.int32))).encode("utf-8")
+
+    def _piece_decoder(self) -> Callable[[int], bytes]:
+        # GenAI's tokenizer decodes to text only; its stream holds back split UTF-8 itself.
+        stream = self.tokenizer.create_stream()
+        return lambda token: str(stream.decode(int(token))).encode("utf-8")
+
+    def is_end(self, token: int) -> bool:
+        return token in self._eos
+
+    def _generator(self, n_tokens: int, cfg: SamplingConfig | None = None) -> Any:
+        og = self._og
+        params = og.GeneratorParams(self.model)
+        opts: dict[str, Any] = {"max_length": min(n_tokens, self._n_ctx), "min_length": 0,
+                                "repetition_penalty": 1.0}
+        if cfg is not None and cfg.temperature > 0:
+            # genai_config's own search defaults (top_k 50) would change the distribution
+            # the caller asked for: top_k 0 means "off" here, i.e. the whole vocabulary.
+            opts.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
+                        top_k=cfg.top_k or self._vocab or 1 << 20)
+            if cfg.seed is not None:
+                opts["random_seed"] = cfg.seed
+        else:
+            opts.update(do_sample=False, top_k=1)
+        params.set_search_options(**opts)
+        return og.Generator(self.model, params)
+
+    def _sample(self, prompt_ids: list[int], cfg: SamplingConfig) -> Generator[int, None, None]:
+        gen = self._generator(len(prompt_ids) + cfg.max_tokens, cfg)
+        gen.append_tokens(np.asarray(prompt_ids, dtype=np.int32))
+        try:
+            while not gen.is_done():
+                gen.generate_next_token()
+                yield int(gen.get_next_tokens()[0])
+        finally:
+            del gen  # frees the KV cache now, not at the next GC
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        gen = self._generator(len(ids) + 1)
+        gen.append_tokens(np.asarray(ids, dtype=np.int32))
+        out = np.asarray(gen.get_output("logits"))
+        return out.reshape(-1, out.shape[-1])[-len(ids):].astype(np.float32)
+
+    def close(self) -> None:
+        for attr in ("tokenizer", "model"):
+            if hasattr(self, attr):
+                delattr(self, attr)

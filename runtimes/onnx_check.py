@@ -1,0 +1,101 @@
+"""Validate an ONNX Runtime GenAI model directory before ONNX Runtime opens it.
+
+The directory comes from outside (downloaded, copied from another machine), so before
+handing it to native code we check what a truncated copy or a hostile file would get
+wrong: ``genai_config.json`` parses and names a decoder file that exists; the ONNX
+protobuf parses; every external-data reference stays inside the directory (no absolute
+paths, no ``..``) and lies within its file's size. Only the graph is parsed here, never
+the weights, so this costs milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from edgekit.errors import CorruptFileError, DependencyError, ModelNotFoundError
+
+GENAI_CONFIG = "genai_config.json"
+# CPU and GPU builds both provide the `onnxruntime` module: one or the other per environment.
+ONNX_INSTALL = "pip install 'edgekit[onnx]' (CPU) or 'edgekit[onnx-gpu]' (CUDA/Jetson)"
+
+
+@dataclass(frozen=True)
+class OnnxModelInfo:
+    config: dict[str, Any]  # genai_config.json
+    decoder_file: Path
+    external_files: tuple[Path, ...]
+    initializer_bytes: int  # sum of external data lengths + inline initializers
+
+    @property
+    def context_length(self) -> int:
+        return int(self.config["model"].get("context_length") or 0)
+
+    @property
+    def eos_token_ids(self) -> set[int]:
+        eos = self.config["model"].get("eos_token_id", [])
+        return {int(e) for e in (eos if isinstance(eos, list) else [eos])}
+
+
+def read_genai_config(path: Path) -> dict[str, Any]:
+    cfg_path = Path(path) / GENAI_CONFIG
+    if not cfg_path.is_file():
+        raise ModelNotFoundError(f"{path} has no {GENAI_CONFIG}",
+                                 hint="pass a directory written by `edgekit convert --to onnx` (or ONNX Runtime "
+                                      "GenAI's model builder)")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        str(cfg["model"]["decoder"]["filename"])  # presence check: KeyError/TypeError below
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CorruptFileError(cfg_path, f"not a valid GenAI config ({type(e).__name__}: {e})",
+                               hint="re-export the model with `edgekit convert --to onnx`") from e
+    assert isinstance(cfg, dict)
+    return cfg
+
+
+def _safe_relative(root: Path, location: str, owner: Path) -> Path:
+    p = PurePosixPath(location.replace("\\", "/"))
+    if p.is_absolute() or ".." in p.parts or not p.parts:
+        raise CorruptFileError(owner, f"references external data outside its directory: {location!r}",
+                               hint="refusing to load it; re-export the model")
+    return root / Path(*p.parts)
+
+
+def check_onnx_dir(path: Path) -> OnnxModelInfo:
+    """Validate ``path`` (a GenAI model directory); raise a one-line error naming the problem."""
+    path = Path(path)
+    cfg = read_genai_config(path)
+    decoder = _safe_relative(path, str(cfg["model"]["decoder"]["filename"]), path / GENAI_CONFIG)
+    if not decoder.is_file() or decoder.stat().st_size == 0:
+        raise CorruptFileError(decoder, "missing or empty", hint="the copy is incomplete; copy the whole directory")
+    try:
+        import onnx
+    except ImportError as e:
+        raise DependencyError("onnx", "checking ONNX models", ONNX_INSTALL) from e
+    try:
+        model = onnx.load(str(decoder), load_external_data=False)
+    except Exception as e:  # protobuf raises DecodeError, RuntimeError or ValueError depending on build
+        raise CorruptFileError(decoder, f"not a valid ONNX model ({type(e).__name__})",
+                               hint="the file is truncated or corrupt; re-export or re-copy it") from e
+    sizes: dict[Path, int] = {}
+    total = 0
+    for init in model.graph.initializer:
+        if init.data_location != onnx.TensorProto.EXTERNAL:
+            total += len(init.raw_data)
+            continue
+        ext = {e.key: e.value for e in init.external_data}
+        target = _safe_relative(path, ext.get("location", ""), decoder)
+        if target not in sizes:
+            if not target.is_file():
+                raise CorruptFileError(decoder, f"needs {target.name}, which is missing",
+                                       hint="copy the whole model directory (the .onnx.data file too)")
+            sizes[target] = target.stat().st_size
+        offset, length = int(ext.get("offset", 0)), int(ext.get("length", 0))
+        if offset < 0 or length < 0 or offset + length > sizes[target]:
+            raise CorruptFileError(
+                target, f"truncated: tensor {init.name} needs bytes {offset}..{offset + length}, "
+                        f"file has {sizes[target]}", hint="re-copy or re-export the model")
+        total += length
+    return OnnxModelInfo(cfg, decoder, tuple(sizes), total)
