@@ -1,0 +1,108 @@
+"""The project's published figures: the demo model in every format, benchmarked and evaluated.
+
+    python benchmarks/readme_figures.py                      # convert the demo model, measure, report
+    python benchmarks/readme_figures.py --out bench-out/readme --repetitions 5 --threads 1
+
+Steps, all in one run so every number shares the machine's state:
+1. convert the packaged demo model to GGUF f16/q8_0/q4_k_m and ONNX int4 (skipped when
+   ``--out`` already holds them);
+2. ``edgekit bench`` on each (pp512/tg128, fresh process per artifact, conditions recorded);
+3. the same GGUF files through raw llama-cpp-python (``benchmarks/profile_check.py``'s
+   child: plain ``Llama.eval`` loops, no edgekit), so the Session API's overhead shows as a
+   ratio (best repetition against best repetition);
+4. ``edgekit eval`` of each artifact against the transformers source (KL, same top-1, PPL);
+5. ``edgekit bench report``: PNG plots + summary.md; an aligned table here; all as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+
+
+def raw_llama_cpp(path: Path, ctx: int, prompt: int, gen: int, reps: int, threads: int) -> dict[str, float] | None:
+    """profile_check's raw llama-cpp-python measurement, in its own fresh process."""
+    child = subprocess.run([sys.executable, str(HERE / "profile_check.py"), "--_child", str(path), str(ctx),
+                            str(prompt), str(gen), str(reps), str(threads)], capture_output=True, text=True)
+    if child.returncode != 0:
+        print(f"  raw llama-cpp-python failed on {path.name}: {child.stderr[-400:]}", file=sys.stderr)
+        return None
+    return dict(json.loads(child.stdout.strip().splitlines()[-1]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("bench-out/readme"))
+    ap.add_argument("--prompt-tokens", type=int, default=512)
+    ap.add_argument("--gen-tokens", type=int, default=128)
+    ap.add_argument("--repetitions", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0, help="default: all cores")
+    ap.add_argument("--eval-ctx", type=int, default=256, help="the demo model was trained on 256-token sequences")
+    ap.add_argument("--eval-chunks", type=int, default=20)
+    ap.add_argument("--label", default=None)
+    args = ap.parse_args(argv)
+
+    import edgekit
+    from edgekit.bench import BenchSettings, run_bench
+    from edgekit.bench.evaluate import evaluate
+    from edgekit.bench.report import write_report
+    from edgekit.bench.run import default_threads
+    from edgekit.demo import demo_model_dir, heldout_path
+    from edgekit.ui import format_table, human_bytes
+
+    artifacts = args.out / "artifacts"
+    if not list(artifacts.glob("*.gguf")):
+        print("- converting the demo model", file=sys.stderr)
+        edgekit.convert(demo_model_dir(), artifacts, to="gguf", quants="f16,q8_0,q4_k_m")
+        edgekit.convert(demo_model_dir(), artifacts, to="onnx", quants="int4")
+    threads = args.threads or default_threads()
+    settings = BenchSettings(prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
+                             repetitions=args.repetitions, threads=(threads,))
+    results_path = args.out / "results.json"
+    print("- edgekit bench", file=sys.stderr)
+    runs = run_bench([artifacts], settings, output=results_path, label=args.label)
+    pp, tg = settings.pp_name, settings.tg_name
+    rows: list[list[Any]] = []
+    extra: list[dict[str, Any]] = []
+    for r in runs.results:
+        path = Path(r.path)
+        raw = None
+        if r.kind == "gguf":
+            print(f"- raw llama-cpp-python: {r.artifact}", file=sys.stderr)
+            raw = raw_llama_cpp(path, settings.ctx, settings.prompt_tokens, settings.gen_tokens, args.repetitions,
+                                threads)
+        print(f"- eval: {r.artifact}", file=sys.stderr)
+        ev = evaluate(path, heldout_path(), reference=demo_model_dir(), n_ctx=args.eval_ctx,
+                      max_chunks=args.eval_chunks, n_threads=threads)
+        best_pp, best_tg = r.metrics[pp]["max"], r.metrics[tg]["max"]
+        rows.append([r.artifact, r.quant, r.backend, human_bytes(r.size_bytes),
+                     f"{r.metrics[pp]['mean']:.0f} ± {r.metrics[pp]['std']:.0f}",
+                     f"{r.metrics[tg]['mean']:.0f} ± {r.metrics[tg]['std']:.0f}",
+                     round(best_tg / raw["gen_tps"], 2) if raw else None,
+                     round(best_pp / raw["prompt_tps"], 2) if raw else None,
+                     human_bytes(r.memory.get("peak_rss_bytes") or 0), ev.ppl, ev.kl.mean if ev.kl else None,
+                     ev.kl.same_top1_pct if ev.kl else None])
+        extra.append({"artifact": r.artifact, "raw_llama_cpp_best": raw, "edgekit_best": {pp: best_pp, tg: best_tg},
+                      "eval_vs_source": ev.to_dict()})
+    report_dir = args.out / "report"
+    written = write_report([runs], report_dir)
+    h = runs.host
+    print(f"\n{h['label']}, power mode {h['power']['mode']}, {threads} threads, {settings.repetitions} reps; "
+          f"eval: {args.eval_chunks} chunks x {args.eval_ctx} tokens of held-out text vs transformers fp32")
+    print(format_table(["artifact", "quant", "runtime", "size", f"{pp} t/s", f"{tg} t/s", "tg ek/raw", "pp ek/raw",
+                        "peak RSS", "PPL", "mean KL", "same top-1 %"], rows))
+    summary = args.out / "figures.json"
+    summary.write_text(json.dumps({"results": str(results_path), "report": [str(p) for p in written],
+                                   "artifacts": extra}, indent=2))
+    print(f"\nresults: {results_path}\nreport: {report_dir / 'summary.md'}\nfigures: {summary}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
