@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "chat": ("run", "chat", "Chat with an artifact using its chat template."),
     "profile": ("profile", "profile", "Hardware profiles: list, show, detect this host, calibrate."),
     "recommend": ("recommend", "recommend", "Rank formats/quants for a device profile and pick one."),
+    "serve": ("serve", "serve", "Serve an artifact over a local OpenAI-compatible HTTP API."),
     "eval": ("eval", "eval_cmd", "Perplexity and KL divergence of an artifact against a reference."),
     "bench": ("bench", "bench", "Benchmark artifacts with the conditions recorded; `bench report` plots results."),
 }
