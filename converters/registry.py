@@ -13,12 +13,14 @@ from edgekit.errors import UnknownChoiceError
 class Format(StrEnum):
     GGUF = "gguf"
     ONNX = "onnx"
+    GPTQ = "gptq"
 
 
 # format -> (module, conversion function); imported only when used
 CONVERTERS: dict[Format, tuple[str, str]] = {
     Format.GGUF: ("edgekit.converters.gguf.convert", "convert_gguf"),
     Format.ONNX: ("edgekit.converters.onnx.convert", "convert_onnx"),
+    Format.GPTQ: ("edgekit.converters.gptq.convert", "convert_gptq"),
 }
 
 
@@ -26,6 +28,7 @@ CONVERTERS: dict[Format, tuple[str, str]] = {
 QUANT_TABLES: dict[Format, tuple[str, str]] = {
     Format.GGUF: ("edgekit.converters.gguf.quants", "QUANTS"),
     Format.ONNX: ("edgekit.converters.onnx.quants", "QUANTS"),
+    Format.GPTQ: ("edgekit.converters.gptq.convert", "QUANTS"),
 }
 
 

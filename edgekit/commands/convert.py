@@ -38,7 +38,7 @@ def split_quants(formats: list[Any], quants: str | None, defaults: dict[str, str
 @click.command()
 @click.argument("model_dir", required=False, type=click.Path(path_type=Path))
 @click.option("--to", "to", default="gguf", show_default=True,
-              help="Output format(s), comma-separated: gguf, onnx (e.g. --to gguf,onnx).")
+              help="Output format(s), comma-separated: gguf, onnx, gptq (e.g. --to gguf,onnx or --to gptq,onnx).")
 @click.option("--quant", "-q", "quants", default=None,
               help="Comma-separated types, e.g. f16,q8_0,q4_k_m (GGUF) or fp32,fp16,int4 (ONNX). "
                    "Default: f16 (GGUF), fp32,int4 (ONNX).")
@@ -51,14 +51,28 @@ def split_quants(formats: list[Any], quants: str | None, defaults: dict[str, str
 @click.option("--block-size", type=int, default=32, show_default=True,
               help="ONNX int4/int8: weights per quantization block (16/32/64/128/256).")
 @click.option("--int4-algo", default="k_quant", show_default=True, help="ONNX int4/int8: rtn|k_quant|k_quant_mixed.")
+@click.option("--bits", type=int, default=4, show_default=True, help="GPTQ: weight bits (4 or 8).")
+@click.option("--group-size", type=int, default=128, show_default=True,
+              help="GPTQ: input columns per scale (-1: one group per row).")
+@click.option("--act-order", is_flag=True, help="GPTQ: process columns by activation size (better, same format).")
+@click.option("--calibration", type=click.Path(path_type=Path), default=None,
+              help="GPTQ: calibration text file or directory (default: the packaged corpus).")
+@click.option("--samples", type=int, default=128, show_default=True, help="GPTQ: calibration windows.")
+@click.option("--seq-len", type=int, default=512, show_default=True, help="GPTQ: tokens per calibration window.")
+@click.option("--compressed-tensors", is_flag=True,
+              help="GPTQ: also write llmcompressor's compressed-tensors checkpoint.")
+@click.option("--from-gptq", type=click.Path(path_type=Path), default=None,
+              help="ONNX: build from this GPTQ checkpoint (its calibrated int4 weights) instead of MODEL_DIR.")
 @click.option("--no-verify", is_flag=True, help="Skip verification against the source model (not recommended).")
 @click.option("--threads", type=int, default=None, help="Threads for quantization and verification.")
 @click.option("--demo", is_flag=True, help="Convert the packaged demo model (no download needed).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def convert(model_dir: Path | None, to: str, quants: str | None, adapter: Path | None, out_dir: Path,
-            name: str | None, target: str, block_size: int, int4_algo: str, no_verify: bool, threads: int | None,
-            demo: bool, as_json: bool, quiet: bool) -> None:
+            name: str | None, target: str, block_size: int, int4_algo: str, bits: int, group_size: int,
+            act_order: bool, calibration: Path | None, samples: int, seq_len: int, compressed_tensors: bool,
+            from_gptq: Path | None, no_verify: bool, threads: int | None, demo: bool, as_json: bool,
+            quiet: bool) -> None:
     """Convert MODEL_DIR (a Hugging Face model directory) and verify every artifact against it."""
     from edgekit.converters.registry import Format, converter, parse_formats
     from edgekit.errors import InputError
@@ -77,13 +91,20 @@ def convert(model_dir: Path | None, to: str, quants: str | None, adapter: Path |
     # options that only one format understands
     specific: dict[Format, dict[str, Any]] = {
         Format.ONNX: {"target": target, "block_size": block_size, "int4_algo": int4_algo},
+        Format.GPTQ: {"bits": bits, "group_size": group_size, "act_order": act_order, "calibration": calibration,
+                      "samples": samples, "seq_len": seq_len, "compressed_tensors": compressed_tensors},
     }
+    from edgekit.converters.gptq.chain import chain_onnx, gain_lines
+
+    formats, per_format, names = chain_onnx(formats, per_format, quants, from_gptq, specific, name, model_dir)
     printer = StepPrinter(quiet=quiet or as_json)
     results = []
     for fmt in formats:
         results.append(converter(fmt)(model_dir, out_dir, per_format[fmt], adapter_dir=adapter,
-                                      verify_artifacts=not no_verify, name=name, threads=threads, progress=printer,
-                                      **specific.get(fmt, {})))
+                                      verify_artifacts=not no_verify, name=names.get(fmt, name), threads=threads,
+                                      progress=printer, **specific.get(fmt, {})))
+        if fmt is Format.GPTQ and Format.ONNX in formats:  # --to gptq,onnx: ONNX reads the new checkpoint
+            specific[Format.ONNX]["source_override"] = out_dir / results[-1].artifacts[0].file
     if as_json:
         emit_json({"out_dir": str(out_dir), "manifest": results[-1].manifest.to_dict(),
                    "steps": [s for r in results for s in r.timer.as_dict()]})
@@ -100,3 +121,5 @@ def convert(model_dir: Path | None, to: str, quants: str | None, adapter: Path |
     if ref:
         click.echo(f"source perplexity {ref['ppl_ref']:.3f} on {ref['n_positions']} probe positions; "
                    f"manifest: {out_dir / 'edgekit.json'}")
+    for line in gain_lines([a for r in results for a in r.artifacts]):
+        click.echo(line)

@@ -1,0 +1,143 @@
+"""Write and read the classic GPTQ checkpoint directory.
+
+What a reader finds (what transformers, vLLM and ONNX Runtime GenAI's builder expect):
+``config.json`` = the source config + ``quantization_config`` (``quant_method: "gptq"``,
+``checkpoint_format: "gptq"``), ``model.safetensors`` with ``{linear}.qweight/.qzeros/
+.scales/.g_idx`` for every quantized Linear and float16 for everything else, and the
+source's tokenizer and generation files (the ONNX builder refuses a directory without a
+tokenizer).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit import __version__
+from edgekit.errors import CorruptFileError, InputError
+
+from .engine import DAMPENING, GPTQSettings
+from .pack import GPTQTensors, dequantize, pack_linear, validate_shapes
+
+WEIGHTS = "model.safetensors"
+# Files copied from the source directory when present: tokenizer, template, generation defaults.
+SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
+              "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json",
+              "generation_config.json")
+_QSUFFIXES = (".qweight", ".qzeros", ".scales", ".g_idx")
+
+
+def quantization_config(settings: GPTQSettings) -> dict[str, Any]:
+    """The ``quantization_config`` block as AutoGPTQ / optimum wrote it (v1 format)."""
+    return {
+        "quant_method": "gptq", "bits": settings.bits, "group_size": settings.group_size,
+        "desc_act": False,  # groups are contiguous (g_idx trivial) even with --act-order: see engine.py
+        "sym": True, "damp_percent": settings.dampening if settings.dampening is not None else DAMPENING,
+        "true_sequential": True, "static_groups": False, "checkpoint_format": "gptq",
+        "modules_in_block_to_quantize": None, "model_name_or_path": None, "model_file_base_name": None,
+        "meta": {"quantizer": [f"edgekit:{__version__}", "llmcompressor"], "act_order": settings.act_order},
+    }
+
+
+def write_checkpoint(out_dir: Path, source_dir: Path, config: dict[str, Any], float_tensors: dict[str, np.ndarray],
+                     quantized: dict[str, GPTQTensors], settings: GPTQSettings) -> None:
+    from safetensors.numpy import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, np.ndarray] = {}
+    for name, arr in float_tensors.items():
+        tensors[name] = np.ascontiguousarray(arr.astype(np.float16) if arr.dtype.kind == "f" else arr)
+    for prefix, t in quantized.items():
+        tensors.update({k: np.ascontiguousarray(v) for k, v in t.items(prefix).items()})
+    save_file(tensors, str(out_dir / WEIGHTS), metadata={"format": "pt", "quantizer": f"edgekit {__version__} gptq"})
+    cfg = dict(config)
+    cfg["quantization_config"] = quantization_config(settings)
+    cfg["dtype"] = "float16"
+    cfg.pop("torch_dtype", None)
+    (out_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+    for name in SIDE_FILES:
+        if (source_dir / name).is_file():
+            shutil.copy2(source_dir / name, out_dir / name)
+
+
+class GPTQCheckpoint:
+    """A GPTQ checkpoint read back from disk, independent of the code that quantized it."""
+
+    def __init__(self, path: Path) -> None:
+        from safetensors.numpy import load_file
+
+        self.path = Path(path)
+        cfg_path, weights = self.path / "config.json", self.path / WEIGHTS
+        if not cfg_path.is_file() or not weights.is_file():
+            raise InputError(f"{self.path} is not a GPTQ checkpoint (needs config.json and {WEIGHTS})",
+                             hint="pass a directory written by `edgekit convert --to gptq`")
+        self.config: dict[str, Any] = json.loads(cfg_path.read_text(encoding="utf-8"))
+        qc = self.config.get("quantization_config") or {}
+        if qc.get("quant_method") != "gptq":
+            raise InputError(f"{self.path}: quantization_config.quant_method is {qc.get('quant_method')!r}, not 'gptq'",
+                             hint="only classic GPTQ checkpoints are read here")
+        self.bits = int(qc["bits"])
+        self.group_size = int(qc["group_size"])
+        try:
+            raw = load_file(str(weights))
+        except Exception as e:  # safetensors raises its own types on truncation
+            raise CorruptFileError(weights, f"cannot be read ({e})") from e
+        self.float_tensors = {k: v for k, v in raw.items() if not k.endswith(_QSUFFIXES)}
+        self.quantized: dict[str, GPTQTensors] = {}
+        for k in raw:
+            if k.endswith(".qweight"):
+                p = k[: -len(".qweight")]
+                self.quantized[p] = GPTQTensors(raw[k], raw[p + ".qzeros"], raw[p + ".scales"], raw[p + ".g_idx"],
+                                                self.bits)
+        for p, t in self.quantized.items():
+            in_f = t.in_features
+            validate_shapes(t, t.out_features, in_f, self.group_size if self.group_size > 0 else in_f, p)
+
+    def dequantized(self) -> dict[str, np.ndarray]:
+        """Every weight as float32, quantized Linears dequantized (what the model computes with)."""
+        out = {k: v.astype(np.float32) for k, v in self.float_tensors.items()}
+        for p in self.quantized:
+            out[p + ".weight"] = self.dequantized_one(p)
+        return out
+
+    def dequantized_one(self, prefix: str) -> np.ndarray:
+        return dequantize(self.quantized[prefix])
+
+    def float_model(self) -> Any:
+        """A float32 transformers model with the dequantized weights (no GPTQ kernels needed)."""
+        return float_model_from(self.path, self.config, self.dequantized())
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
+
+
+def float_model_from(model_dir: Path, config: dict[str, Any], weights: dict[str, np.ndarray]) -> Any:
+    """Build the architecture from ``config`` and load ``weights`` into it, strictly."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = dict(config)
+    cfg.pop("quantization_config", None)
+    hf_config = AutoConfig.for_model(**{k: v for k, v in cfg.items() if k != "architectures"})
+    hf_config.architectures = cfg.get("architectures")
+    model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
+    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in weights.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if getattr(hf_config, "tie_word_embeddings", False) else set()
+    if set(missing) - tied or unexpected:
+        raise CorruptFileError(model_dir, f"weights do not match the architecture (missing {sorted(set(missing) - tied)[:3]}, "
+                                          f"unexpected {sorted(unexpected)[:3]})")
+    if tied:
+        model.tie_weights()
+    model.eval()
+    return model
+
+
+def pack_all(quantized: dict[str, Any]) -> dict[str, GPTQTensors]:
+    """QuantizedLinear per module -> checkpoint tensors."""
+    return {name: pack_linear(q.codes, q.zeros, q.scales, q.g_idx, q.bits) for name, q in quantized.items()}

@@ -1,0 +1,316 @@
+"""``edgekit convert --to gptq``: calibrated GPTQ int4/int8 checkpoint, verified and compared with RTN.
+
+Steps: validate everything (bits, group size vs every Linear's width, calibration text long
+enough) before anything is written; load the source in float32 (merging a LoRA adapter);
+run GPTQ (llmcompressor, layer by layer); pack the classic GPTQ checkpoint into a
+temporary directory; read it back from disk and check the packing round-trips exactly;
+verify the read-back model against transformers on the probe set; measure held-out
+perplexity and KL for GPTQ and for round-to-nearest with the same scales; rename into
+place and record both in the manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import InputError, VerificationError
+from edgekit.fsutil import atomic_output_dir
+from edgekit.manifest import ArtifactEntry
+from edgekit.progress import ProgressFn, StepTimer, report
+
+from ..gguf.quants import Precision
+from ..lora import LoraAdapter
+from ..onnx.convert import dir_digest
+from ..pipeline import Conversion, Verifier, open_inputs, record, slug, start_output
+from ..source import SourceModel
+from .calibration import (
+    DEFAULT_SAMPLES,
+    DEFAULT_SEQ_LEN,
+    calibration_windows,
+    check_window,
+    read_calibration_text,
+)
+from .checkpoint import SIDE_FILES, GPTQCheckpoint, float_model_from, pack_all, write_checkpoint
+from .engine import GPTQSettings, quantized_linear_names, quiet_llmcompressor, require_llmcompressor, run_gptq
+from .evaluate import heldout_metrics, heldout_windows, reference_metrics, torch_logits
+from .pack import check_bits, unpack_linear, unpack_rows
+from .rtn import QuantizedLinear, rtn_quantize
+
+log = logging.getLogger(__name__)
+
+PRECISION = {4: Precision.INT4, 8: Precision.INT8}
+
+
+@dataclass(frozen=True)
+class GPTQQuant:
+    name: str  # what --quant accepts for GPTQ (another way to say --bits)
+
+
+QUANTS = (GPTQQuant("int4"), GPTQQuant("int8"))
+_LINEAR_WEIGHT = re.compile(r"^(?P<mod>.*\.layers\.\d+\..+)\.weight$")
+
+
+def gain_line(extra: dict[str, Any]) -> str:
+    g, r, f = extra["gptq"], extra["rtn"], extra["fp32"]
+    return (f"GPTQ vs round-to-nearest ({extra['scheme']}) on {g['n_tokens']} held-out tokens: "
+            f"mean KL {g['mean_kl']:.4g} vs {r['mean_kl']:.4g} ({extra['gain']['kl_reduction_pct']:.1f}% lower), "
+            f"ppl {g['ppl']:.3f} vs {r['ppl']:.3f} (fp32 {f['ppl']:.3f})")
+
+
+def _bits_from(quants: str | list[str] | None, bits: int) -> int:
+    """``-q int4`` / ``-q int8`` may name the width instead of ``--bits``."""
+    names = [q.strip().lower() for q in (quants.split(",") if isinstance(quants, str) else quants or []) if q.strip()]
+    if not names:
+        return bits
+    if len(names) == 1 and names[0].removeprefix("int").isdigit():
+        check_bits(int(names[0].removeprefix("int")))  # "GPTQ supports 4 or 8 bits, not 3"
+    if len(names) != 1 or names[0].removeprefix("int") not in ("4", "8"):
+        raise InputError(f"GPTQ output types are int4 or int8, not {','.join(names)!r}",
+                         hint="use --bits 4 or --bits 8 (and drop -q)")
+    named = int(names[0].removeprefix("int"))
+    if named != bits and bits != 4:  # 4 is the default: only an explicit other width conflicts
+        raise InputError(f"--quant int{named} and --bits {bits} disagree", hint="pass one of them")
+    return named
+
+
+def check_group_size(source: SourceModel, group_size: int, bits: int) -> None:
+    """Every quantized Linear needs in % group == 0 and (for packing) in, out % (32/bits) == 0."""
+    if group_size == 0 or group_size < -1:
+        raise InputError(f"--group-size must be a positive number or -1 (per row), not {group_size}",
+                         hint="128 is the usual choice")
+    per_word = 32 // bits
+    bad: list[str] = []
+    widths: list[int] = []
+    for info in source.iter_infos():
+        m = _LINEAR_WEIGHT.match(info.name)
+        if not m or len(info.shape) != 2:
+            continue
+        out_f, in_f = info.shape
+        widths.append(in_f)
+        if (group_size > 0 and in_f % group_size) or in_f % per_word or out_f % per_word:
+            bad.append(f"{m.group('mod')} (in {in_f}, out {out_f})")
+    if bad:
+        g = 0
+        for w in widths:
+            g = np.gcd(g, w)
+        fit = max((p for p in (128, 64, 32, 16, 8) if g % p == 0), default=None)
+        hint = (f"use --group-size {fit} (divides every width), or --group-size -1 (one group per row)"
+                if fit else "use --group-size -1 (one group per row), or keep this model in GGUF")
+        raise InputError(f"{len(bad)} layers have widths that are not a multiple of --group-size {group_size}"
+                         f" (or of {per_word} for {bits}-bit packing): {', '.join(bad[:4])}"
+                         f"{' ...' if len(bad) > 4 else ''}", hint=hint)
+
+
+def _load_float_model(model_dir: Path, adapter: LoraAdapter | None) -> Any:
+    """The source in float32 (LoRA merged by edgekit's own merge)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if adapter is not None:
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name in adapter.target_tensors:
+                p = params[name]
+                p.copy_(torch.from_numpy(adapter.merge(name, p.detach().numpy().copy())))
+    model.eval()
+    return model
+
+
+def _float_tensors(model: Any, quantized_names: list[str]) -> dict[str, np.ndarray]:
+    """Everything the GPTQ checkpoint keeps in float: embeddings, norms, biases, an untied head."""
+    skip = {f"{n}.weight" for n in quantized_names}
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    return {k: v.detach().float().numpy().copy() for k, v in model.state_dict().items()
+            if k not in skip and not (tied and k == "lm_head.weight")}
+
+
+def check_roundtrip(ckpt: GPTQCheckpoint, quantized: dict[str, QuantizedLinear], label: str) -> None:
+    """Codes, zeros, scales, g_idx and dequantized weights read from disk == the in-memory result."""
+    if set(ckpt.quantized) != set(quantized):
+        raise VerificationError(label, "packing", f"{len(ckpt.quantized)} quantized tensors on disk, "
+                                                  f"{len(quantized)} in memory")
+    for name, q in quantized.items():
+        u = unpack_linear(ckpt.quantized[name])
+        same = (np.array_equal(u.codes, q.codes) and np.array_equal(u.zeros, q.zeros)
+                and np.array_equal(u.scales, q.scales) and np.array_equal(u.g_idx, q.g_idx)
+                and np.array_equal(ckpt.dequantized_one(name), q.dequantize()))
+        if not same:
+            raise VerificationError(label, "packing", f"{name} does not read back as it was quantized")
+
+
+def check_compressed_tensors(path: Path, quantized: dict[str, QuantizedLinear], label: str) -> None:
+    """llmcompressor's own pack-quantized tensors hold the same codes and scales as ours."""
+    from safetensors.numpy import load_file
+
+    tensors: dict[str, np.ndarray] = {}
+    for f in sorted(path.glob("*.safetensors")):
+        tensors.update(load_file(str(f)))
+    for name, q in quantized.items():
+        packed, scale = tensors.get(f"{name}.weight_packed"), tensors.get(f"{name}.weight_scale")
+        if packed is None or scale is None:
+            raise VerificationError(label, "packing", f"{name}.weight_packed/weight_scale missing")
+        codes = unpack_rows(np.ascontiguousarray(packed.T), q.bits).T
+        if not (np.array_equal(codes, q.codes) and np.array_equal(scale.astype(np.float16), q.scales)):
+            raise VerificationError(label, "packing", f"{name}: compressed-tensors codes differ from GPTQ's")
+
+
+def convert_gptq(
+    model_dir: Path,
+    out_dir: Path,
+    quants: str | list[str] | None = None,
+    *,
+    adapter_dir: Path | None = None,
+    verify_artifacts: bool = True,
+    name: str | None = None,
+    threads: int | None = None,
+    progress: ProgressFn | None = None,
+    timer: StepTimer | None = None,
+    bits: int = 4,
+    group_size: int = 128,
+    act_order: bool = False,
+    calibration: Path | None = None,
+    samples: int = DEFAULT_SAMPLES,
+    seq_len: int = DEFAULT_SEQ_LEN,
+    compressed_tensors: bool = False,
+    heldout_text: str | None = None,
+) -> Conversion:
+    """Quantize with GPTQ, write a classic GPTQ checkpoint directory, verify it, compare with RTN."""
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    bits = check_bits(_bits_from(quants, bits))
+    settings = GPTQSettings(bits=bits, group_size=group_size, act_order=act_order)
+    timer = timer or StepTimer()
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+    # Everything that can be wrong with the input is found before anything is written.
+    inputs = open_inputs(model_dir, adapter_dir, timer)
+    with timer.step("check gptq inputs"):
+        check_group_size(inputs.source, group_size, bits)
+        check_window(samples, seq_len, inputs.source.config.get("max_position_embeddings"))
+        text, text_source = read_calibration_text(calibration)
+        require_llmcompressor()
+    with timer.step("calibration text"):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        calib = calibration_windows(tokenizer, text, text_source, samples, seq_len)
+        del text
+    report(progress, "calibration", f"{samples} x {seq_len} tokens from {text_source} "
+                                     f"({calib.available_tokens} tokens available)")
+
+    result = start_output(out_dir, inputs, timer)
+    stem = slug(name or model_dir.resolve().name)
+    scheme = f"int{bits}-g{group_size if group_size > 0 else 'channel'}"
+    final = out_dir / f"{stem}-gptq-{scheme}"
+    ct_final = out_dir / f"{stem}-gptq-{scheme}-compressed-tensors"
+    t0 = time.perf_counter()
+    entries: list[ArtifactEntry] = []
+    with contextlib.ExitStack() as stack:
+        with timer.step("load model"):
+            report(progress, "load", "source model in float32" + (" + LoRA merge" if inputs.adapter else ""))
+            model = _load_float_model(model_dir, inputs.adapter)
+        float_tensors = _float_tensors(model, quantized_linear_names(model))
+        with timer.step("gptq"):
+            report(progress, "gptq", f"{scheme}, act-order {'on' if act_order else 'off'}, llmcompressor")
+            quantized = run_gptq(model, calib.windows, settings, progress)
+        base_extra: dict[str, Any] = {"scheme": scheme, "bits": bits, "group_size": group_size, "sym": True,
+                                      "act_order": act_order, "calibration": calib.describe()}
+        if compressed_tensors:
+            ct_tmp = stack.enter_context(atomic_output_dir(ct_final))
+            with timer.step("write compressed-tensors"):
+                _write_compressed_tensors(model, ct_tmp, model_dir, progress)
+                check_compressed_tensors(ct_tmp, quantized, ct_final.name)
+            size, digest = dir_digest(ct_tmp)
+            entries.append(ArtifactEntry(file=ct_final.name, format="compressed-tensors", quant=scheme,
+                                         precision=PRECISION[bits].value, size_bytes=size, sha256=digest,
+                                         verification=None, extra={"same_codes_as": final.name, **base_extra}))
+        del model  # GPTQ's in-memory model is not needed any more: bound peak memory
+
+        tmp = stack.enter_context(atomic_output_dir(final))
+        with timer.step("write gptq"):
+            report(progress, "write", final.name)
+            write_checkpoint(tmp, model_dir, inputs.source.config, float_tensors, pack_all(quantized), settings)
+        with timer.step("read back"):
+            ckpt = GPTQCheckpoint(tmp)
+            check_roundtrip(ckpt, quantized, final.name)
+        verification, extra = None, dict(base_extra)
+        if verify_artifacts:
+            verification, metrics = _verify_and_compare(ckpt, tmp, Verifier(inputs, result, progress), settings,
+                                                        final.name, scheme, heldout_text, progress)
+            extra.update(metrics)
+        size, digest = dir_digest(tmp)
+        entries.insert(0, ArtifactEntry(file=final.name, format="gptq", quant=scheme, precision=PRECISION[bits].value,
+                                        size_bytes=size, sha256=digest, verification=verification,
+                                        seconds=round(time.perf_counter() - t0, 3), extra=extra))
+    for e in entries:  # both directories are renamed now: the manifest never lists a missing one
+        record(result, e)
+    return result
+
+
+def _write_compressed_tensors(model: Any, out: Path, model_dir: Path, progress: ProgressFn | None) -> None:
+    """llmcompressor's own format (``pack-quantized``), for vLLM / compressed-tensors users."""
+    import torch
+
+    model.to(torch.float16)  # the scales are float16 values already: exact
+    with quiet_llmcompressor(progress):
+        model.save_pretrained(out, save_compressed=True)
+    for side in SIDE_FILES:
+        if (model_dir / side).is_file() and not (out / side).exists():
+            (out / side).write_bytes((model_dir / side).read_bytes())
+
+
+def _verify_and_compare(ckpt: GPTQCheckpoint, ckpt_dir: Path, verifier: Verifier, settings: GPTQSettings,
+                        label: str, scheme: str, heldout_text: str | None,
+                        progress: ProgressFn | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Probe-set verification of the read-back checkpoint, then held-out GPTQ vs RTN vs fp32."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(ckpt_dir)  # the checkpoint's own copy of the tokenizer
+
+    def tokenize(text: str, add_special: bool) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
+
+    gptq_model = ckpt.float_model()
+    verification = verifier.check(label, f"gptq-{scheme}", PRECISION[settings.bits], tokenize,
+                                  torch_logits(gptq_model))
+    reference = verifier.reference
+    windows = heldout_windows(reference, heldout_text)
+    with verifier.result.timer.step("held-out gptq vs rtn"):
+        report(progress, "held-out", f"GPTQ vs round-to-nearest vs fp32 on {sum(len(w) - 1 for w in windows)} tokens")
+        gptq = heldout_metrics(reference, windows, torch_logits(gptq_model))
+        del gptq_model
+        rtn_model = _rtn_model(verifier.inputs.model_dir, verifier.inputs.adapter, ckpt, settings)
+        rtn = heldout_metrics(reference, windows, torch_logits(rtn_model))
+        del rtn_model
+        fp32 = reference_metrics(reference, windows)
+    gain = {"kl_reduction_pct": round((rtn.mean_kl - gptq.mean_kl) / max(rtn.mean_kl, 1e-30) * 100, 2),
+            "ppl_delta_vs_rtn": round(gptq.ppl - rtn.ppl, 4)}
+    metrics = {"gptq": gptq.to_dict(), "rtn": rtn.to_dict(), "fp32": fp32.to_dict(), "gain": gain}
+    report(progress, "gptq vs rtn", gain_line(metrics | {"scheme": scheme}))
+    return verification, metrics
+
+
+def _rtn_model(model_dir: Path, adapter: LoraAdapter | None, ckpt: GPTQCheckpoint, settings: GPTQSettings) -> Any:
+    """The source with every Linear GPTQ quantized rounded to nearest on the same scheme instead."""
+    model = _load_float_model(model_dir, adapter)
+    weights = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    del model
+    for name in ckpt.quantized:
+        w = weights[f"{name}.weight"]
+        gs = settings.group_size if settings.group_size > 0 else w.shape[1]
+        weights[f"{name}.weight"] = rtn_quantize(w, settings.bits, gs).dequantize()
+    # float tensors as the GPTQ checkpoint stores them (float16), so only the rounding differs
+    for k, v in ckpt.float_tensors.items():
+        weights[k] = v.astype(np.float32)
+    return float_model_from(model_dir, ckpt.config, weights)

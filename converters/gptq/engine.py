@@ -1,0 +1,164 @@
+"""Run GPTQ with llmcompressor and hand back integer codes on numpy.
+
+llmcompressor's ``oneshot`` with a ``GPTQModifier`` runs the sequential pipeline: one
+decoder layer at a time is calibrated (Hessian of its inputs over the calibration windows),
+quantized column by column, and its quantized output feeds the next layer -- so only one
+layer's activations are held, and later layers see the error of earlier ones.
+
+Settings that matter for the exported checkpoint (why they are set the way they are):
+
+* symmetric int, group strategy, ``memoryless_minmax`` observer: the classic GPTQ scheme
+  (``sym: true``) every GPTQ kernel runs (exllama, marlin, ORT MatMulNBits);
+* ``scale_dtype: float16``: scales are rounded to float16 *before* GPTQ rounds weights
+  against them, so the float16 scales in the checkpoint reproduce the in-memory quantized
+  weights exactly (otherwise they would differ by float16 rounding);
+* ``actorder``: ``--act-order`` selects llmcompressor's ``weight`` (a.k.a. static) order --
+  columns are processed in order of decreasing Hessian diagonal while groups keep their
+  contiguous columns, so the checkpoint stays ``desc_act: false`` with a trivial ``g_idx``
+  (no runtime cost, every kernel reads it). The old ``group``/``desc_act`` order was
+  removed from llmcompressor (compressed-tensors 0.19).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import DependencyError
+from edgekit.progress import ProgressFn, report
+
+from .rtn import QuantizedLinear, on_grid
+
+log = logging.getLogger(__name__)
+
+INSTALL = 'pip install "edgekit[gptq]"  (or: pip install llmcompressor==0.14.0.1 torch==2.13.0 transformers==5.17.0)'
+IGNORE = ["lm_head"]  # the output head stays float, as in every GPTQ checkpoint
+DAMPENING = 0.01  # fraction of the mean Hessian diagonal added before inversion (GPTQ default)
+
+
+@dataclass(frozen=True)
+class GPTQSettings:
+    bits: int = 4
+    group_size: int = 128  # -1: one group per row (per-channel)
+    act_order: bool = False
+    dampening: float = DAMPENING
+
+    def weights_args(self) -> dict[str, Any]:
+        grouped = self.group_size > 0
+        return {"num_bits": self.bits, "type": "int", "symmetric": True,
+                "strategy": "group" if grouped else "channel",
+                **({"group_size": self.group_size} if grouped else {}),
+                "scale_dtype": "float16"}
+
+
+def require_llmcompressor() -> None:
+    try:
+        import llmcompressor  # noqa: F401
+    except ImportError as e:
+        raise DependencyError("llmcompressor", "GPTQ quantization", INSTALL) from e
+
+
+_QUANTIZING = re.compile(r"Quantizing \d+ module\(s\): \[(.*)\]")
+
+
+@contextlib.contextmanager
+def quiet_llmcompressor(progress: ProgressFn | None, total: int = 0) -> Iterator[None]:
+    """Route llmcompressor's loguru output to logging (and progress), its tqdm bars to the log.
+
+    llmcompressor prints to stdout at import and during runs; library code here must not
+    (the CLI's ``--json`` owns stdout).
+    """
+    captured = io.StringIO()
+    with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(captured):
+        # first import prints (device warning) through a sink bound to the current stdout
+        from llmcompressor.logger import LoggerConfig, configure_logger
+        from loguru import logger as loguru_logger
+
+    configure_logger(LoggerConfig(console_log_level=None))  # drops llmcompressor's stdout sink
+    done = [0]
+    lc_log = logging.getLogger("llmcompressor")
+
+    def sink(message: Any) -> None:
+        record = message.record
+        text = str(record["message"])
+        # warnings that matter (e.g. a Hessian that fell back to RTN) surface; the rest is debug
+        loud = record["level"].no >= 30 and record["level"].name != "METRIC" and "accelerator" not in text
+        lc_log.log(logging.WARNING if loud else logging.DEBUG, "%s", text)
+        m = _QUANTIZING.match(text)
+        if m and total:
+            done[0] += len(m.group(1).split(","))
+            report(progress, "gptq", m.group(1).strip("'"), done=min(done[0], total), total=total)
+
+    handler = loguru_logger.add(sink, level="DEBUG")
+    fx_log = logging.getLogger("torch.fx._symbolic_trace")  # a deprecation note per traced layer
+    fx_level = fx_log.level
+    fx_log.setLevel(logging.ERROR)
+    old_tok = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # silences a datasets/tokenizers fork warning
+    try:
+        with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(captured):
+            yield
+    finally:
+        loguru_logger.remove(handler)
+        fx_log.setLevel(fx_level)
+        if old_tok is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = old_tok
+        if captured.getvalue().strip():
+            log.debug("llmcompressor output:\n%s", captured.getvalue()[-4000:])
+
+
+def quantized_linear_names(model: Any) -> list[str]:
+    import torch
+
+    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n.split(".")[-1] not in IGNORE]
+
+
+def run_gptq(model: Any, windows: list[list[int]], settings: GPTQSettings,
+             progress: ProgressFn | None = None) -> dict[str, QuantizedLinear]:
+    """Quantize ``model`` (float32, in place) and return each Linear's codes/zeros/scales."""
+    require_llmcompressor()
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.gptq import GPTQModifier
+
+    names = quantized_linear_names(model)
+    seq_len = max(len(w) for w in windows)
+    recipe = GPTQModifier(
+        ignore=IGNORE, dampening_frac=settings.dampening,
+        actorder="weight" if settings.act_order else None,
+        config_groups={"group_0": {"targets": ["Linear"], "weights": settings.weights_args()}},
+    )
+    dataset = Dataset.from_dict({"input_ids": windows, "attention_mask": [[1] * len(w) for w in windows]})
+    with quiet_llmcompressor(progress, len(names)):
+        oneshot(model=model, dataset=dataset, recipe=recipe, max_seq_length=seq_len,
+                num_calibration_samples=len(windows))
+    return extract(model, names, settings)
+
+
+def extract(model: Any, names: list[str], settings: GPTQSettings) -> dict[str, QuantizedLinear]:
+    """Integer codes of the quantized weights, checked to lie exactly on their grid."""
+    modules = dict(model.named_modules())
+    out: dict[str, QuantizedLinear] = {}
+    for name in names:
+        m = modules[name]
+        scale = getattr(m, "weight_scale", None)
+        if scale is None:
+            raise RuntimeError(f"llmcompressor left {name} unquantized")
+        w = m.weight.detach().float().cpu().numpy()
+        s = scale.detach().float().cpu().numpy().reshape(w.shape[0], -1)
+        gs = w.shape[1] // s.shape[1]
+        g_idx = getattr(m, "weight_g_idx", None)
+        g = (g_idx.detach().cpu().numpy().astype(np.int32) if g_idx is not None
+             else (np.arange(w.shape[1]) // gs).astype(np.int32))
+        out[name] = on_grid(w, s, g, settings.bits)
+    return out

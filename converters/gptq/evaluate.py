@@ -1,0 +1,76 @@
+"""Held-out quality of a quantized model vs its float32 source: perplexity, mean KL, top-1.
+
+The verifier's probe set (:mod:`..verify`) is short; GPTQ vs RTN differences on a small
+model are a few hundredths of a nat, so they are also measured here over a longer stretch
+of held-out text (``edgekit/data/heldout.txt`` by default, never used for calibration),
+in windows so that only one window's logits are held at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from ..verify import Reference, kl_per_position, log_softmax
+
+HELDOUT_TOKENS = 2048  # positions evaluated
+WINDOW = 256  # tokens per forward pass
+
+LogitsFn = Callable[[list[int]], np.ndarray]
+
+
+@dataclass
+class HeldoutMetrics:
+    ppl: float
+    mean_kl: float
+    top1: float
+    n_tokens: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: float(f"{v:.6g}") if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+
+def heldout_windows(reference: Reference, text: str | None = None, n_tokens: int = HELDOUT_TOKENS,
+                    window: int = WINDOW) -> list[list[int]]:
+    """Consecutive windows of the held-out text, each starting with the tokenizer's specials."""
+    if text is None:
+        from edgekit.demo import heldout_path
+
+        text = heldout_path().read_text(encoding="utf-8")
+    ids = list(reference.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])[:n_tokens]
+    head = reference.encode("", True)  # BOS when the tokenizer adds one
+    return [head + ids[i:i + window] for i in range(0, len(ids), window) if len(ids[i:i + window]) > 1]
+
+
+def torch_logits(model: Any) -> LogitsFn:
+    def fn(ids: list[int]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return model(input_ids=torch.tensor([ids], dtype=torch.long)).logits[0].float().numpy()  # type: ignore[no-any-return]
+
+    return fn
+
+
+def heldout_metrics(reference: Reference, windows: list[list[int]], logits: LogitsFn) -> HeldoutMetrics:
+    """Compare ``logits`` with the reference model window by window."""
+    kls, nll, agree, n = [], 0.0, 0, 0
+    for ids in windows:
+        ref = reference.forward(ids)
+        got = logits(ids)
+        kls.append(kl_per_position(ref, got))
+        agree += int((ref.argmax(-1) == got.argmax(-1)).sum())
+        lp = log_softmax(got[:-1])
+        nll += float(-lp[np.arange(len(ids) - 1), np.asarray(ids[1:])].sum())
+        n += len(ids) - 1
+    kl = np.concatenate(kls)
+    return HeldoutMetrics(ppl=math.exp(nll / max(n, 1)), mean_kl=float(kl.mean()), top1=agree / max(kl.size, 1),
+                          n_tokens=n)
+
+
+def reference_metrics(reference: Reference, windows: list[list[int]]) -> HeldoutMetrics:
+    return heldout_metrics(reference, windows, reference.forward)
