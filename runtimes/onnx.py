@@ -176,7 +176,11 @@ class OnnxSession(Session):
     def _generator(self, n_tokens: int, cfg: SamplingConfig | None = None) -> Any:
         og = self._og
         params = og.GeneratorParams(self.model)
-        opts: dict[str, Any] = {"max_length": min(n_tokens, self._n_ctx), "min_length": 0,
+        # Sliding-window layers (Gemma 3) need a KV cache at least one window long.
+        max_length = min(max(n_tokens, self.info.sliding_window), self.info.context_length or self._n_ctx)
+        # ignore_eos (benchmarks): GenAI stops at EOS by itself unless min_length says otherwise.
+        min_length = n_tokens if cfg is not None and cfg.ignore_eos else 0
+        opts: dict[str, Any] = {"max_length": max(max_length, n_tokens), "min_length": min_length,
                                 "repetition_penalty": 1.0}
         if cfg is not None and cfg.temperature > 0:
             # genai_config's own search defaults (top_k 50) would change the distribution

@@ -34,6 +34,11 @@ class OnnxModelInfo:
         return int(self.config["model"].get("context_length") or 0)
 
     @property
+    def sliding_window(self) -> int:
+        sw = self.config["model"]["decoder"].get("sliding_window") or {}
+        return int(sw.get("window_size") or 0) if isinstance(sw, dict) else 0
+
+    @property
     def eos_token_ids(self) -> set[int]:
         eos = self.config["model"].get("eos_token_id", [])
         return {int(e) for e in (eos if isinstance(eos, list) else [eos])}

@@ -186,3 +186,22 @@ def llama_bpe(model_factory: Callable[..., Path]) -> Path:
 
 def read_json(p: Path) -> dict:
     return json.loads(p.read_text())
+
+
+@pytest.fixture(scope="session")
+def lora_adapter(llama_bpe: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A PEFT LoRA adapter for ``llama_bpe`` whose B matrices are non-zero (a real change)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(llama_bpe)
+    peft_model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"]))
+    torch.manual_seed(1)
+    with torch.no_grad():  # PEFT starts B at zero (a no-op adapter): make it do something
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.2)
+    adapter = tmp_path_factory.mktemp("lora") / "adapter"
+    peft_model.save_pretrained(adapter)
+    return adapter

@@ -76,21 +76,8 @@ def test_bf16_and_sharded_sources(model_factory: Callable[..., Path], tmp_path: 
     assert {t.type for t in read_gguf(tmp_path / res.artifacts[0].file).tensors} == {"BF16", "F32"}
 
 
-def test_lora_adapter_is_merged(llama_bpe: Path, tmp_path: Path) -> None:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    base = AutoModelForCausalLM.from_pretrained(llama_bpe)
-    peft_model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"]))
-    torch.manual_seed(1)
-    with torch.no_grad():  # PEFT starts B at zero (a no-op adapter): make it do something
-        for n, p in peft_model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.2)
-    adapter = tmp_path / "adapter"
-    peft_model.save_pretrained(adapter)
-
+def test_lora_adapter_is_merged(llama_bpe: Path, lora_adapter: Path, tmp_path: Path) -> None:
+    adapter = lora_adapter
     merged = convert_gguf(llama_bpe, tmp_path / "merged", "f16", adapter_dir=adapter)
     assert merged.reports[0].passed, merged.reports[0].failures  # checked against PEFT's own forward
     plain = convert_gguf(llama_bpe, tmp_path / "plain", "f16", verify_artifacts=False)

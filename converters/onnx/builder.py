@@ -31,6 +31,11 @@ _PROGRESS = (
 )
 
 
+# The builder behind edgekit's config fixes (builder_main.py); tests swap in the raw
+# builder to show what goes wrong without them.
+BUILDER_MODULE = "edgekit.converters.onnx.builder_main"
+
+
 class BuilderError(EdgekitError):
     """The ONNX builder failed; the message carries its last output lines."""
 
@@ -44,7 +49,7 @@ def check_builder_available() -> None:
 def run_builder(src: Path, out: Path, *, precision: str, ep: str, cache_dir: Path,
                 extra_options: dict[str, str], n_layers: int, progress: ProgressFn | None = None,
                 label: str = "onnx") -> None:
-    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-o", str(out),
+    cmd = [sys.executable, "-m", BUILDER_MODULE, "-i", str(src), "-o", str(out),
            "-p", precision, "-e", ep, "-c", str(cache_dir)]
     opts = {"hf_token": "false", **extra_options}  # local directory only: never ask a hub
     cmd += ["--extra_options", *(f"{k}={v}" for k, v in opts.items())]
