@@ -29,6 +29,20 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def artifact_digest(path: Path) -> tuple[int, str]:
+    """(bytes, sha256) of an artifact: a file's own sha256, or for a directory (ONNX, GPTQ)
+    the sha256 over ``relative/name:sha256`` lines of its files in name order. The
+    manifest and ``edgekit bench`` both use this, so their digests compare."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size, sha256_file(path)
+    h, size = hashlib.sha256(), 0
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        size += f.stat().st_size
+        h.update(f"{f.relative_to(path).as_posix()}:{sha256_file(f)}\n".encode())
+    return size, h.hexdigest()
+
+
 def ensure_writable_dir(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)

@@ -123,8 +123,8 @@ def test_onnx_artifact_benches_and_evaluates(demo_out: Path, tmp_path_factory: p
     """The second artifact kind: an ONNX (int4, ONNX Runtime GenAI) export of the demo model."""
     import edgekit
     from edgekit.bench.evaluate import evaluate
-    from edgekit.bench.run import artifact_digest
     from edgekit.demo import demo_model_dir, heldout_path
+    from edgekit.manifest import load_manifest
 
     out = tmp_path_factory.mktemp("bench-onnx")
     edgekit.convert(demo_model_dir(), out, to="onnx", quants="int4")
@@ -132,7 +132,8 @@ def test_onnx_artifact_benches_and_evaluates(demo_out: Path, tmp_path_factory: p
     (r,) = runs.results
     assert r.kind == "onnx" and r.backend == "onnxruntime-genai" and r.status == "complete", r.error
     assert r.metrics["tg12"]["n"] == 2 and r.metrics["pp48"]["mean"] > 0
-    assert r.sha256 == artifact_digest(out / r.artifact)[1] and r.size_bytes > 1_000_000
+    (entry,) = load_manifest(out).artifacts  # bench and manifest digest a directory the same way
+    assert r.sha256 == entry.sha256 and r.size_bytes == entry.size_bytes > 1_000_000
     assert r.conditions["libraries"]["onnxruntime_genai"] and r.conditions["runtime"] == "onnxruntime-genai"
     assert r.quality is not None and r.quality["mean_kl"] > 0
     ev = evaluate(out / r.artifact, heldout_path(), reference=demo_out / "demo-f16.gguf", n_ctx=256, max_chunks=2)

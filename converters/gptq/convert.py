@@ -22,13 +22,12 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import InputError, VerificationError
-from edgekit.fsutil import atomic_output_dir
+from edgekit.fsutil import artifact_digest, atomic_output_dir
 from edgekit.manifest import ArtifactEntry
 from edgekit.progress import ProgressFn, StepTimer, report
 
 from ..gguf.quants import Precision
 from ..lora import LoraAdapter
-from ..onnx.convert import dir_digest
 from ..pipeline import Conversion, Verifier, open_inputs, record, slug, start_output
 from ..source import SourceModel
 from .calibration import (
@@ -231,7 +230,7 @@ def convert_gptq(
             with timer.step("write compressed-tensors"):
                 _write_compressed_tensors(model, ct_tmp, model_dir, progress)
                 check_compressed_tensors(ct_tmp, quantized, ct_final.name)
-            size, digest = dir_digest(ct_tmp)
+            size, digest = artifact_digest(ct_tmp)
             entries.append(ArtifactEntry(file=ct_final.name, format="compressed-tensors", quant=scheme,
                                          precision=PRECISION[bits].value, size_bytes=size, sha256=digest,
                                          verification=None, extra={"same_codes_as": final.name, **base_extra}))
@@ -249,7 +248,7 @@ def convert_gptq(
             verification, metrics = _verify_and_compare(ckpt, tmp, Verifier(inputs, result, progress), settings,
                                                         final.name, scheme, heldout_text, progress)
             extra.update(metrics)
-        size, digest = dir_digest(tmp)
+        size, digest = artifact_digest(tmp)
         entries.insert(0, ArtifactEntry(file=final.name, format="gptq", quant=scheme, precision=PRECISION[bits].value,
                                         size_bytes=size, sha256=digest, verification=verification,
                                         seconds=round(time.perf_counter() - t0, 3), extra=extra))

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.errors import InputError
-from edgekit.fsutil import sha256_file
+from edgekit.fsutil import artifact_digest
 from edgekit.progress import ProgressFn, report
 
 from .conditions import host_conditions, now_utc, result_conditions
@@ -103,19 +103,6 @@ def _quant_of(path: Path, kind: str) -> str:
             pass
     stem = path.stem.lower()
     return next((q for q in ("q4_k_m", "q8_0", "f16", "int4", "fp16", "fp32") if stem.endswith(q)), "?")
-
-
-def artifact_digest(path: Path) -> tuple[int, str]:
-    """(size, sha256) of a file, or of a directory's files (names and contents, sorted)."""
-    if path.is_file():
-        return path.stat().st_size, sha256_file(path)
-    import hashlib
-
-    h, size = hashlib.sha256(), 0
-    for f in sorted(q for q in path.rglob("*") if q.is_file()):
-        h.update(str(f.relative_to(path)).encode() + b"\0" + bytes.fromhex(sha256_file(f)))
-        size += f.stat().st_size
-    return size, h.hexdigest()
 
 
 def default_threads() -> int:
