@@ -74,6 +74,20 @@ def available_devices() -> list[Device]:
     return [d for d, (_, ep) in DEVICES.items() if ep in have]
 
 
+def ort_distributions() -> list[str]:
+    """Installed ONNX Runtime builds (they all provide the `onnxruntime` module)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for dist in ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino"):
+        try:
+            version(dist)
+            found.append(dist)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
 def _parse(enum: type[StrEnum], kind: str, value: str | StrEnum) -> Any:
     try:
         return enum(str(value).lower())
@@ -95,10 +109,13 @@ class OnnxSession(Session):
         level = _parse(GraphOptimization, "graph optimization level", graph_optimization)
         available = available_devices()
         if self.device not in available:
+            clash = ort_distributions()
+            fix = (f"{' and '.join(clash)} are both installed and overwrite each other's module: uninstall "
+                   "both, then install one" if len(clash) > 1 else
+                   "for GPUs install 'edgekit[onnx-gpu]' (see README: Jetson)")
             raise RuntimeLoadError(
                 f"ONNX Runtime here has no {DEVICES[self.device][1]} for --device {self.device.value}",
-                hint=f"available devices: {', '.join(d.value for d in available)}; for GPUs install "
-                     "'edgekit[onnx-gpu]' (see README: Jetson)")
+                hint=f"available devices: {', '.join(d.value for d in available)}; {fix}")
         og = _import_og()
         trained = self.info.context_length or n_ctx
         self._n_ctx = min(n_ctx, trained) if n_ctx > 0 else trained
