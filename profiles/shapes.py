@@ -254,18 +254,23 @@ def tokenizer_metadata_bytes(model_dir: Path | None, vocab_size: int) -> int:
 
 
 def onnx_weights(shapes: ModelShapes, precision: OnnxPrecision, backend: Backend) -> WeightPlan:
-    """ONNX Runtime GenAI builder layout: int4 = MatMulNBits, block 32, symmetric (no zero
-    points), scales in the I/O dtype (fp32 on CPU, fp16 on CUDA); the embedding stays in the
-    I/O dtype and the LM head is quantized like the other matmuls."""
+    """The layout edgekit's ONNX export writes (ONNX Runtime GenAI builder, checked against the
+    demo model's files): int4 = MatMulNBits, block 32, k_quant (asymmetric: a 4-bit zero point
+    per block) with scales in the I/O dtype (fp32 on CPU, fp16 on CUDA); a tied embedding is
+    one int4 matrix shared by the lookup and the LM head (``shared_embeddings``), an untied one
+    stays in the I/O dtype; fp32/fp16 exports also store a tied matrix once; the RoPE
+    cos/sin caches (max positions x head_dim) are stored too."""
     io_bytes = 2 if backend is Backend.CUDA or precision is OnnxPrecision.FP16 else 4
+    tied = not shapes.has_output
 
     def int4(numel: int) -> int:
-        return numel // 2 + (numel // 32) * io_bytes
+        return numel // 2 + (numel // 32) * io_bytes + numel // 64
 
     total = per_token = 0
     types: dict[str, str] = {}
     for t in shapes.tensors:
-        quantized = precision is OnnxPrecision.INT4 and t.is_matrix and t.name != "token_embd.weight"
+        is_embd = t.name == "token_embd.weight"
+        quantized = precision is OnnxPrecision.INT4 and t.is_matrix and (not is_embd or tied)
         if quantized:
             size = int4(t.numel)
         elif not t.is_matrix or precision is OnnxPrecision.FP32:
@@ -274,13 +279,12 @@ def onnx_weights(shapes: ModelShapes, precision: OnnxPrecision, backend: Backend
             size = t.numel * io_bytes
         types[t.name] = "int4" if quantized else (precision.value if t.is_matrix else "fp32")
         total += size
-        if t.name != "token_embd.weight":
+        if not is_embd:
             per_token += size
-        elif not shapes.has_output:  # tied: int4 gets its own quantized LM head, else the table is read
-            head = int4(t.numel) if precision is OnnxPrecision.INT4 else size
-            total += head if precision is OnnxPrecision.INT4 else 0
-            per_token += head
-    return WeightPlan(total, per_token, types)
+        elif tied:  # the same matrix is the LM head, read in full every token
+            per_token += size
+    rope = shapes.config.max_position * shapes.config.head_dim * (4 if precision is OnnxPrecision.FP32 else io_bytes)
+    return WeightPlan(total + rope, per_token, types)
 
 
 def kv_cache_bytes(shapes: ModelShapes, ctx: int, dtype_bytes: int = 2) -> int:

@@ -252,3 +252,16 @@ def test_gptq_to_onnx_carries_the_calibrated_weights(tmp_path: Path) -> None:
     assert "/lm_head/MatMul" in onnx["extra"]["builder_options"]["nodes_to_exclude"]
     # same model as the GPTQ checkpoint up to int8 activations: KL within a hair of it
     assert onnx["verification"]["mean_kl"] < 1.3 * gptq["verification"]["mean_kl"] + 1e-3
+
+
+def test_profiler_weight_bytes_match_the_exported_files(demo_onnx: Path) -> None:
+    from edgekit.demo import demo_model_dir
+    from edgekit.profiles.schema import Backend, OnnxPrecision
+    from edgekit.profiles.shapes import model_shapes, onnx_weights
+
+    shapes = model_shapes(json.loads((demo_model_dir() / "config.json").read_text()))
+    for quant, e in _entries(demo_onnx).items():
+        backend = Backend.CUDA if e["extra"]["builder_ep"] == "cuda" else Backend.CPU  # the graph's I/O dtype
+        predicted = onnx_weights(shapes, OnnxPrecision(quant), backend).total_bytes
+        actual = (demo_onnx / e["file"] / "model.onnx.data").stat().st_size
+        assert abs(predicted - actual) <= 0.01 * actual, (quant, predicted, actual)
