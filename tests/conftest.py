@@ -205,3 +205,15 @@ def lora_adapter(llama_bpe: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     adapter = tmp_path_factory.mktemp("lora") / "adapter"
     peft_model.save_pretrained(adapter)
     return adapter
+
+
+@pytest.fixture(scope="session")
+def demo_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The trained demo model converted once to f16, q8_0 and q4_k_m (real text: quality and
+    generations mean something). Shared by the runtime, bench and eval tests: read-only."""
+    from edgekit.converters.gguf.convert import convert_gguf
+    from edgekit.demo import demo_model_dir
+
+    out = tmp_path_factory.mktemp("demo-out")
+    convert_gguf(demo_model_dir(), out, "f16,q8_0,q4_k_m", name="demo")
+    return out

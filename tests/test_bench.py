@@ -19,21 +19,11 @@ from edgekit.bench import BenchSettings, load_results, run_bench
 from edgekit.bench.power import TOTAL_RAILS, parse_line
 from edgekit.bench.results import SCHEMA_VERSION, csv_text
 from edgekit.cli import main
-from edgekit.converters.gguf.convert import convert_gguf
 from edgekit.errors import EdgekitError
 from edgekit.fsutil import sha256_file
 
 SAMPLES = Path(__file__).parent / "data" / "tegrastats_samples.txt"
 SMALL = dict(prompt_tokens=48, gen_tokens=12, repetitions=2, warmup=1, threads=(1,))
-
-
-@pytest.fixture(scope="module")
-def demo_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from edgekit.demo import demo_model_dir
-
-    out = tmp_path_factory.mktemp("bench-demo")
-    convert_gguf(demo_model_dir(), out, "f16,q8_0,q4_k_m", name="demo")
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from click.testing import CliRunner
 
 from edgekit.bench.evaluate import evaluate
 from edgekit.cli import main
-from edgekit.converters.gguf.convert import convert_gguf
 from edgekit.converters.gguf.quants import Precision
 from edgekit.converters.verify import THRESHOLDS
 from edgekit.demo import demo_model_dir, heldout_path
@@ -19,13 +18,6 @@ from edgekit.errors import EdgekitError
 
 # the demo model was trained on 256-token sequences
 CTX, CHUNKS = 256, 4
-
-
-@pytest.fixture(scope="module")
-def demo_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("eval-demo")
-    convert_gguf(demo_model_dir(), out, "f16,q4_k_m", name="demo")
-    return out
 
 
 def test_identical_models_give_zero_kl(demo_out: Path) -> None:

@@ -10,18 +10,7 @@ from click.testing import CliRunner
 
 import edgekit
 from edgekit.cli import main
-from edgekit.converters.gguf.convert import convert_gguf
 from edgekit.runtimes.chat_template import ChatTemplateError, render
-
-
-@pytest.fixture(scope="module")
-def demo_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The trained demo model converted once (real text, so generations are words)."""
-    from edgekit.demo import demo_model_dir
-
-    out = tmp_path_factory.mktemp("demo-out")
-    convert_gguf(demo_model_dir(), out, "f16,q8_0", name="demo")
-    return out
 
 
 def test_greedy_generation_equals_raw_llama_cpp(demo_out: Path) -> None:
