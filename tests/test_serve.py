@@ -414,3 +414,23 @@ def test_shutdown_timeout_cuts_cleanly(start: Callable[..., ServerProcess], arti
     assert srv.stop() == 0
     assert len(outcomes) == 4 and set(outcomes) <= {"done", "shutting_down"}, outcomes
     assert "shutting_down" in outcomes  # requests still queued cannot have finished
+
+
+def test_the_same_server_serves_onnx(start: Callable[..., ServerProcess], tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No backend special case: an ONNX export answers like its in-process session."""
+    from edgekit.demo import demo_model_dir
+
+    out = tmp_path_factory.mktemp("serve-onnx")
+    edgekit.convert(demo_model_dir(), out, to="onnx", quants="int4", verify_artifacts=False, name="demo")
+    onnx_dir = out / "demo-onnx-int4"
+    srv = start(onnx_dir, "--threads", "1", "--graph-opt", "all")
+    assert srv.health()["backend"] == "onnxruntime-genai"
+    client = srv.client()
+    r = client.chat.completions.create(model="demo-onnx-int4", messages=CHAT, max_tokens=16, temperature=0)
+    with edgekit.load(onnx_dir, n_ctx=CTX, n_threads=1) as s:
+        ref = s.chat(CHAT, max_tokens=16, temperature=0.0)
+    assert r.choices[0].message.content == ref.text
+    stream = client.completions.create(model="demo-onnx-int4", prompt="def read(path):", max_tokens=12,
+                                       temperature=0, stream=True)
+    pieces = [c.choices[0].text for c in stream if c.choices and c.choices[0].text]
+    assert len(pieces) >= 5  # streamed token by token through the ONNX session too

@@ -12,11 +12,9 @@ import click
 from edgekit.ui import emit_json
 
 
-def _runtime_options(f: Callable[..., Any]) -> Callable[..., Any]:
+def device_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Where and how an artifact runs; shared by run, chat and serve."""
     for opt in reversed([
-        click.option("--quant", default=None, help="Which artifact of an output directory (e.g. q4_k_m)."),
-        click.option("--ctx", "n_ctx", type=int, default=4096, show_default=True, help="Context length."),
-        click.option("--threads", "n_threads", type=int, default=None, help="CPU threads (default: all cores)."),
         click.option("--device", default="cpu", show_default=True,
                      help="cpu|cuda|tensorrt (ONNX); cpu|cuda|metal (GGUF: offloads all layers). "
                           "Never falls back to CPU silently."),
@@ -24,6 +22,28 @@ def _runtime_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="GGUF: layers to offload (llama.cpp CUDA/Metal builds; -1 = all)."),
         click.option("--graph-opt", "graph_optimization", default=None,
                      help="ONNX: graph optimization level none|basic|extended|all (default all)."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def load_options(n_ctx: int, n_threads: int | None, device: str, n_gpu_layers: int,
+                 graph_optimization: str | None) -> dict[str, Any]:
+    opts: dict[str, Any] = {"n_ctx": n_ctx, "n_threads": n_threads, "device": device}
+    # format-specific options only when set: the other runtime would reject them
+    if n_gpu_layers:
+        opts["n_gpu_layers"] = n_gpu_layers
+    if graph_optimization:
+        opts["graph_optimization"] = graph_optimization
+    return opts
+
+
+def _runtime_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = device_options(f)
+    for opt in reversed([
+        click.option("--quant", default=None, help="Which artifact of an output directory (e.g. q4_k_m)."),
+        click.option("--ctx", "n_ctx", type=int, default=4096, show_default=True, help="Context length."),
+        click.option("--threads", "n_threads", type=int, default=None, help="CPU threads (default: all cores)."),
         click.option("--max-tokens", type=int, default=256, show_default=True),
         click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy."),
         click.option("--top-p", type=float, default=1.0, show_default=True),
@@ -39,13 +59,8 @@ def _open(artifact: Path, quant: str | None, n_ctx: int, n_threads: int | None, 
           graph_optimization: str | None) -> Any:
     import edgekit
 
-    opts: dict[str, Any] = {"n_ctx": n_ctx, "n_threads": n_threads, "device": device}
-    # format-specific options only when set: the other runtime would reject them
-    if n_gpu_layers:
-        opts["n_gpu_layers"] = n_gpu_layers
-    if graph_optimization:
-        opts["graph_optimization"] = graph_optimization
-    return edgekit.load(artifact, quant=quant, **opts)
+    return edgekit.load(artifact, quant=quant, **load_options(n_ctx, n_threads, device, n_gpu_layers,
+                                                              graph_optimization))
 
 
 def _stats_line(stats: Any) -> str:

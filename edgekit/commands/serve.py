@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from edgekit.commands.run import device_options, load_options
 from edgekit.ui import StepPrinter, emit_json
 
 
@@ -34,13 +35,12 @@ from edgekit.ui import StepPrinter, emit_json
 @click.option("--ctx", "n_ctx", type=int, default=4096, show_default=True, help="Context length per slot.")
 @click.option("--threads", "n_threads", type=int, default=None,
               help="CPU threads per slot (default: cores / --max-concurrent).")
-@click.option("--n-gpu-layers", type=int, default=0, show_default=True,
-              help="Layers to offload (llama.cpp CUDA/Metal builds; -1 = all).")
+@device_options
 @click.option("--json", "as_json", is_flag=True, help="Print the ready line as JSON (for apps that start the server).")
 def serve(artifact: Path, host: str, port: int, api_key: str | None, max_concurrent: int, max_queue: int,
           queue_timeout: float, max_tokens_limit: int, max_request_bytes: int, shutdown_timeout: float,
-          model_id: str | None, quant: str | None, n_ctx: int, n_threads: int | None, n_gpu_layers: int,
-          as_json: bool) -> None:
+          model_id: str | None, quant: str | None, n_ctx: int, n_threads: int | None, device: str,
+          n_gpu_layers: int, graph_optimization: str | None, as_json: bool) -> None:
     """Serve ARTIFACT (GGUF file, ONNX directory or edgekit output directory) over the OpenAI API.
 
     Prints one line once the server accepts connections (with --json: a JSON object), then runs
@@ -52,9 +52,7 @@ def serve(artifact: Path, host: str, port: int, api_key: str | None, max_concurr
     config = ServerConfig(host=host, port=port, api_key=api_key, model_id=model_id, max_concurrent=max_concurrent,
                           max_queue=max_queue, queue_timeout_s=queue_timeout, max_request_bytes=max_request_bytes,
                           max_tokens_limit=max_tokens_limit, shutdown_timeout_s=shutdown_timeout)
-    options: dict[str, Any] = {"n_ctx": n_ctx, "n_threads": n_threads}
-    if n_gpu_layers:
-        options["n_gpu_layers"] = n_gpu_layers
+    options = load_options(n_ctx, n_threads, device, n_gpu_layers, graph_optimization)
 
     def ready(url: str, sessions: list[Any]) -> None:
         from edgekit.server.app import model_id_for
