@@ -29,8 +29,9 @@ def _copy(model: Path, dst: Path) -> Path:
     return dst
 
 
-def test_missing_directory(tmp_path: Path) -> None:
-    code, out = _run("convert", str(tmp_path / "nope"), "-o", str(tmp_path / "o"))
+@pytest.mark.parametrize("fmt", ["gguf", "onnx", "gptq"])
+def test_missing_directory(tmp_path: Path, fmt: str) -> None:
+    code, out = _run("convert", str(tmp_path / "nope"), "--to", fmt, "-o", str(tmp_path / "o"))
     assert code == 1 and "does not exist" in _one_error_line(out)
 
 
@@ -40,14 +41,16 @@ def test_no_config(tmp_path: Path) -> None:
     assert code == 1 and "no config.json" in _one_error_line(out)
 
 
-def test_unsupported_architecture_lists_supported(llama_bpe: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("fmt", ["gguf", "onnx"])
+def test_unsupported_architecture_lists_supported(llama_bpe: Path, tmp_path: Path, fmt: str) -> None:
     m = _copy(llama_bpe, tmp_path / "m")
     cfg = json.loads((m / "config.json").read_text())
     cfg["architectures"] = ["FalconForCausalLM"]
     (m / "config.json").write_text(json.dumps(cfg))
-    code, out = _run("convert", str(m), "-o", str(tmp_path / "o"))
+    code, out = _run("convert", str(m), "--to", fmt, "-o", str(tmp_path / "o"))
     line = _one_error_line(out)
     assert code == 1 and "FalconForCausalLM" in line and "qwen3" in line and "gemma3" in line
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
