@@ -1,16 +1,20 @@
 """Check the profiler's predictions against measurements on this host.
 
-    python benchmarks/profile_check.py ARTIFACT_DIR            # every *.gguf in the directory
-    python benchmarks/profile_check.py --synthetic /tmp/synth  # build a random ~220M model first
-    python benchmarks/profile_check.py DIR --profile host --ctx 1024 --prompt 256 --gen 64 -o out.json
+    python benchmarks/profile_check.py OUT_DIR --threads 1       # an `edgekit convert` output dir
+    python benchmarks/profile_check.py --synthetic /tmp/synth    # build a random ~220M model first
+    python benchmarks/profile_check.py DIR --profile host --prompt 256 --gen 64 -o out.json
 
-For each GGUF: predict (edgekit.profiles) generation and prompt tokens/s and peak RSS with
-llama.cpp on the CPU, then measure them in a fresh child process (so peaks do not
-accumulate): prompt eval of ``--prompt`` tokens, then ``--gen`` single-token decode steps,
-best of ``--reps``. Shapes come from ``config.json`` in the directory when present, else
-from the GGUF's own metadata. Without ``--profile`` the host is calibrated first (a few
-seconds), right before the runs, so both see the same machine load. Targets from the
-issue: generation tokens/s within 25%, peak memory within 15%.
+For each artifact the profile can run -- GGUF files on llama.cpp, ONNX directories on ONNX
+Runtime GenAI (the precisions the profile lists for its CPU) -- predict (edgekit.profiles)
+generation and prompt tokens/s and peak RSS on the CPU, then measure them the way
+``edgekit bench`` does (edgekit.bench: one fresh child process per artifact, so peaks do
+not accumulate; ``ppN`` from an empty context, ``tgM`` decoded from a one-token prompt,
+through the public Session API; best of ``--reps`` after one warm-up). The context is
+prompt + gen + 1, as in ``edgekit bench``. Shapes come from ``config.json`` in the
+directory or in the manifest's source, else from a GGUF's own metadata. Without
+``--profile`` the host is calibrated first (a few seconds), right before the runs, so both
+see the same machine load; the load average before and after is printed with the table.
+Targets from the issue: generation tokens/s within 25%, peak memory within 15%.
 """
 
 from __future__ import annotations
@@ -18,11 +22,9 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import os
 import platform
-import resource
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -51,68 +53,6 @@ def config_from_gguf(path: Path) -> dict[str, Any]:
             "head_dim": int(get(f"{arch}.attention.key_length", hidden // heads)), "vocab_size": int(vocab),
             "max_position_embeddings": int(get(f"{arch}.context_length", 4096)),
             "tie_word_embeddings": not any(t.name == "output.weight" for t in r.tensors)}
-
-
-def quant_of(path: Path) -> str:
-    import gguf
-    import llama_cpp
-
-    from edgekit.converters.gguf.quants import QUANTS
-
-    by_ftype = {getattr(llama_cpp, q.ftype): q.name for q in QUANTS if hasattr(llama_cpp, q.ftype)}
-    f = gguf.GGUFReader(str(path)).get_field("general.file_type")
-    if f is not None and int(f.contents()) in by_ftype:
-        return by_ftype[int(f.contents())]
-    for q in sorted((q.name for q in QUANTS), key=len, reverse=True):
-        if path.stem.lower().endswith(q):
-            return q
-    raise SystemExit(f"cannot tell the quant type of {path}")
-
-
-def _vm_kib(field: str) -> int:
-    """VmRSS / VmHWM of this process. Not ru_maxrss: that survives exec, so a child would
-    inherit the high-water mark of the parent it was forked from."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
-def _load_settings() -> Any:
-    """edgekit's llama.cpp load settings (extra buffers off on AMX hosts), so the runs match
-    what `edgekit run` does; plain llama-cpp-python defaults if that module is not there."""
-    try:
-        from edgekit.runtimes.llama_env import llama_load_params
-
-        return llama_load_params()
-    except ImportError:
-        import contextlib
-
-        return contextlib.nullcontext()
-
-
-def measure_child(path: str, ctx: int, prompt: int, gen: int, reps: int, threads: int) -> dict[str, float]:
-    """Runs in a fresh process: load, prompt eval, decode; best of ``reps``; peak RSS."""
-    import llama_cpp
-
-    base_rss = _vm_kib("VmRSS") * 1024
-    with _load_settings():
-        llm = llama_cpp.Llama(model_path=path, n_ctx=ctx, n_threads=threads, n_threads_batch=threads, verbose=False)
-    n_vocab = llm.n_vocab()
-    ids = [3 + (7 * i) % (n_vocab - 3) for i in range(prompt + gen)]  # any ids: speed does not depend on them
-    best_prompt = best_gen = 0.0
-    for _ in range(reps):
-        llm.reset()
-        t = time.perf_counter()
-        llm.eval(ids[:prompt])
-        best_prompt = max(best_prompt, prompt / (time.perf_counter() - t))
-        t = time.perf_counter()
-        for tok in ids[prompt:prompt + gen]:
-            llm.eval([tok])
-        best_gen = max(best_gen, gen / (time.perf_counter() - t))
-    peak = _vm_kib("VmHWM") * 1024
-    llm.close()
-    return {"gen_tps": best_gen, "prompt_tps": best_prompt, "peak_rss_bytes": peak, "baseline_rss_bytes": base_rss}
 
 
 def make_synthetic(out: Path, quants: list[str], hidden: int = 1024, layers: int = 12, ff: int = 2816,
@@ -160,36 +100,48 @@ def make_synthetic(out: Path, quants: list[str], hidden: int = 1024, layers: int
     return paths
 
 
+def _config_for(directory: Path, artifact: Path, kind: str) -> dict[str, Any]:
+    from edgekit.profiles.planner import source_config_dir
+
+    cfg = source_config_dir(directory) / "config.json"
+    if cfg.is_file():
+        return dict(json.loads(cfg.read_text(encoding="utf-8")))
+    if kind == "gguf":
+        return config_from_gguf(artifact)
+    raise SystemExit(f"no config.json for {artifact}: put one in {directory} (or convert with edgekit)")
+
+
+def _stderr_progress(event: Any) -> None:
+    if event.step == "bench" and event.total:
+        print(f"- measuring {event.message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("artifacts", nargs="?", type=Path, help="directory holding *.gguf (and config.json)")
+    ap.add_argument("artifacts", nargs="?", type=Path,
+                    help="an edgekit output directory (its manifest lists GGUF and ONNX artifacts) or a directory "
+                         "of *.gguf (and config.json)")
     ap.add_argument("--synthetic", type=Path, help="build a random model into this directory and check it")
-    # q2_k is left out: llama-cpp-python 0.3.36 segfaults on multi-token batches of it on AVX-512/AMX hosts
     ap.add_argument("--shape", default="1024,12,2816,16,4,32000",
                     help="--synthetic shape: hidden,layers,intermediate,heads,kv_heads,vocab")
-    ap.add_argument("--quants", default="f16,q8_0,q6_k,q5_k_m,q4_k_m,q4_0,q3_k_m", help="quants for --synthetic")
+    ap.add_argument("--quants", default="f16,q8_0,q6_k,q5_k_m,q4_k_m,q4_0,q3_k_m,q2_k", help="quants for --synthetic")
     ap.add_argument("--profile", help="profile to predict with (default: calibrate this host now)")
-    ap.add_argument("--ctx", type=int, default=1024)
     ap.add_argument("--prompt", type=int, default=512, help="a full ubatch: the worst-case compute buffer")
     ap.add_argument("--gen", type=int, default=128)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="default: all cores")
     ap.add_argument("-o", "--output", type=Path, default=Path("profile_check.json"))
-    ap.add_argument("--_child", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args._child:
-        path, *nums = args._child
-        print(json.dumps(measure_child(path, *map(int, nums))))
-        return 0
-
-    import os
 
     if args.threads:  # numpy's BLAS (the matmul calibration) must use the same thread count
         os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
         os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    from edgekit.bench import BenchSettings, run_bench
+    from edgekit.bench.run import resolve_artifacts
+    from edgekit.manifest import MANIFEST_NAME
     from edgekit.profiles.costs import GIB, estimate
-    from edgekit.profiles.schema import Backend, Runtime
-    from edgekit.profiles.shapes import gguf_weights, model_shapes
+    from edgekit.profiles.schema import Backend, OnnxPrecision, Runtime
+    from edgekit.profiles.shapes import gguf_weights, model_shapes, onnx_weights
     from edgekit.ui import format_table
 
     if args.synthetic:
@@ -199,16 +151,17 @@ def main(argv: list[str] | None = None) -> int:
                        heads, kv_heads, vocab)
         args.artifacts = args.synthetic
     if args.artifacts is None:
-        ap.error("give a directory of GGUF artifacts (or --synthetic DIR)")
-    files = sorted(args.artifacts.glob("*.gguf"))
-    if not files:
-        ap.error(f"no *.gguf in {args.artifacts}")
+        ap.error("give an edgekit output directory or a directory of GGUF files (or --synthetic DIR)")
+    directory: Path = args.artifacts
+    paths = [directory] if (directory / MANIFEST_NAME).is_file() else sorted(directory.glob("*.gguf"))
+    if not paths:
+        ap.error(f"no {MANIFEST_NAME} and no *.gguf in {directory}")
     cores = len(os.sched_getaffinity(0))
     threads = args.threads or cores
-    busy = os.getloadavg()[0]
-    if busy > 0.5 * cores:
-        print(f"warning: load average {busy:.1f} on {cores} cores: other work shares the CPU, llama.cpp's thread "
-              f"barriers stall when oversubscribed; measurements will be low (try --threads 1)", file=sys.stderr)
+    load_before = os.getloadavg()
+    if load_before[0] > 0.5 * cores:
+        print(f"warning: load average {load_before[0]:.1f} on {cores} cores: other work shares the CPU; "
+              f"measurements will be low (try --threads 1)", file=sys.stderr)
     calibration = None
     if args.profile:
         from edgekit.profiles.store import get_profile
@@ -221,50 +174,66 @@ def main(argv: list[str] | None = None) -> int:
         print("- calibrating this host", file=sys.stderr)
         calibration = measure(threads=threads)
         profile = calibrated_profile(detect_host(), calibration)
-    cfg_path = args.artifacts / "config.json"
-    results, rows = [], []
-    for f in files:
-        config = json.loads(cfg_path.read_text()) if cfg_path.is_file() else config_from_gguf(f)
-        shapes, quant = model_shapes(config), quant_of(f)
-        weights = gguf_weights(shapes, quant)
-        pred = estimate(shapes, weights, Runtime.LLAMA_CPP, Backend.CPU, profile, ctx=args.ctx,
-                        kv_fill=args.prompt + args.gen // 2, prompt_len=args.prompt)
-        print(f"- measuring {f.name}", file=sys.stderr)
-        child = subprocess.run([sys.executable, __file__, "--_child", str(f), str(args.ctx), str(args.prompt),
-                                str(args.gen), str(args.reps), str(threads)], capture_output=True, text=True)
-        if child.returncode != 0:  # e.g. a runtime crash on one quant type: report it, check the rest
-            why = f"child exited with {child.returncode}" + (" (segfault)" if child.returncode in (-11, 139) else "")
-            print(f"  {why}\n{child.stderr[-1000:]}", file=sys.stderr)
-            results.append({"file": f.name, "quant": quant, "error": why})
-            rows.append([f.name, quant, round(pred.gen_tps, 1), None, "-", round(pred.prompt_tps), None, "-",
-                         round(pred.peak_rss_bytes / 2**20), None, "-", "FAILED"])
+    runtime_of = {"gguf": Runtime.LLAMA_CPP, "onnx": Runtime.ONNXRUNTIME}  # artifact kind -> runtime
+    # What the profile runs on its CPU: llama.cpp, and ONNX Runtime at the precisions it lists.
+    cpu_runtimes = {rt.runtime: rt for rt in profile.runtimes if rt.backend is Backend.CPU}
+    artifacts, skipped = resolve_artifacts(paths)
+    results: list[dict[str, Any]] = [{"artifact": s["artifact"], "skipped": s["reason"]} for s in skipped]
+    keep = []
+    for a in artifacts:
+        support = cpu_runtimes.get(runtime_of[a.kind])
+        if support is None or (a.kind == "onnx" and OnnxPrecision(a.quant) not in support.onnx):
+            why = f"{profile.name} lists no {runtime_of[a.kind].value} {a.quant} on its CPU"
+            print(f"- skipping {a.path.name}: {why}", file=sys.stderr)
+            results.append({"artifact": a.path.name, "skipped": why})
+        else:
+            keep.append(a.path)
+    settings = BenchSettings(prompt_tokens=args.prompt, gen_tokens=args.gen, repetitions=args.reps, warmup=1,
+                             threads=(threads,))
+    bench = run_bench(keep, settings, output=args.output.with_suffix(".bench.json"), progress=_stderr_progress)
+    load_after = os.getloadavg()
+    ctx = settings.ctx
+    rows: list[list[Any]] = []
+    for r in bench.results:
+        runtime = runtime_of[r.kind]
+        precision = OnnxPrecision(r.quant) if runtime is Runtime.ONNXRUNTIME else None
+        shapes = model_shapes(_config_for(directory, Path(r.path), r.kind))
+        weights = gguf_weights(shapes, r.quant) if precision is None else onnx_weights(shapes, precision, Backend.CPU)
+        # tg decodes from a one-token prompt: on average gen/2 positions are cached
+        pred = estimate(shapes, weights, runtime, Backend.CPU, profile, ctx=ctx, kv_fill=max(1, args.gen // 2),
+                        prompt_len=args.prompt, onnx_precision=precision)
+        predicted = {"gen_tps": pred.gen_tps, "prompt_tps": pred.prompt_tps, "peak_rss_bytes": pred.peak_rss_bytes,
+                     "weights_bytes": weights.total_bytes}
+        label = [r.artifact, r.kind, r.quant]
+        if r.status != "complete":  # e.g. a runtime crash on one quant type: report it, check the rest
+            results.append({"artifact": r.artifact, "format": r.kind, "quant": r.quant, "predicted": predicted,
+                            "error": r.error or r.status})
+            rows.append([*label, round(pred.gen_tps, 1), None, "-", round(pred.prompt_tps), None, "-",
+                                 round(pred.peak_rss_bytes / 2**20), None, "-", "FAILED"])
             continue
-        meas = json.loads(child.stdout.strip().splitlines()[-1])
-        err = {k: (p - meas[m]) / meas[m] for k, p, m in (("gen", pred.gen_tps, "gen_tps"),
-                                                         ("prompt", pred.prompt_tps, "prompt_tps"),
-                                                         ("peak", pred.peak_rss_bytes, "peak_rss_bytes"))}
-        results.append({"file": f.name, "quant": quant, "params": shapes.params,
-                        "predicted": {"gen_tps": pred.gen_tps, "prompt_tps": pred.prompt_tps,
-                                      "peak_rss_bytes": pred.peak_rss_bytes, "weights_bytes": weights.total_bytes},
-                        "measured": meas, "error": err,
-                        "within_target": {"gen": abs(err["gen"]) <= GEN_TARGET, "peak": abs(err["peak"]) <= MEM_TARGET}})
-        rows.append([f.name, quant, round(pred.gen_tps, 1), round(meas["gen_tps"], 1), f"{100 * err['gen']:+.0f}%",
-                     round(pred.prompt_tps), round(meas["prompt_tps"]), f"{100 * err['prompt']:+.0f}%",
-                     round(pred.peak_rss_bytes / 2**20), round(meas["peak_rss_bytes"] / 2**20),
-                     f"{100 * err['peak']:+.0f}%",
-                     "ok" if abs(err["gen"]) <= GEN_TARGET and abs(err["peak"]) <= MEM_TARGET else "MISS"])
+        meas = {"gen_tps": r.metrics[settings.tg_name]["max"], "prompt_tps": r.metrics[settings.pp_name]["max"],
+                "peak_rss_bytes": r.memory["peak_rss_bytes"], "baseline_rss_bytes": r.memory["baseline_rss_bytes"]}
+        err = {k: (predicted[k] - meas[k]) / meas[k] for k in ("gen_tps", "prompt_tps", "peak_rss_bytes")}
+        ok = abs(err["gen_tps"]) <= GEN_TARGET and abs(err["peak_rss_bytes"]) <= MEM_TARGET
+        results.append({"artifact": r.artifact, "format": r.kind, "quant": r.quant, "params": shapes.params,
+                        "predicted": predicted, "measured": meas, "error": err, "within_target": ok})
+        rows.append([*label, round(pred.gen_tps, 1), round(meas["gen_tps"], 1), f"{100 * err['gen_tps']:+.0f}%",
+                             round(pred.prompt_tps), round(meas["prompt_tps"]), f"{100 * err['prompt_tps']:+.0f}%",
+                             round(pred.peak_rss_bytes / 2**20), round(meas["peak_rss_bytes"] / 2**20),
+                             f"{100 * err['peak_rss_bytes']:+.0f}%", "ok" if ok else "MISS"])
     mode = profile.mode()
     print(f"profile {profile.name}: {mode.bandwidth_gbs.value:g} GB/s ({mode.bandwidth_gbs.source.value}), "
-          f"ctx {args.ctx}, prompt {args.prompt}, gen {args.gen}, {threads} threads, best of {args.reps}")
-    print(format_table(["artifact", "quant", "gen pred", "gen meas", "err", "pp pred", "pp meas", "err",
+          f"ctx {ctx}, prompt {args.prompt}, gen {args.gen}, {threads} threads, best of {args.reps}; "
+          f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after ({cores} cores)")
+    print(format_table(["artifact", "format", "quant", "gen pred", "gen meas", "err", "pp pred", "pp meas", "err",
                         "peak MiB pred", "peak MiB meas", "err", f"target ±{GEN_TARGET:.0%}/±{MEM_TARGET:.0%}"], rows))
     report = {"host": platform.node(), "machine": platform.machine(), "profile": profile.name,
               "bandwidth_gbs": mode.bandwidth_gbs.value, "calibration": calibration.to_dict() if calibration else None,
-              "settings": {"ctx": args.ctx, "prompt": args.prompt, "gen": args.gen, "reps": args.reps,
-                           "threads": threads}, "targets": {"gen": GEN_TARGET, "peak": MEM_TARGET},
-              "results": results, "gib": GIB}
+              "settings": {"ctx": ctx, "prompt": args.prompt, "gen": args.gen, "reps": args.reps, "threads": threads},
+              "load_average": {"before": load_before, "after": load_after, "cores": cores},
+              "targets": {"gen": GEN_TARGET, "peak": MEM_TARGET}, "results": results, "gib": GIB}
     args.output.write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.output}")
+    print(f"wrote {args.output} (raw measurements: {args.output.with_suffix('.bench.json')})")
     return 0
 
 

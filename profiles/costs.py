@@ -58,7 +58,10 @@ EFFICIENCY: dict[tuple[Runtime, DeviceClass, Basis], Efficiency] = {
     (_O, DeviceClass.APPLE_SILICON, _D): Efficiency(0.45, 0.40, "estimated (CPU EP)"),
     (_O, DeviceClass.ARM_CPU, _D): Efficiency(0.45, 0.40, "estimated"),
     (_O, DeviceClass.X86_CPU, _D): Efficiency(0.45, 0.40, "estimated"),
-    (_O, DeviceClass.X86_CPU, _M): Efficiency(0.60, 0.40, "estimated"),
+    # fp32 ONNX decode on the dev host is memory-bound (MLAS sgemv): 0.96 and 0.87 of the
+    # calibrated read rate on 31M and 125M models (ONNX_CPU_KERNELS below); prefill there
+    # comes from that table, the 0.40 applies to CPUs without one.
+    (_O, DeviceClass.X86_CPU, _M): Efficiency(0.90, 0.40, "measured: dev host, fp32 31M/125M models"),
     (_O, DeviceClass.ARM_CPU, _M): Efficiency(0.60, 0.40, "estimated"),
 }
 
@@ -92,6 +95,38 @@ CPU_KERNELS[KernelFamily.X86_AVX2] = {k: (2 * d, 2 * p) for k, (d, p) in CPU_KER
 # that dominates models of a few million parameters.
 CPU_ATTENTION = (0.105, 0.60)  # (decode, prompt)
 CPU_LAYER_S = (14e-6, 10e-6)  # seconds per layer per token (decode, prompt)
+# ONNX Runtime's CPU kernels (MLAS) per ONNX precision, as fractions of the GEMM rate:
+# (decode, prompt). Fitted to benchmarks/profile_check.py on the dev host (2 vCPU Xeon,
+# AVX-512 VNNI, 1 thread, calibrated 16.4-17.2 GB/s read, 157-162 GFLOP/s; load average
+# 0.5-0.8 on 2 cores), edgekit's exports (int4 = MatMulNBits block 32, accuracy_level 4),
+# random-weight Llamas plus the demo model; measured per-token decode time (tg64, best of 3):
+#   model (params, layers)  fp32 us/token (GB/s, GFLOP/s)  int4 us/token (GB/s, GFLOP/s)
+#   tiny  (0.1M, 1)         27.6  (14.9,   7.4)            31.1  ( 2.1,  6.6)
+#   demo  (2.6M, 4)         486   (21.6,  10.8)            169   (10.0, 31.0)
+#   s30   (31M, 8)          6547  (16.3,   8.1)            1027  (16.7, 51.9)
+#   s125  (125M, 12)        28191 (14.2,   7.1)            6992  ( 9.2, 28.6)
+# fp32 decode is memory-bound from 31M up (efficiency above). Weights that stay in cache
+# run faster than any DRAM roofline says, and the profiles carry no cache size (this VM
+# reports a 480 MiB L3, yet numpy reads drop from 22 to 17 GB/s between 32 and 64 MiB):
+# the demo's 10 MB fp32 ran at 0.073 of the GEMM rate, above the DRAM read rate (that is the
+# fp32 kernel roof; the prediction stays about a third low there), s30's 17 MB int4 at 0.33.
+# int4 out of cache (s125) reached 0.18 of GEMM; 0.21 keeps s125 and the demo within 20%
+# and leaves s30 about 35% low. Prompt (pp512, GFLOP/s): fp32 100-117, int4 80-93 on
+# s30/s125; the tiny model shows a cost per layer per prompt token of about 6 us.
+# fp16 is not run on CPUs by the profiles; its row copies fp32 (estimated).
+ONNX_CPU_KERNELS: dict[KernelFamily, dict[OnnxPrecision, tuple[float, float]]] = {
+    KernelFamily.X86_AVX512: {
+        OnnxPrecision.FP32: (0.073, 0.70), OnnxPrecision.INT4: (0.21, 0.56), OnnxPrecision.FP16: (0.073, 0.70),
+    },
+}
+# AVX2 (estimated): decode twice the fraction as in CPU_KERNELS (batch-1 kernels do not
+# scale with the vector width, the GEMM rate does); prompt the same fraction (GEMM-like).
+ONNX_CPU_KERNELS[KernelFamily.X86_AVX2] = {
+    k: (2 * d, p) for k, (d, p) in ONNX_CPU_KERNELS[KernelFamily.X86_AVX512].items()}
+# Per generated token: GenAI's generator step, logits processing and the Python stream
+# (fixed), plus per layer; the tiny 1-layer model above spends 25-28 us a token in total.
+ONNX_CPU_TOKEN_S, ONNX_CPU_LAYER_S = 20e-6, 5e-6
+ONNX_CPU_PROMPT_LAYER_S = 6e-6  # per layer per prompt token
 # Accelerators pay kernel launches per layer per generated token (llama.cpp batches them in
 # CUDA graphs; small models still top out well below the bandwidth roof). Estimates; a
 # Jetson's slower CPU issues them more slowly. Used where the CPU kernel table is not.
@@ -110,10 +145,10 @@ def kernel_family(isa: tuple[str, ...]) -> KernelFamily | None:
 
 # Memory a runtime costs before any model tensor: process, libraries, device context (GiB).
 RUNTIME_OVERHEAD_GIB: dict[tuple[Runtime, Backend], tuple[float, str]] = {
-    (Runtime.LLAMA_CPP, Backend.CPU): (0.045, "measured: Python + llama_cpp import RSS, dev host (42 MiB)"),
+    (Runtime.LLAMA_CPP, Backend.CPU): (0.057, "measured: edgekit.load process minus the model, dev host (58 MiB)"),
     (Runtime.LLAMA_CPP, Backend.CUDA): (0.40, "estimated: CUDA context + cuBLAS workspace"),
     (Runtime.LLAMA_CPP, Backend.METAL): (0.10, "estimated"),
-    (Runtime.ONNXRUNTIME, Backend.CPU): (0.10, "estimated: Python + onnxruntime-genai"),
+    (Runtime.ONNXRUNTIME, Backend.CPU): (0.10, "measured: edgekit.load process, 0.1M-param model, dev host (101 MiB)"),
     (Runtime.ONNXRUNTIME, Backend.CUDA): (0.50, "estimated: CUDA context + cuDNN/cuBLAS"),
     (Runtime.ONNXRUNTIME, Backend.METAL): (0.10, "estimated"),
 }
@@ -238,12 +273,21 @@ def estimate(shapes: ModelShapes, weights: WeightPlan, runtime: Runtime, backend
     gen_tps = bandwidth / per_token * eff.decode
     flops = compute_flops(profile, backend)
     prompt_tps = flops * eff.prefill / (2 * shapes.matmul_params())
-    family = kernel_family(profile.compute.isa) if cpu and runtime is Runtime.LLAMA_CPP else None
+    family = kernel_family(profile.compute.isa) if cpu else None
     n_layers = shapes.config.num_layers
     layer_s = LAYER_OVERHEAD_S.get((backend, profile.device_class), LAYER_OVERHEAD_S[(backend, None)])
-    if family is None:
+    if family is not None and runtime is Runtime.ONNXRUNTIME:  # ONNX on an x86 CPU: MLAS kernel roof
+        k_dec, k_pre = ONNX_CPU_KERNELS[family][onnx_precision or OnnxPrecision.FP32]
+        c, plen = shapes.config, min(ctx, prompt_len)
+        attn = 4 * c.num_layers * c.num_heads * c.head_dim  # FLOP per token per cached position
+        matmul = 2 * shapes.matmul_params()
+        decode_s = matmul / (flops * k_dec) + attn * fill / (flops * CPU_ATTENTION[0])
+        gen_tps = 1 / (max(1 / gen_tps, decode_s) + ONNX_CPU_TOKEN_S + n_layers * ONNX_CPU_LAYER_S)
+        prompt_tps = 1 / (matmul / (flops * k_pre) + attn * plen / 2 / (flops * CPU_ATTENTION[1])
+                          + n_layers * ONNX_CPU_PROMPT_LAYER_S)
+    elif family is None or runtime is not Runtime.LLAMA_CPP:
         gen_tps = 1 / (1 / gen_tps + n_layers * layer_s)
-    else:  # the kernel roof, summed over the matmuls plus attention and per-layer work
+    else:  # llama.cpp's kernel roof, summed over the matmuls plus attention and per-layer work
         kernels, c = CPU_KERNELS[family], shapes.config
         read = [t for t in shapes.tensors if t.is_matrix and (t.name != "token_embd.weight" or not shapes.has_output)]
         plen = min(ctx, prompt_len)

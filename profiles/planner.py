@@ -153,7 +153,7 @@ def read_measured_quality(model_dir: Path) -> dict[tuple[Format, str], tuple[Qua
     return out
 
 
-def _config_dir(model_dir: Path) -> Path:
+def source_config_dir(model_dir: Path) -> Path:
     """MODEL itself, or for an edgekit output directory (manifest, no config.json) its source."""
     if (model_dir / "config.json").is_file() or not (model_dir / "edgekit.json").is_file():
         return model_dir
@@ -193,7 +193,7 @@ def plan(model_dir: Path, profile: Profile, *, ctx: int = DEFAULT_CTX, mode: str
     if max_memory_gb is not None and max_memory_gb <= 0:
         raise InputError(f"--max-memory must be positive, got {max_memory_gb}")
     model_dir = Path(model_dir)
-    shapes = model_shapes(load_config(_config_dir(model_dir)))
+    shapes = model_shapes(load_config(source_config_dir(model_dir)))
     power = profile.mode(mode)
     usable = profile.usable_memory_gb.value
     budget = int((usable if max_memory_gb is None else min(max_memory_gb, usable)) * GIB)

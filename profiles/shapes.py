@@ -23,6 +23,7 @@ MoE and imatrix-dependent rules are not modelled (edgekit converts dense models 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -120,6 +121,27 @@ def _more_bits(i: int, n: int) -> bool:
     return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
 
 
+# (tensor kind, llama.cpp ftype) -> rule(layer, n_layers, gqa) giving the tensor's type, or
+# None for the ftype's default: llama_tensor_get_type's branches for the types edgekit offers.
+_Rule = Callable[[int, int, int], str | None]
+_TYPE_RULES: dict[tuple[str, str], _Rule] = {
+    ("attn_v", "Q2_K"): lambda i, n, gqa: "Q4_K" if gqa >= 4 else "Q3_K",
+    ("attn_v", "Q3_K_M"): lambda i, n, gqa: "Q5_K" if i < 2 else "Q4_K",
+    ("attn_v", "Q3_K_L"): lambda i, n, gqa: "Q5_K",
+    ("attn_v", "Q4_K_M"): lambda i, n, gqa: "Q6_K" if _more_bits(i, n) else None,
+    ("attn_v", "Q5_K_M"): lambda i, n, gqa: "Q6_K" if _more_bits(i, n) else None,
+    ("attn_v", "Q4_K_S"): lambda i, n, gqa: "Q5_K" if i < 4 else None,
+    ("ffn_down", "Q2_K"): lambda i, n, gqa: "Q3_K",
+    ("ffn_down", "Q3_K_M"): lambda i, n, gqa: "Q5_K" if i < n // 16 else "Q4_K",
+    ("ffn_down", "Q3_K_L"): lambda i, n, gqa: "Q5_K",
+    ("ffn_down", "Q4_K_M"): lambda i, n, gqa: "Q6_K" if _more_bits(i, n) else None,
+    ("ffn_down", "Q5_K_M"): lambda i, n, gqa: "Q6_K" if _more_bits(i, n) else None,
+    ("ffn_down", "Q4_K_S"): lambda i, n, gqa: "Q5_K" if i < n // 8 else None,
+    ("attn_output", "Q2_K"): lambda i, n, gqa: "Q3_K",
+    ("attn_output", "Q3_K_M"): lambda i, n, gqa: "Q4_K",
+    ("attn_output", "Q3_K_L"): lambda i, n, gqa: "Q5_K",
+}
+
 # ggml types a row length must split into (fallbacks when it does not).
 # (older llama.cpp sent Q2_K/Q3_K to IQ4_NL: same 4.5 bits per weight.)
 _FALLBACK = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0", "Q2_K": "Q4_0", "Q3_K": "Q4_0"}
@@ -167,30 +189,8 @@ def gguf_tensor_types(shapes: ModelShapes, quant_name: str) -> dict[str, str]:
                 new = "Q6_K"
         elif t.name == "token_embd.weight":
             pass
-        elif kind == "attn_v":
-            if ftype == "Q2_K":
-                new = "Q4_K" if gqa >= 4 else "Q3_K"
-            elif ftype == "Q3_K_M":
-                new = "Q5_K" if i < 2 else "Q4_K"
-            elif ftype == "Q3_K_L":
-                new = "Q5_K"
-            elif ftype in ("Q4_K_M", "Q5_K_M") and _more_bits(i, n_layers):
-                new = "Q6_K"
-            elif ftype == "Q4_K_S" and i < 4:
-                new = "Q5_K"
-        elif kind == "ffn_down":
-            if ftype == "Q2_K":
-                new = "Q3_K"
-            elif ftype == "Q3_K_M":
-                new = "Q5_K" if i < n_layers // 16 else "Q4_K"
-            elif ftype == "Q3_K_L":
-                new = "Q5_K"
-            elif ftype in ("Q4_K_M", "Q5_K_M") and _more_bits(i, n_layers):
-                new = "Q6_K"
-            elif ftype == "Q4_K_S" and i < n_layers // 8:
-                new = "Q5_K"
-        elif kind == "attn_output":
-            new = {"Q2_K": "Q3_K", "Q3_K_M": "Q4_K", "Q3_K_L": "Q5_K"}.get(ftype, new)
+        elif (rule := _TYPE_RULES.get((kind, ftype))) is not None:
+            new = rule(i, n_layers, gqa) or new
         if t.ne[0] % block_size(new) != 0:
             new = _FALLBACK.get(new, "F16")
             if t.ne[0] % block_size(new) != 0:

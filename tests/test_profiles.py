@@ -345,3 +345,35 @@ def test_predictions_match_the_real_converter_on_the_demo_model(tmp_path: Path) 
     # an output directory (manifest, no config.json) plans from its source's config
     p = planner.plan(out, store.get_profile("raspberry-pi-5-8gb"), ctx=1024)
     assert p.pick is not None and p.params == s.params
+
+
+@pytest.fixture(scope="module")
+def demo_onnx_int4(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo model exported to ONNX int4 and verified (about 10 s): a real manifest entry."""
+    from edgekit.converters.onnx.convert import convert_onnx
+    from edgekit.demo import demo_model_dir
+
+    out = tmp_path_factory.mktemp("demo-onnx-int4")
+    convert_onnx(demo_model_dir(), out, "int4", name="demo")
+    return out
+
+
+def test_recommend_uses_measured_onnx_quality_from_an_output_dir(run_cli, demo_onnx_int4: Path) -> None:
+    entry = next(a for a in json.loads((demo_onnx_int4 / "edgekit.json").read_text())["artifacts"]
+                 if a["format"] == "onnx" and a["quant"] == "int4")
+    v = entry["verification"]
+    p = planner.plan(demo_onnx_int4, store.get_profile("x86-laptop-ddr5"), ctx=1024)
+    onnx = {c.quant: c for c in p.candidates if c.format is planner.Format.ONNX}
+    int4 = onnx["int4"]
+    assert int4.quality.source is planner.QualitySource.MEASURED and int4.artifact == entry["file"]
+    assert (int4.quality.mean_kl, int4.quality.top1) == (v["mean_kl"], v["top1"])
+    assert int4.quality != planner.QUALITY_TABLE[(planner.Format.ONNX, "int4")]
+    assert onnx["fp32"].quality.source is planner.QualitySource.ESTIMATED  # not built: from the table
+    # GGUF candidates stay estimated: the manifest has no GGUF entry
+    assert all(c.quality.source is planner.QualitySource.ESTIMATED for c in p.candidates
+               if c.format is planner.Format.GGUF)
+    code, out = run_cli("recommend", str(demo_onnx_int4), "--profile", "x86-laptop-ddr5", "--ctx", "1024", "--json")
+    assert code == 0, out
+    row = next(c for c in json.loads(out)["candidates"] if c["format"] == "onnx" and c["quant"] == "int4")
+    assert row["quality"]["source"] == "measured" and row["artifact"] == entry["file"]
+    assert row["quality"]["mean_kl"] == v["mean_kl"]
