@@ -4,8 +4,13 @@ Bandwidth: every core sums its slice of a float32 array much larger than the cac
 (numpy's reductions release the GIL, so threads run in parallel); token generation is a
 streaming read of the weights, so the read rate is the figure that matters. A copy rate
 (read + write) is reported alongside. Matmul: float32 GEMM through numpy's BLAS, the
-ceiling for prompt processing on the CPU. Best of several repeats: the question is what the
-hardware can do, not what a noisy neighbour left over.
+ceiling for prompt processing on the CPU. Read curve: the same read over working sets from
+1 to 256 MiB, so the cost model can tell a model that streams from DRAM from one whose bytes
+per token stay in a cache (reported cache sizes are not trusted: this VM reports a 480 MiB
+L3, yet reads fall from 30 to 17 GB/s between 32 and 128 MiB). The curve reads with
+``max`` (a SIMD reduction that is never the bottleneck: 90 GB/s in L2 on the dev host,
+where numpy's float32 ``sum`` tops out at 23 GB/s on one core). Best of several repeats:
+the question is what the hardware can do, not what a noisy neighbour left over.
 """
 
 from __future__ import annotations
@@ -14,14 +19,18 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
+from typing import Any
 
-from .schema import DeviceClass, Figure, Origin, PowerMode, Profile, SourceKind
+from .schema import DeviceClass, Figure, Origin, PowerMode, Profile, ReadCurve, SourceKind
 
 log = logging.getLogger(__name__)
 
 MAX_ARRAY_BYTES = 512 * 2**20  # well past any L3; capped by MemAvailable / 8 below
+CURVE_MIB = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # working sets for the read curve
 MATMUL_N = 2048  # 2 x 2048^3 = 17 GFLOP per product: long enough to time, short enough to repeat
 
 
@@ -34,14 +43,17 @@ class Calibration:
     threads: int
     array_mib: int
     seconds: float
+    read_curve: tuple[tuple[float, float], ...] = ()  # (working set MiB, GB/s), best of 1 and all threads
 
     @property
     def bandwidth_gbs(self) -> float:
         """The best streaming read any thread count reached: what the memory can deliver."""
         return max(self.read_gbs, self.read_1t_gbs)
 
-    def to_dict(self) -> dict[str, float | int]:
-        return {k: round(v, 2) if isinstance(v, float) else v for k, v in self.__dict__.items()}
+    def to_dict(self) -> dict[str, object]:
+        d: dict[str, object] = {k: round(v, 2) if isinstance(v, float) else v for k, v in self.__dict__.items()}
+        d["read_curve"] = [[mib, round(gbs, 2)] for mib, gbs in self.read_curve]
+        return d
 
 
 def _best(fn: Callable[[], object], budget_s: float, min_reps: int = 3) -> float:
@@ -74,6 +86,32 @@ def _memory_rates(size: int, n_threads: int, share: float) -> tuple[float, float
     return read, read_1t, copy
 
 
+def _map_all(pool: Executor, fn: Callable[[Any], object], chunks: list[Any]) -> list[object]:
+    return list(pool.map(fn, chunks))
+
+
+def _read_curve(n_threads: int, budget_s: float, max_bytes: int) -> tuple[tuple[float, float], ...]:
+    """Read GB/s per working-set size (best of one thread and ``n_threads``), up to ``max_bytes``.
+
+    Each size is read again and again, so after the first pass it sits in whatever cache
+    level holds it: the rate a model of that many bytes per token is read at."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    sizes = [m for m in CURVE_MIB if m * 2**20 <= max_bytes]
+    share = budget_s / max(1, len(sizes)) / 2
+    points = []
+    with ThreadPoolExecutor(n_threads) as pool:
+        for mib in sizes:
+            a = np.ones(mib * 2**20 // 4, dtype=np.float32)
+            best = _best(a.max, share)
+            if n_threads > 1:
+                best = min(best, _best(partial(_map_all, pool, np.max, np.array_split(a, n_threads)), share))
+            points.append((float(mib), a.nbytes / best / 1e9))
+    return tuple(points)
+
+
 def measure(budget_s: float = 4.0, threads: int | None = None, available_bytes: int | None = None) -> Calibration:
     import numpy as np
 
@@ -84,13 +122,14 @@ def measure(budget_s: float = 4.0, threads: int | None = None, available_bytes: 
 
         available_bytes = psutil.virtual_memory().available
     size = max(64 * 2**20, min(MAX_ARRAY_BYTES, available_bytes // 8))
-    share = budget_s / 4
+    share = budget_s / 5
     read, read_1t, copy = _memory_rates(size, n_threads, share)
+    curve = _read_curve(n_threads, share, size // 2)
     x = np.random.default_rng(0).standard_normal((MATMUL_N, MATMUL_N), dtype=np.float32)
     x @ x  # BLAS thread start-up
     gflops = 2 * MATMUL_N**3 / _best(lambda: x @ x, share * 1.5) / 1e9
     cal = Calibration(read / 1e9, read_1t / 1e9, copy / 1e9, gflops, n_threads, size // 2**20,
-                      time.perf_counter() - t0)
+                      time.perf_counter() - t0, curve)
     log.info("calibration: %s", cal)
     return cal
 
@@ -107,13 +146,17 @@ def calibrated_profile(base: Profile, cal: Calibration) -> Profile:
     notes = f"Calibrated: CPU read {cal.read_gbs:.1f} GB/s, copy {cal.copy_gbs:.1f} GB/s, " \
             f"matmul {cal.matmul_gflops:.0f} GFLOP/s."
     modes = base.power_modes
+    curve = None
+    if len(cal.read_curve) >= 2:
+        curve = ReadCurve(tuple((mib, round(gbs, 2)) for mib, gbs in cal.read_curve), SourceKind.MEASURED,
+                          f"numpy max over each working set, best of 1 and {cal.threads} threads")
     if base.device_class in (DeviceClass.X86_CPU, DeviceClass.ARM_CPU):
         modes = tuple(PowerMode(m.name, measured_bw, m.power_w, m.emc_mhz, m.note) if m.name == base.default_mode
                       else m for m in base.power_modes)
     else:
         notes += " The accelerator's bandwidth is the profile's figure, not this CPU measurement."
     return replace(base, power_modes=modes, compute=replace(base.compute, cpu_gflops=gflops),
-                   origin=Origin.CALIBRATED, notes=notes,
+                   origin=Origin.CALIBRATED, notes=notes, read_curve=curve,
                    display_name=base.display_name.replace("This host", "This host, calibrated"))
 
 

@@ -10,6 +10,8 @@ arithmetic lives in a commented table below, with where it comes from.
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -77,8 +79,10 @@ class KernelFamily(StrEnum):
 # buffers off) every quantized type stayed at 8-14 GB/s of a 32 GB/s read rate. AVX-512 values
 # are a least-squares fit to benchmarks/profile_check.py runs there (7 model shapes, 2.2M-340M
 # parameters, 1 and 2 threads; residuals within about +-30%); k-quant prompts beat fp32 GEMM
-# thanks to int8 dot products. Types not in those runs (F32, BF16, Q5_0, Q5_1, Q4_1, Q2_K,
-# IQ4_NL) are estimates. AVX2: estimates, twice the fraction (half the fp32 width, similar
+# thanks to int8 dot products. Q2_K decode: a q2_k file (Q2_K with Q3_K/Q4_K/Q6_K mixed in)
+# ran at 0.67 of the time 0.10 predicted both out of cache (200M params, 1024 x 12 layers,
+# 74 MiB a token) and in cache (the demo), so 0.15; its prompt figure is an estimate, as are
+# F32, BF16, Q5_0, Q5_1, Q4_1 and IQ4_NL. AVX2: estimates, twice the fraction (half the fp32 width, similar
 # integer throughput). No table for Arm: there the published bandwidth efficiency
 # (HARDWARE.md) already folds the kernels in.
 CPU_KERNELS: dict[KernelFamily, dict[str, tuple[float, float]]] = {
@@ -86,7 +90,7 @@ CPU_KERNELS: dict[KernelFamily, dict[str, tuple[float, float]]] = {
         "F16": (0.073, 0.69), "Q8_0": (0.095, 0.62), "Q6_K": (0.10, 1.13), "Q5_K": (0.075, 1.13),
         "Q4_K": (0.118, 1.36), "Q4_0": (0.103, 0.50), "Q3_K": (0.107, 0.57),
         "F32": (0.045, 0.6), "BF16": (0.073, 0.69), "Q5_0": (0.09, 0.5), "Q5_1": (0.09, 0.5), "Q4_1": (0.10, 0.5),
-        "Q2_K": (0.10, 0.9), "IQ4_NL": (0.10, 0.5),
+        "Q2_K": (0.15, 0.9), "IQ4_NL": (0.10, 0.5),
     },
 }
 CPU_KERNELS[KernelFamily.X86_AVX2] = {k: (2 * d, 2 * p) for k, (d, p) in CPU_KERNELS[KernelFamily.X86_AVX512].items()}
@@ -106,10 +110,11 @@ CPU_LAYER_S = (14e-6, 10e-6)  # seconds per layer per token (decode, prompt)
 #   s30   (31M, 8)          6547  (16.3,   8.1)            1027  (16.7, 51.9)
 #   s125  (125M, 12)        28191 (14.2,   7.1)            6992  ( 9.2, 28.6)
 # fp32 decode is memory-bound from 31M up (efficiency above). Weights that stay in cache
-# run faster than any DRAM roofline says, and the profiles carry no cache size (this VM
-# reports a 480 MiB L3, yet numpy reads drop from 22 to 17 GB/s between 32 and 64 MiB):
-# the demo's 10 MB fp32 ran at 0.073 of the GEMM rate, above the DRAM read rate (that is the
-# fp32 kernel roof; the prediction stays about a third low there), s30's 17 MB int4 at 0.33.
+# run faster than the DRAM roofline says: a calibrated profile's read curve gives the rate
+# for the bytes per token (read_bandwidth; this VM reports a 480 MiB L3, yet reads fall from
+# 30 to 15-17 GB/s between 64 and 128 MiB). The demo's 10 MB fp32 ran at 0.073 of the GEMM
+# rate, 23 GB/s, above the DRAM read rate and within 2% of this kernel roof once the curve
+# lifts the memory roof to 30 GB/s; s30's 17 MB int4 ran at 0.33.
 # int4 out of cache (s125) reached 0.18 of GEMM; 0.21 keeps s125 and the demo within 20%
 # and leaves s30 about 35% low. Prompt (pp512, GFLOP/s): fp32 100-117, int4 80-93 on
 # s30/s125; the tiny model shows a cost per layer per prompt token of about 6 us.
@@ -177,6 +182,31 @@ class Cost:
     @property
     def total_bytes(self) -> int:
         return self.weights_bytes + self.kv_bytes + self.buffer_bytes + self.overhead_bytes
+
+
+def read_bandwidth(profile: Profile, working_set_bytes: float, mode: str | None = None,
+                   backend: Backend = Backend.CPU) -> float:
+    """Bytes/s at which the CPU reads a working set of this size, every token.
+
+    The profile's bandwidth is the DRAM (streaming) rate. A calibrated profile also carries
+    the measured read curve (schema.ReadCurve); a CPU reading a working set that fits a
+    cache gets the curve's speed-up over its own largest (DRAM) point, interpolated in log
+    size, applied to the mode's bandwidth (so a power mode keeps its own DRAM figure).
+    Without a curve (the shipped datasheet profiles), or for an accelerator (the curve is the
+    CPU's), every size streams at the mode's bandwidth: today's roofline."""
+    base = profile.mode(mode).bandwidth_gbs.value * 1e9
+    curve = profile.read_curve
+    if curve is None or backend is not Backend.CPU:
+        return base
+    pts, mib = curve.points, working_set_bytes / 2**20
+    if mib >= pts[-1][0]:
+        return base
+    rate = pts[0][1]
+    for (m0, r0), (m1, r1) in itertools.pairwise(pts):
+        if m0 < mib <= m1:
+            f = math.log(mib / m0) / math.log(m1 / m0)
+            rate = r0 + f * (r1 - r0)
+    return base * max(1.0, rate / pts[-1][1])
 
 
 def bandwidth_basis(profile: Profile, mode: str | None = None) -> Basis:
@@ -254,7 +284,6 @@ def estimate(shapes: ModelShapes, weights: WeightPlan, runtime: Runtime, backend
     generating (default: half the context, the average over a conversation that fills it);
     prompt speed is for a prompt of ``prompt_len`` tokens (capped at ``ctx``)."""
     eff = efficiency(runtime, profile, mode)
-    bandwidth = profile.mode(mode).bandwidth_gbs.value * 1e9
     cpu = backend is Backend.CPU
     if runtime is Runtime.LLAMA_CPP:
         kv_dtype = 2  # f16 cache, llama.cpp's default
@@ -270,7 +299,7 @@ def estimate(shapes: ModelShapes, weights: WeightPlan, runtime: Runtime, backend
     overhead = int(RUNTIME_OVERHEAD_GIB[(runtime, backend)][0] * GIB)
     fill = ctx // 2 if kv_fill is None else kv_fill
     per_token = weights.per_token_bytes + kv_cache_bytes(shapes, max(fill, 1), kv_dtype)
-    gen_tps = bandwidth / per_token * eff.decode
+    gen_tps = read_bandwidth(profile, per_token, mode, backend) / per_token * eff.decode
     flops = compute_flops(profile, backend)
     prompt_tps = flops * eff.prefill / (2 * shapes.matmul_params())
     family = kernel_family(profile.compute.isa) if cpu else None

@@ -112,6 +112,27 @@ class Compute:
 
 
 @dataclass(frozen=True)
+class ReadCurve:
+    """Read bandwidth of the CPU against working-set size: the caches in numbers.
+
+    A model whose bytes per token fit in a cache level is read at that level's rate, which
+    can be several times the DRAM figure. Reported cache sizes do not say where the rate
+    really drops (a VM may report a host's L3 it gets a slice of), so the curve is measured
+    (`edgekit profile calibrate`) or taken from a published measurement, never derived from
+    a datasheet cache size. ``points`` are (working set MiB, GB/s), sizes increasing."""
+
+    points: tuple[tuple[float, float], ...]
+    source: SourceKind
+    ref: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"points": [[mib, gbs] for mib, gbs in self.points], "source": self.source.value}
+        if self.ref:
+            d["ref"] = self.ref
+        return d
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     display_name: str
@@ -128,6 +149,7 @@ class Profile:
     notes: str = ""
     origin: Origin = Origin.SHIPPED
     path: str = ""
+    read_curve: ReadCurve | None = None  # [memory] read_curve; None: one bandwidth for every size
 
     def mode(self, name: str | None = None) -> PowerMode:
         wanted = name or self.default_mode
@@ -150,12 +172,13 @@ class ProfileFormatError(InputError):
 
 _TOP_KEYS = {"name", "display_name", "device_class", "memory_kind", "default_mode", "detect_model", "notes",
              "memory", "compute", "software", "power_modes", "runtimes"}
-_MEMORY_KEYS = {"total_gb", "usable_gb"}
+_MEMORY_KEYS = {"total_gb", "usable_gb", "read_curve"}
 _COMPUTE_KEYS = {"cpu_model", "cpu_cores", "isa", "cpu_gflops", "gpu_name", "gpu_fp16_tflops", "gpu_int8_tops",
                  "cuda_cc"}
 _MODE_KEYS = {"name", "bandwidth_gbs", "power_w", "emc_mhz", "note"}
 _RUNTIME_KEYS = {"runtime", "backend", "onnx", "note"}
 _FIGURE_KEYS = {"value", "source", "ref"}
+_CURVE_KEYS = {"points", "source", "ref"}
 
 
 class _V:
@@ -221,6 +244,28 @@ class _V:
         if not isinstance(ref, str):
             raise self.fail(f"{path}.ref", "expected a string")
         return Figure(float(value), source, ref)
+
+
+    def curve(self, d: dict[str, Any], key: str, where: str) -> ReadCurve | None:
+        if key not in d:
+            return None
+        path = _join(where, key)
+        t = self.table(d[key], path, _CURVE_KEYS)
+        raw = self.required(t, "points", path)
+        if not isinstance(raw, list) or len(raw) < 2:
+            raise self.fail(f"{path}.points", "expected at least two [MiB, GB/s] pairs")
+        points: list[tuple[float, float]] = []
+        for i, p in enumerate(raw):
+            if (not isinstance(p, list) or len(p) != 2
+                    or not all(isinstance(x, int | float) and not isinstance(x, bool) and x > 0 for x in p)):
+                raise self.fail(f"{path}.points[{i}]", f"expected [MiB, GB/s], two positive numbers, got {p!r}")
+            if points and p[0] <= points[-1][0]:
+                raise self.fail(f"{path}.points[{i}]", "working-set sizes must increase")
+            points.append((float(p[0]), float(p[1])))
+        ref = t.get("ref", "")
+        if not isinstance(ref, str):
+            raise self.fail(f"{path}.ref", "expected a string")
+        return ReadCurve(tuple(points), self.enum(t, "source", path, SourceKind), ref)
 
 
 def _join(where: str, key: str) -> str:
@@ -311,4 +356,5 @@ def parse_profile(data: Any, file: str, *, origin: Origin = Origin.SHIPPED) -> P
         notes=v.string(top, "notes", "", required=False),
         origin=origin,
         path=file,
+        read_curve=v.curve(mem, "read_curve", "memory"),
     )

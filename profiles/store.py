@@ -131,6 +131,8 @@ def profile_to_dict(p: Profile) -> dict[str, Any]:
     if p.notes:
         d["notes"] = p.notes
     d["memory"] = {"total_gb": p.memory_gb.to_dict(), "usable_gb": p.usable_memory_gb.to_dict()}
+    if p.read_curve is not None:
+        d["memory"]["read_curve"] = p.read_curve.to_dict()
     d["compute"] = compute
     if p.software:
         d["software"] = dict(p.software)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import json
 import tomllib
 from pathlib import Path
@@ -13,7 +14,7 @@ from click.testing import CliRunner
 
 from edgekit import cli
 from edgekit.errors import EdgekitError, ModelNotFoundError
-from edgekit.profiles import calibrate, detect, planner, schema, shapes, store
+from edgekit.profiles import calibrate, costs, detect, planner, schema, shapes, store
 
 # The tiny model of tests/conftest.py: dimensions that differ from each other.
 TINY = {"architectures": ["LlamaForCausalLM"], "hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 2,
@@ -77,6 +78,10 @@ def test_every_shipped_profile_validates_and_round_trips() -> None:
     (lambda d: d.update(default_mode="MAXN_TURBO"), "default_mode", "is not one of the power modes"),
     (lambda d: d["runtimes"][1].update(onnx=["int3"]), "runtimes[1].onnx[0]", "is not one of"),
     (lambda d: d["memory"].pop("usable_gb"), "memory.usable_gb", "missing"),
+    (lambda d: d["memory"].update(read_curve={"points": [[4, 30.0], [2, 50.0]], "source": "measured"}),
+     "memory.read_curve.points[1]", "sizes must increase"),
+    (lambda d: d["memory"].update(read_curve={"points": [[4, 30.0]], "source": "measured"}),
+     "memory.read_curve.points", "at least two"),
 ])
 def test_malformed_profile_names_file_field_and_problem(tmp_path: Path, edit, field: str, problem: str) -> None:
     data = tomllib.loads((store.DATA_DIR / "jetson-orin-nano-8gb.toml").read_text())
@@ -242,6 +247,47 @@ def test_calibrated_profile_is_saved_listed_and_usable(run_cli, tmp_path: Path, 
 def test_measure_is_quick_and_positive() -> None:
     cal = calibrate.measure(budget_s=1.0, available_bytes=64 * 2**20 * 8)
     assert cal.read_gbs > 0 and cal.copy_gbs > 0 and cal.matmul_gflops > 0
+    # the read curve: working sets from 1 MiB up to half the (64 MiB) array, each rate positive
+    sizes = [mib for mib, _ in cal.read_curve]
+    assert sizes == [m for m in calibrate.CURVE_MIB if m <= 32] and all(gbs > 0 for _, gbs in cal.read_curve)
+    # ... stored in the calibrated profile, and it survives the TOML file
+    p = calibrate.calibrated_profile(detect.detect_host(name="curve-host"), cal)
+    assert p.read_curve is not None and p.read_curve.source is schema.SourceKind.MEASURED
+    again = store.load_profile_file(store.save_profile(p), schema.Origin.CALIBRATED)
+    assert again.read_curve == p.read_curve and [m for m, _ in again.read_curve.points] == sizes
+
+
+def _host_with_curve(curve: tuple[tuple[float, float], ...] | None) -> schema.Profile:
+    """A calibrated CPU host: 15 GB/s DRAM, 150 GFLOP/s, and (optionally) a read curve."""
+    cal = calibrate.Calibration(read_gbs=15.0, read_1t_gbs=15.0, copy_gbs=20.0, matmul_gflops=150.0, threads=1,
+                                array_mib=512, seconds=1.0, read_curve=curve or ())
+    base = store.get_profile("x86-laptop-ddr5")
+    return calibrate.calibrated_profile(dataclasses.replace(base, name="h"), cal)
+
+
+def test_cost_model_reads_small_models_from_cache_and_large_ones_from_dram() -> None:
+    # L2 to 1 MiB at 90 GB/s, a 30 GB/s level to 64 MiB, DRAM (15 GB/s) from 128 MiB on
+    curve = ((1.0, 90.0), (4.0, 30.0), (64.0, 30.0), (128.0, 15.0), (256.0, 15.0))
+    host, flat = _host_with_curve(curve), _host_with_curve(None)
+    dram = host.mode().bandwidth_gbs.value * 1e9
+    assert costs.read_bandwidth(host, 512 * 2**10) == pytest.approx(dram * 6)  # below the first point: L2
+    assert costs.read_bandwidth(host, 16 * 2**20) == pytest.approx(dram * 2)
+    assert dram * 2 > costs.read_bandwidth(host, 96 * 2**20) > dram  # between levels: interpolated in log size
+    assert costs.read_bandwidth(host, 2 * 2**30) == dram  # past the curve: the mode's DRAM figure
+    assert costs.read_bandwidth(flat, 512 * 2**10) == dram  # no curve: today's single bandwidth
+    assert costs.read_bandwidth(host, 512 * 2**10, backend=schema.Backend.CUDA) == dram  # the curve is the CPU's
+
+    def gen(profile: schema.Profile, config: dict) -> float:
+        sh = shapes.model_shapes(config)
+        w = shapes.onnx_weights(sh, schema.OnnxPrecision.FP32, schema.Backend.CPU)
+        return costs.estimate(sh, w, schema.Runtime.ONNXRUNTIME, schema.Backend.CPU, profile, ctx=256, kv_fill=32,
+                              onnx_precision=schema.OnnxPrecision.FP32).gen_tps
+
+    small = dict(TINY, num_hidden_layers=8)  # 25 MiB fp32 a token: in the 30 GB/s level
+    large = dict(TINY, hidden_size=2048, intermediate_size=5632, num_attention_heads=16, num_key_value_heads=4,
+                 head_dim=128, num_hidden_layers=8, vocab_size=32000)  # 1.6 GiB a token: DRAM
+    assert gen(host, small) > 1.2 * gen(flat, small)
+    assert gen(host, large) == pytest.approx(gen(flat, large))
 
 
 # -- memory arithmetic against real GGUF files -----------------------------------------------
