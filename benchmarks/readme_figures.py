@@ -7,8 +7,8 @@ Steps, all in one run so every number shares the machine's state:
 1. convert the packaged demo model to GGUF f16/q8_0/q4_k_m and ONNX int4 (skipped when
    ``--out`` already holds them);
 2. ``edgekit bench`` on each (pp512/tg128, fresh process per artifact, conditions recorded);
-3. the same GGUF files through raw llama-cpp-python (``benchmarks/profile_check.py``'s
-   child: plain ``Llama.eval`` loops, no edgekit), so the Session API's overhead shows as a
+3. the same GGUF files through raw llama-cpp-python (a child of this script:
+   plain ``Llama.eval`` loops, no edgekit), so the Session API's overhead shows as a
    ratio (best repetition against best repetition);
 4. ``edgekit eval`` of each artifact against the transformers source (KL, same top-1, PPL);
 5. ``edgekit bench report``: PNG plots + summary.md; an aligned table here; all as JSON.
@@ -20,6 +20,7 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,39 @@ HERE = Path(__file__).resolve().parent
 
 
 def raw_llama_cpp(path: Path, ctx: int, prompt: int, gen: int, reps: int, threads: int) -> dict[str, float] | None:
-    """profile_check's raw llama-cpp-python measurement, in its own fresh process."""
-    child = subprocess.run([sys.executable, str(HERE / "profile_check.py"), "--_child", str(path), str(ctx),
-                            str(prompt), str(gen), str(reps), str(threads)], capture_output=True, text=True)
+    """Raw llama-cpp-python (plain ``Llama.eval`` loops, no edgekit), in its own fresh process."""
+    child = subprocess.run([sys.executable, __file__, "--_child", str(path), str(ctx), str(prompt), str(gen),
+                            str(reps), str(threads)], capture_output=True, text=True)
     if child.returncode != 0:
         print(f"  raw llama-cpp-python failed on {path.name}: {child.stderr[-400:]}", file=sys.stderr)
         return None
     return dict(json.loads(child.stdout.strip().splitlines()[-1]))
+
+
+def measure_raw(path: str, ctx: int, prompt: int, gen: int, reps: int, threads: int) -> dict[str, float]:
+    """The child: load, prompt eval, token-by-token decode; best of ``reps``; peak RSS (VmHWM)."""
+    import llama_cpp
+
+    from edgekit.bench.worker import vm_bytes
+    from edgekit.runtimes.llama_env import llama_load_params
+
+    with llama_load_params():  # the same load parameters (AMX guard) edgekit uses
+        llm = llama_cpp.Llama(model_path=path, n_ctx=ctx, n_threads=threads, n_threads_batch=threads, verbose=False)
+    n_vocab = llm.n_vocab()
+    ids = [3 + (7 * i) % (n_vocab - 3) for i in range(prompt + gen)]  # any ids: speed does not depend on them
+    best_prompt = best_gen = 0.0
+    for _ in range(reps):
+        llm.reset()
+        t = time.perf_counter()
+        llm.eval(ids[:prompt])
+        best_prompt = max(best_prompt, prompt / (time.perf_counter() - t))
+        t = time.perf_counter()
+        for tok in ids[prompt:prompt + gen]:
+            llm.eval([tok])
+        best_gen = max(best_gen, gen / (time.perf_counter() - t))
+    peak = vm_bytes("VmHWM")
+    llm.close()
+    return {"gen_tps": best_gen, "prompt_tps": best_prompt, "peak_rss_bytes": peak}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-ctx", type=int, default=256, help="the demo model was trained on 256-token sequences")
     ap.add_argument("--eval-chunks", type=int, default=20)
     ap.add_argument("--label", default=None)
+    ap.add_argument("--_child", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args._child:
+        path, *nums = args._child
+        print(json.dumps(measure_raw(path, *map(int, nums))))
+        return 0
 
     import edgekit
     from edgekit.bench import BenchSettings, run_bench
