@@ -11,7 +11,6 @@ medians and the edgekit/raw ratio. Results are also written as JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -19,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from _results import save_results  # benchmarks/ sibling (scripts run from this folder)
 
 PROMPT = "The following function returns the number of items in a list, and it raises an error when"
 
@@ -116,10 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                             "ratio", "TTFT ms ek", "TTFT ms raw"], rows))
         results["models"].append({"model": str(model), "conversion_wall_s": wall, "steps": timer.as_dict(),
                                   "artifacts": runs})
-    dest = args.json or args.out / "results.json"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps(results, indent=2))
-    print(f"\nresults: {dest}")
+    save_results(results, args.json or args.out / "results.json")
     return 0
 
 

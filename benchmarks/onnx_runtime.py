@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _results import save_results  # benchmarks/ sibling (scripts run from this folder)
+
 # ONNX quant -> GGUF quant(s) of the same precision class
 PAIRS = {"fp32": ["f32"], "fp16": ["f16"], "int4": ["q4_0", "q4_k_m"]}
 
@@ -170,9 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                "load_avg": os.getloadavg(), "threads": args.threads, "repetitions": args.repetitions,
                "prompt_tokens": args.prompt_tokens, "gen_tokens": args.gen_tokens, "model": str(model),
                "artifacts": records}
-    dest = args.out / "results.json"
-    dest.write_text(json.dumps(results, indent=2))
-    print(f"results: {dest}")
+    save_results(results, args.out / "results.json")
     return 0
 
 

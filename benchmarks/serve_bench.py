@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _results import save_results  # benchmarks/ sibling (scripts run from this folder)
+
 PROMPTS = [
     "The following function returns the number of items in a list, and it raises an error when",
     "Return a new dictionary with the keys of the mapping and the values",
@@ -226,10 +228,7 @@ def main(argv: list[str] | None = None) -> int:
          ms(statistics.median(r["ttft_p50_s"] for r in inproc_rounds))],
     ]))
     print(f"ratio server / in-process tokens/s: {ov['ratio_server_over_in_process']:.3f}")
-    dest = args.json or args.out / "results.json"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps(results, indent=2))
-    print(f"\nresults: {dest}")
+    save_results(results, args.json or args.out / "results.json")
     return 0
 
 

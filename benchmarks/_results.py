@@ -1,0 +1,16 @@
+"""What every benchmark script does last: write its results as JSON, atomically, and say where."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def save_results(results: dict[str, Any], dest: Path) -> Path:
+    from edgekit.fsutil import write_text_atomic
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(dest, json.dumps(results, indent=2, default=str))
+    print(f"\nresults: {dest}")
+    return dest
