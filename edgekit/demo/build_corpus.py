@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import ast
 import hashlib
+import logging
 import re
 import sys
 import sysconfig
@@ -75,6 +76,8 @@ CODE_EVERY = 10
 _WS = re.compile(r"[ \t\r\f\v]+")
 _DefNode = ast.FunctionDef | ast.AsyncFunctionDef
 _DocNode = ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -195,14 +198,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--out", type=Path, default=DATA_DIR, help="output directory (default: %(default)s)")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     if sys.version_info[:2] != (3, 11):
-        print(f"warning: the shipped corpus was built with CPython 3.11; this is "
-              f"{sys.version.split()[0]}, so the text will differ", file=sys.stderr)
+        log.warning("the shipped corpus was built with CPython 3.11; this is %s, so the text will differ",
+                    sys.version.split()[0])
     corpus = build()
     for fname, docs in (("corpus.txt", corpus.train), ("heldout.txt", corpus.heldout)):
         data = _write(args.out / fname, docs)
         code = sum(1 for d in docs if d.startswith(("def ", "async def ", "@")))
-        print(f"{args.out / fname}: {len(data):,} bytes, {len(docs)} documents ({code} code), "
+        log.info(f"{args.out / fname}: {len(data):,} bytes, {len(docs)} documents ({code} code), "
               f"sha256 {hashlib.sha256(data).hexdigest()[:16]}")
     return 0
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import platform
 import shutil
@@ -26,6 +27,8 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from edgekit.demo import corpus_path, heldout_path
+
+log = logging.getLogger(__name__)
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "model"
 
@@ -176,13 +179,13 @@ def train(steps: int, out: Path, eval_every: int) -> None:
     tok = build_tokenizer(text)
     train_stream, held_stream = encode(tok, text), encode(tok, held_text)
     bos_id = int(tok.bos_token_id)
-    print(f"tokenizer: {len(tok)} tokens; corpus {len(text):,} chars -> {len(train_stream):,} tokens, "
-          f"held-out {len(held_stream):,} tokens", flush=True)
+    log.info(f"tokenizer: {len(tok)} tokens; corpus {len(text):,} chars -> {len(train_stream):,} tokens, "
+          f"held-out {len(held_stream):,} tokens")
 
     model = build_model(tok)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"model: {n_params:,} parameters; {steps} steps x {BATCH_SIZE} x {SEQ_LEN} tokens "
-          f"= {steps * BATCH_SIZE * SEQ_LEN / len(train_stream):.1f} epochs", flush=True)
+    log.info(f"model: {n_params:,} parameters; {steps} steps x {BATCH_SIZE} x {SEQ_LEN} tokens "
+          f"= {steps * BATCH_SIZE * SEQ_LEN / len(train_stream):.1f} epochs")
 
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
@@ -206,18 +209,18 @@ def train(steps: int, out: Path, eval_every: int) -> None:
         losses.append(float(loss.detach()))
         if (step + 1) % 10 == 0 or step == 0:
             recent = sum(losses[-10:]) / len(losses[-10:])
-            print(f"step {step + 1:4d}/{steps}  loss {recent:.3f}  lr {lr_at(step, steps):.2e}  "
-                  f"{time.monotonic() - started:6.0f}s", flush=True)
+            log.info(f"step {step + 1:4d}/{steps}  loss {recent:.3f}  lr {lr_at(step, steps):.2e}  "
+                  f"{time.monotonic() - started:6.0f}s")
         if eval_every and (step + 1) % eval_every == 0 and step + 1 < steps:
             nll, _ = evaluate(model, held_stream, bos_id)
-            print(f"  held-out ppl {math.exp(nll):.2f}", flush=True)
+            log.info(f"  held-out ppl {math.exp(nll):.2f}")
 
     final_loss = sum(losses[-20:]) / len(losses[-20:])
     nll, n_tokens = evaluate(model, held_stream, bos_id)
     ppl = math.exp(nll)
     wall = time.monotonic() - started
-    print(f"final train loss {final_loss:.3f} (mean of last 20 steps); held-out ppl {ppl:.2f} "
-          f"over {n_tokens:,} tokens; {wall:.0f}s", flush=True)
+    log.info(f"final train loss {final_loss:.3f} (mean of last 20 steps); held-out ppl {ppl:.2f} "
+          f"over {n_tokens:,} tokens; {wall:.0f}s")
     save(model, tok, out, steps=steps, final_loss=final_loss, ppl=ppl, wall=wall, n_params=n_params)
 
 
@@ -250,7 +253,7 @@ def save(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, out: Path, *, st
         encoding="utf-8",
     )
     meta = json.loads((out / "config.json").read_text(encoding="utf-8"))
-    print(f"saved {out} ({meta['dtype']}, {sum(f.stat().st_size for f in out.iterdir()):,} bytes)")
+    log.info(f"saved {out} ({meta['dtype']}, {sum(f.stat().st_size for f in out.iterdir()):,} bytes)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -259,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (default: %(default)s)")
     parser.add_argument("--eval-every", type=int, default=100, help="held-out eval interval, 0 = only at the end")
     args = parser.parse_args(argv)
+    # progress goes through logging; a run from the command line shows it on stderr
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     train(args.steps, args.out, args.eval_every)
     return 0
 
