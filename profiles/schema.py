@@ -69,6 +69,14 @@ class Origin(StrEnum):
     DETECTED = "detected"
 
 
+def _with_source(d: dict[str, Any], source: SourceKind, ref: str) -> dict[str, Any]:
+    """Every figure in a profile file says where it comes from: ``source`` and, if any, ``ref``."""
+    d["source"] = source.value
+    if ref:
+        d["ref"] = ref
+    return d
+
+
 @dataclass(frozen=True)
 class Figure:
     value: float
@@ -76,10 +84,7 @@ class Figure:
     ref: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"value": self.value, "source": self.source.value}
-        if self.ref:
-            d["ref"] = self.ref
-        return d
+        return _with_source({"value": self.value}, self.source, self.ref)
 
 
 @dataclass(frozen=True)
@@ -126,10 +131,7 @@ class ReadCurve:
     ref: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"points": [[mib, gbs] for mib, gbs in self.points], "source": self.source.value}
-        if self.ref:
-            d["ref"] = self.ref
-        return d
+        return _with_source({"points": [[mib, gbs] for mib, gbs in self.points]}, self.source, self.ref)
 
 
 @dataclass(frozen=True)
