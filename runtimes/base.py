@@ -8,6 +8,7 @@ sessions behave identically.
 
 from __future__ import annotations
 
+import codecs
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
@@ -137,7 +138,9 @@ class Session(ABC):
                              f"length {self.context_length}", hint="shorten the prompt, lower max_tokens or raise --ctx")
         stats = GenerationStats(prompt_tokens=len(ids))
         self.last_stats, self.last_finish_reason = stats, "length"
-        pending = b""  # bytes of an incomplete UTF-8 character
+        # Holds back the bytes of a character split across tokens; invalid bytes become U+FFFD
+        # at once. An incomplete character at the very end is dropped, never half-shown.
+        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         text_so_far = ""
         emitted = 0  # chars of text_so_far already yielded (held back while a stop string may start)
         hold = max((len(s) for s in cfg.stop), default=0)
@@ -153,10 +156,7 @@ class Session(ABC):
                 if self.is_end(token) and not cfg.ignore_eos:
                     self.last_finish_reason = "stop"
                     break
-                pending += piece_bytes(token)
-                piece = _decode_complete(pending)
-                pending = pending[len(piece.encode("utf-8")):]
-                text_so_far += piece
+                text_so_far += utf8.decode(piece_bytes(token))
                 cut = _find_stop(text_so_far, cfg.stop, emitted)
                 if cut is not None:
                     if cut > emitted:
@@ -202,16 +202,6 @@ def _config(options: Mapping[str, Any]) -> SamplingConfig:
     if cfg.max_tokens < 1:
         raise ValueError("max_tokens must be >= 1")
     return cfg
-
-
-def _decode_complete(data: bytes) -> str:
-    """Decode the longest prefix of ``data`` that ends on a UTF-8 character boundary."""
-    for cut in range(len(data), max(len(data) - 4, -1), -1):
-        try:
-            return data[:cut].decode("utf-8")
-        except UnicodeDecodeError:
-            continue
-    return data.decode("utf-8", errors="replace")  # not UTF-8 at all: don't stall forever
 
 
 def _find_stop(text: str, stops: tuple[str, ...], start: int) -> int | None:
