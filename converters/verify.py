@@ -112,8 +112,12 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
 
 def kl_per_position(ref_logits: np.ndarray, logits: np.ndarray) -> np.ndarray:
     """KL(P_ref || P) per row, in nats."""
-    lp, lq = log_softmax(ref_logits), log_softmax(logits)
-    return np.maximum((np.exp(lp) * (lp - lq)).sum(axis=-1), 0.0)
+    return kl_from_log_probs(log_softmax(ref_logits), log_softmax(logits))
+
+
+def kl_from_log_probs(lp_ref: np.ndarray, lp: np.ndarray) -> np.ndarray:
+    """KL per row from log-probabilities a caller already has (no second softmax)."""
+    return np.maximum((np.exp(lp_ref) * (lp_ref - lp)).sum(axis=-1), 0.0)
 
 
 def perplexity(logits: np.ndarray, ids: list[int]) -> float:

@@ -7,7 +7,7 @@ second half of each chunk is scored, so every scored token has at least half a c
 behind it. The reference -- a Hugging Face model directory (transformers, float32) or
 another artifact, e.g. the f16 GGUF -- sees exactly the same token ids, so tokenizer
 differences cannot leak into the statistics. The maths comes from the verifier
-(:mod:`edgekit.converters.verify`): ``log_softmax`` and ``kl_per_position``.
+(:mod:`edgekit.converters.verify`): ``log_softmax`` and ``kl_from_log_probs``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.converters.verify import kl_per_position, log_softmax
+from edgekit.converters.verify import kl_from_log_probs, log_softmax
 from edgekit.errors import InputError
 from edgekit.progress import ProgressFn, report
 
@@ -156,7 +156,7 @@ def evaluate(artifact: Path, text: Path, *, reference: Path | None = None, n_ctx
                 rl = ref_logits[first - 1:-1]
                 lr = log_softmax(rl)
                 nll_ref.append(-lr[np.arange(len(target)), target])
-                kls.append(kl_per_position(rl, logits))
+                kls.append(kl_from_log_probs(lr, lp))
                 top1.append(lr.argmax(-1) == lp.argmax(-1))
                 dp.append(np.exp(lp[np.arange(len(target)), target]) - np.exp(lr[np.arange(len(target)), target]))
             report(progress, "chunks", "", i + 1, len(chunks))
