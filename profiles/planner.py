@@ -10,12 +10,14 @@ f16 that is twice as slow for no visible gain.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+from edgekit.errors import CorruptFileError
+from edgekit.manifest import MANIFEST_NAME, Manifest, load_manifest
 
 from .costs import GIB, Cost, estimate
 from .schema import Backend, OnnxPrecision, Profile, Runtime, SourceKind
@@ -128,41 +130,44 @@ class Plan:
                 "candidates": [c.to_dict() for c in self.candidates]}
 
 
+def _load_manifest(model_dir: Path) -> Manifest | None:
+    """MODEL's ``edgekit.json``, or None when there is none or it cannot be read (a warning says why)."""
+    path = model_dir / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        return load_manifest(path)
+    except CorruptFileError as e:
+        log.warning("ignoring the manifest: %s", e)
+        return None
+
+
 def read_measured_quality(model_dir: Path) -> dict[tuple[Format, str], tuple[Quality, str]]:
     """Verified artifacts from ``edgekit.json``: (format, quant) -> (measured quality, file)."""
-    path = model_dir / "edgekit.json"
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        entries = data.get("artifacts", []) if isinstance(data, dict) else []
-    except (OSError, json.JSONDecodeError) as e:
-        log.warning("ignoring unreadable manifest %s: %s", path, e)
+    manifest = _load_manifest(model_dir)
+    if manifest is None:
         return {}
     out: dict[tuple[Format, str], tuple[Quality, str]] = {}
-    for a in entries:
-        v = a.get("verification") if isinstance(a, dict) else None
+    for a in manifest.artifacts:
+        v = a.verification
         if not isinstance(v, dict) or not all(isinstance(v.get(k), int | float) for k in ("mean_kl", "top1")):
-            continue
+            continue  # converted with --no-verify
         try:
-            fmt = Format(str(a.get("format", "")).lower())
-        except ValueError:
+            fmt = Format(a.format.lower())
+        except ValueError:  # gptq and other formats nothing here plans for
             continue
         q = Quality(float(v["mean_kl"]), float(v["top1"]), float(v.get("ppl_delta_pct") or 0.0), QualitySource.MEASURED)
-        out[(fmt, str(a.get("quant", "")).lower())] = (q, str(a.get("file", "")))
+        out[(fmt, a.quant.lower())] = (q, a.file)
     return out
 
 
 def source_config_dir(model_dir: Path) -> Path:
     """MODEL itself, or for an edgekit output directory (manifest, no config.json) its source."""
-    if (model_dir / "config.json").is_file() or not (model_dir / "edgekit.json").is_file():
+    if (model_dir / "config.json").is_file():
         return model_dir
-    try:
-        source = json.loads((model_dir / "edgekit.json").read_text(encoding="utf-8")).get("source", {})
-        src = Path(str(source.get("path", "")))
-    except (OSError, ValueError, AttributeError):
-        return model_dir
-    return src if (src / "config.json").is_file() else model_dir
+    manifest = _load_manifest(model_dir)
+    src = manifest.source.get("path") if manifest is not None else None
+    return Path(src) if src and (Path(src) / "config.json").is_file() else model_dir
 
 
 def _candidates(profile: Profile) -> list[tuple[Format, str, Runtime, Backend, OnnxPrecision | None]]:

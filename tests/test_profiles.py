@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from edgekit import cli
 from edgekit.errors import EdgekitError, ModelNotFoundError
+from edgekit.manifest import ArtifactEntry, Manifest
 from edgekit.profiles import calibrate, costs, detect, planner, schema, shapes, store
 
 # The tiny model of tests/conftest.py: dimensions that differ from each other.
@@ -167,9 +168,9 @@ def test_recommend_ranks_picks_and_marks_pareto(run_cli, tmp_path: Path) -> None
 
 def test_recommend_uses_measured_quality_from_manifest(tmp_path: Path) -> None:
     d = model_dir(tmp_path)
-    (d / "edgekit.json").write_text(json.dumps({"artifacts": [
-        {"format": "gguf", "quant": "q4_k_m", "file": "m-q4_k_m.gguf", "size_bytes": 1,
-         "verification": {"mean_kl": 0.0001, "top1": 1.0, "ppl_delta_pct": 0.1}}]}))
+    Manifest(source={}, artifacts=[ArtifactEntry(
+        file="m-q4_k_m.gguf", format="gguf", quant="q4_k_m", precision="int4", size_bytes=1, sha256="0" * 64,
+        verification={"mean_kl": 0.0001, "top1": 1.0, "ppl_delta_pct": 0.1})]).save(d)
     p = planner.plan(d, store.get_profile("x86-laptop-ddr5"), ctx=1024)
     q4 = next(c for c in p.candidates if c.quant == "q4_k_m")
     assert q4.quality.source is planner.QualitySource.MEASURED and q4.quality.mean_kl == 0.0001
