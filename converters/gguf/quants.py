@@ -9,6 +9,7 @@ type, which :func:`effective_bpw` in the profiler accounts for from real shapes.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -60,6 +61,17 @@ QUANTS: tuple[GGUFQuant, ...] = (
 )
 _BY_NAME = {q.name: q for q in QUANTS}
 FLOAT_QUANTS = frozenset({"f32", "f16", "bf16"})
+
+
+@functools.cache
+def names_by_file_type() -> dict[int, str]:
+    """llama.cpp file type number (a GGUF's ``general.file_type``) -> quant name.
+
+    Built from the table through gguf-py's copy of the LLAMA_FTYPE_* numbers, so naming a
+    file's quant needs neither llama_cpp nor a list of its own."""
+    import gguf
+
+    return {int(gguf.LlamaFileType[q.ftype.removeprefix("LLAMA_FTYPE_")]): q.name for q in QUANTS}
 
 
 def quant(name: str) -> GGUFQuant:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgekit.errors import InputError
 from edgekit.fsutil import artifact_digest
@@ -23,6 +23,9 @@ from edgekit.progress import ProgressFn, report
 from .conditions import host_conditions, now_utc, result_conditions
 from .results import BenchResult, BenchResults, BenchSettings, Repetition, Stat, Status
 from .worker import EVENT_PREFIX
+
+if TYPE_CHECKING:
+    from edgekit.runtimes.registry import ArtifactKind
 
 log = logging.getLogger(__name__)
 
@@ -74,35 +77,28 @@ def resolve_artifacts(paths: list[Path]) -> tuple[list[Artifact], list[dict[str,
                 kind, path = detect(p / name)
                 out.append(Artifact(path, kind.value, e.quant, _quality(e.verification)))
             continue
-        kind, path = detect(p)  # raises for missing paths and unknown kinds
-        if kind.value not in runnable:
-            raise InputError(f"no runtime for {kind.value} artifacts is installed in this edgekit ({p})",
-                             hint=f"available: {', '.join(sorted(runnable))}")
-        entry = _manifest_entries(path.parent).get(path.name) if path.is_file() else None
-        if entry is None and path.is_dir():
-            entry = _manifest_entries(path.parent).get(path.name)
-        quant = entry.quant if entry is not None else _quant_of(path, kind.value)
+        kind, path = detect(p)  # raises for missing paths and unknown kinds; every kind it returns has a runtime
+        entry = _manifest_entries(path.parent).get(path.name)
+        quant = entry.quant if entry is not None else _quant_of(path, kind)
         out.append(Artifact(path, kind.value, quant, _quality(entry.verification) if entry else None))
     return out, skipped
 
 
-def _quant_of(path: Path, kind: str) -> str:
-    """The quant type of a bare artifact (no manifest next to it)."""
-    if kind == "gguf":
-        from edgekit.converters.gguf.inspect import read_gguf
-        from edgekit.converters.gguf.quants import QUANTS
+def _quant_of(path: Path, kind: ArtifactKind) -> str:
+    """The quant type of an artifact with no manifest entry: a GGUF's ``general.file_type``,
+    else the longest quant name (of either format's table) the file name ends with."""
+    from edgekit.converters.gguf.inspect import read_gguf
+    from edgekit.converters.gguf.quants import QUANTS as GGUF_QUANTS
+    from edgekit.converters.gguf.quants import names_by_file_type
+    from edgekit.converters.onnx.quants import QUANTS as ONNX_QUANTS
+    from edgekit.runtimes.registry import ArtifactKind
 
+    if kind is ArtifactKind.GGUF:
         ftype = read_gguf(path).metadata.get("general.file_type")
-        try:
-            import llama_cpp
-
-            by_ftype = {getattr(llama_cpp, q.ftype): q.name for q in QUANTS if hasattr(llama_cpp, q.ftype)}
-            if ftype is not None and int(ftype) in by_ftype:
-                return by_ftype[int(ftype)]
-        except ImportError:
-            pass
+        if isinstance(ftype, int) and ftype in names_by_file_type():
+            return names_by_file_type()[ftype]
     stem = path.stem.lower()
-    return next((q for q in ("q4_k_m", "q8_0", "f16", "int4", "fp16", "fp32") if stem.endswith(q)), "?")
+    return max((q.name for q in (*GGUF_QUANTS, *ONNX_QUANTS) if stem.endswith(q.name)), key=len, default="?")
 
 
 def default_threads() -> int:
