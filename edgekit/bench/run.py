@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from edgekit.errors import InputError
 from edgekit.fsutil import artifact_digest
@@ -28,6 +30,8 @@ if TYPE_CHECKING:
     from edgekit.runtimes.registry import ArtifactKind
 
 log = logging.getLogger(__name__)
+
+STDERR_TAIL = 800  # bytes of a failed worker's stderr kept to find its last line
 
 
 @dataclass(frozen=True)
@@ -178,51 +182,61 @@ def _measure(r: BenchResult, art: Artifact, threads: int, settings: BenchSetting
             "prompt_tokens": settings.prompt_tokens, "gen_tokens": settings.gen_tokens,
             "repetitions": settings.repetitions, "warmup": settings.warmup, "text": str(text),
             "tegrastats": tegrastats}
-    proc = subprocess.Popen([sys.executable, "-m", "edgekit.bench.worker"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    error: str | None = None
-    try:
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(json.dumps(spec))
-        proc.stdin.close()
-        for line in proc.stdout:
-            if not line.startswith(EVENT_PREFIX):
-                continue
-            ev = json.loads(line[len(EVENT_PREFIX):])
-            kind = ev.pop("event")
-            if kind == "start":
-                r.memory["baseline_rss_bytes"] = ev["baseline_rss_bytes"]
-            elif kind == "loaded":
-                r.backend = ev["backend"]
-                r.memory["loaded_rss_bytes"] = ev["loaded_rss_bytes"]
-                r.conditions = result_conditions(host, backend=r.backend, threads=threads, n_ctx=ev["n_ctx"],
-                                                 device=settings.device, sha256=r.sha256, date=now_utc(),
-                                                 prompt_tokens=settings.prompt_tokens, gen_tokens=settings.gen_tokens)
-            elif kind == "rep":
-                r.repetitions.append(asdict(Repetition(**{k: ev[k] for k in Repetition.__dataclass_fields__})))
-                _finish(r, settings, Status.RUNNING)
-                _save(results, output)
-                report(progress, "repetition", _rep_line(r, settings), ev["index"], settings.repetitions)
-            elif kind == "done":
-                r.memory.update({"peak_rss_bytes": ev["peak_rss_bytes"], "gpu_memory_bytes": ev["gpu_memory_bytes"],
-                                 "gpu_memory_method": ev["gpu_memory_method"],
-                                 "method": "fresh process per artifact: VmHWM (peak resident set)"})
-                r.power = ev["power"]
-            elif kind == "error":
-                error = ev["message"]
-        proc.wait()
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    if proc.returncode != 0 and error is None:
-        stderr = (proc.stderr.read() if proc.stderr else "")[-800:]
-        crash = " (killed by a signal: the runtime crashed)" if proc.returncode < 0 else ""
-        error = f"worker exited with {proc.returncode}{crash}: {stderr.strip().splitlines()[-1] if stderr.strip() else ''}"
+    # stderr goes to a file, not a pipe: nothing reads it while stdout is consumed, so a pipe
+    # would block the worker once it wrote more than the pipe buffer (64 KiB) of warnings.
+    with tempfile.TemporaryFile() as stderr_file:
+        proc = subprocess.Popen([sys.executable, "-m", "edgekit.bench.worker"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=stderr_file, text=True)
+        error: str | None = None
+        try:
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(json.dumps(spec))
+            proc.stdin.close()
+            for line in proc.stdout:
+                if not line.startswith(EVENT_PREFIX):
+                    continue
+                ev = json.loads(line[len(EVENT_PREFIX):])
+                kind = ev.pop("event")
+                if kind == "start":
+                    r.memory["baseline_rss_bytes"] = ev["baseline_rss_bytes"]
+                elif kind == "loaded":
+                    r.backend = ev["backend"]
+                    r.memory["loaded_rss_bytes"] = ev["loaded_rss_bytes"]
+                    r.conditions = result_conditions(host, backend=r.backend, threads=threads, n_ctx=ev["n_ctx"],
+                                                     device=settings.device, sha256=r.sha256, date=now_utc(),
+                                                     prompt_tokens=settings.prompt_tokens, gen_tokens=settings.gen_tokens)
+                elif kind == "rep":
+                    r.repetitions.append(asdict(Repetition(**{k: ev[k] for k in Repetition.__dataclass_fields__})))
+                    _finish(r, settings, Status.RUNNING)
+                    _save(results, output)
+                    report(progress, "repetition", _rep_line(r, settings), ev["index"], settings.repetitions)
+                elif kind == "done":
+                    r.memory.update({"peak_rss_bytes": ev["peak_rss_bytes"], "gpu_memory_bytes": ev["gpu_memory_bytes"],
+                                     "gpu_memory_method": ev["gpu_memory_method"],
+                                     "method": "fresh process per artifact: VmHWM (peak resident set)"})
+                    r.power = ev["power"]
+                elif kind == "error":
+                    error = ev["message"]
+            proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        if proc.returncode != 0 and error is None:
+            stderr = _tail(stderr_file, STDERR_TAIL)
+            crash = " (killed by a signal: the runtime crashed)" if proc.returncode < 0 else ""
+            error = f"worker exited with {proc.returncode}{crash}: {stderr.splitlines()[-1] if stderr else ''}"
     if error is not None:
         log.warning("%s: %s", r.artifact, error)
     _finish(r, settings, Status.FAILED if error else Status.COMPLETE, error)
     _save(results, output)
+
+
+def _tail(f: IO[bytes], n: int) -> str:
+    """The last ``n`` bytes of ``f``, decoded and stripped."""
+    f.seek(0, os.SEEK_END)
+    f.seek(max(0, f.tell() - n))
+    return f.read().decode("utf-8", errors="replace").strip()
 
 
 def _rep_line(r: BenchResult, settings: BenchSettings) -> str:
