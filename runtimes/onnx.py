@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.converters.source import read_json
 from edgekit.errors import DependencyError, RuntimeLoadError, UnknownChoiceError
 
 from .base import SamplingConfig, Session
@@ -88,6 +89,12 @@ def ort_distributions() -> list[str]:
     return found
 
 
+def _token_text(entry: Any) -> str | None:
+    """tokenizer_config.json spells a special token as a string or as {"content": ...}."""
+    value = entry.get("content") if isinstance(entry, dict) else entry
+    return value if isinstance(value, str) else None
+
+
 def _parse(enum: type[StrEnum], kind: str, value: str | StrEnum) -> Any:
     try:
         return enum(str(value).lower())
@@ -99,14 +106,16 @@ class OnnxSession(Session):
     backend = "onnxruntime-genai"
 
     def __init__(self, path: Path, *, n_ctx: int = 4096, n_threads: int | None = None, device: str = "cpu",
-                 graph_optimization: str = "all", n_gpu_layers: int = 0) -> None:
+                 graph_optimization: str | None = None, n_gpu_layers: int = 0, logits_all: bool = False) -> None:
+        # logits_all is accepted for API symmetry with llama.cpp: GenAI returns every prompt
+        # position's logits anyway. graph_optimization None means ONNX Runtime's full level.
         super().__init__(path)
         if n_gpu_layers:
             raise RuntimeLoadError("--n-gpu-layers applies to GGUF (llama.cpp) artifacts",
                                    hint="for ONNX artifacts choose the device with --device cuda|tensorrt")
         self.info = check_onnx_dir(self.path)  # untrusted input: validate before native code parses it
         self.device = _parse(Device, "device", device)
-        level = _parse(GraphOptimization, "graph optimization level", graph_optimization)
+        level = _parse(GraphOptimization, "graph optimization level", graph_optimization or GraphOptimization.ALL)
         available = available_devices()
         if self.device not in available:
             clash = ort_distributions()
@@ -140,15 +149,14 @@ class OnnxSession(Session):
         self._eos = self.info.eos_token_ids
         self._vocab = int(self.info.config["model"].get("vocab_size") or 0)
         self._add_special: bool | None = None
-        self._tok_config = self._read_json("tokenizer_config.json")
-
-    def _read_json(self, name: str) -> dict[str, Any]:
-        p = self.path / name
-        try:
-            data = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
-        except (OSError, ValueError):
-            data = {}
-        return data if isinstance(data, dict) else {}
+        # Read once: the template and special tokens are used on every chat request.
+        tok_cfg_path = self.path / "tokenizer_config.json"
+        tok_cfg = read_json(tok_cfg_path) if tok_cfg_path.is_file() else {}
+        template = tok_cfg.get("chat_template")
+        jinja = self.path / "chat_template.jinja"
+        self._template = (template if isinstance(template, str) and template else
+                          jinja.read_text(encoding="utf-8") if jinja.is_file() else None)
+        self._specials = {k: t for k in ("bos", "eos") if isinstance(t := _token_text(tok_cfg.get(f"{k}_token")), str)}
 
     # -- Session API ---------------------------------------------------------------------
     @property
@@ -157,21 +165,11 @@ class OnnxSession(Session):
 
     @property
     def chat_template(self) -> str | None:
-        t = self._tok_config.get("chat_template")
-        if isinstance(t, str) and t:
-            return t
-        f = self.path / "chat_template.jinja"
-        return f.read_text(encoding="utf-8") if f.is_file() else None
+        return self._template
 
     @property
     def special_tokens(self) -> dict[str, str]:
-        out = {}
-        for key in ("bos", "eos"):
-            v = self._tok_config.get(f"{key}_token")
-            v = v.get("content") if isinstance(v, dict) else v
-            if isinstance(v, str):
-                out[key] = v
-        return out
+        return self._specials
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         if self._add_special is not add_special:  # toggling costs a call; most callers keep one mode

@@ -42,12 +42,11 @@ def detect(path: Path, quant: str | None = None) -> tuple[ArtifactKind, Path]:
     from edgekit.manifest import MANIFEST_NAME, load_manifest
 
     if (path / MANIFEST_NAME).is_file():
-        arts = load_manifest(path).artifacts
-        if quant is not None:
-            arts = [a for a in arts if a.quant == quant]
+        listed_arts = load_manifest(path).artifacts
+        arts = listed_arts if quant is None else [a for a in listed_arts if a.quant == quant]
         runnable = [a for a in arts if a.format in {k.value for k in RUNTIMES}]
         if not runnable:
-            listed = ", ".join(f"{a.format}:{a.quant}" for a in load_manifest(path).artifacts) or "none"
+            listed = ", ".join(f"{a.format}:{a.quant}" for a in listed_arts) or "none"
             raise InputError(f"no runnable artifact{' with quant ' + quant if quant else ''} in {path}",
                              hint=f"artifacts listed: {listed}")
         return detect(path / runnable[0].file)
@@ -59,15 +58,12 @@ def detect(path: Path, quant: str | None = None) -> tuple[ArtifactKind, Path]:
 
 
 def load(path: str | Path, *, quant: str | None = None, **options: Any) -> Session:
-    kind, artifact = detect(Path(path), quant)
-    if kind not in RUNTIMES:
-        raise InputError(f"no runtime for {kind.value} artifacts is installed in this edgekit",
-                         hint=f"available: {', '.join(k.value for k in RUNTIMES)}")
+    kind, artifact = detect(Path(path), quant)  # only kinds with a registered runtime
     module, cls = RUNTIMES[kind]
     session_cls = getattr(importlib.import_module(module), cls)
     try:
         session: Session = session_cls(artifact, **options)
-    except TypeError as e:  # an option of the other backend (e.g. n_gpu_layers for ONNX)
+    except TypeError as e:  # an option no runtime of this kind takes (a typo from the Python API)
         if "unexpected keyword argument" not in str(e):
             raise
         raise InputError(f"{str(e).split('argument', 1)[-1].strip()} is not an option for {kind.value} artifacts",

@@ -29,13 +29,9 @@ def device_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def load_options(n_ctx: int, n_threads: int | None, device: str, n_gpu_layers: int,
                  graph_optimization: str | None) -> dict[str, Any]:
-    opts: dict[str, Any] = {"n_ctx": n_ctx, "n_threads": n_threads, "device": device}
-    # format-specific options only when set: the other runtime would reject them
-    if n_gpu_layers:
-        opts["n_gpu_layers"] = n_gpu_layers
-    if graph_optimization:
-        opts["graph_optimization"] = graph_optimization
-    return opts
+    # Both runtimes take every option and refuse only a set value that is not theirs.
+    return {"n_ctx": n_ctx, "n_threads": n_threads, "device": device, "n_gpu_layers": n_gpu_layers,
+            "graph_optimization": graph_optimization}
 
 
 def _runtime_options(f: Callable[..., Any]) -> Callable[..., Any]:
