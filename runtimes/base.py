@@ -185,14 +185,16 @@ class Session(ABC):
         return chat_template.render(template, messages, add_generation_prompt=add_generation_prompt,
                                     bos_token=sp.get("bos", ""), eos_token=sp.get("eos", ""))
 
-    def chat_stream(self, messages: Sequence[Mapping[str, Any]], **options: Any) -> Iterator[str]:
+    def chat_ids(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Prompt token ids of a conversation (template rendered, ready for the next reply)."""
         # The template writes BOS itself when the model wants it: don't add another.
-        ids = self.tokenize(self.render_chat(messages), add_special=False)
-        return self.stream(ids, **options)
+        return self.tokenize(self.render_chat(messages), add_special=False)
+
+    def chat_stream(self, messages: Sequence[Mapping[str, Any]], **options: Any) -> Iterator[str]:
+        return self.stream(self.chat_ids(messages), **options)
 
     def chat(self, messages: Sequence[Mapping[str, Any]], **options: Any) -> GenerationResult:
-        text = "".join(self.chat_stream(messages, **options))
-        return GenerationResult(text, self.last_finish_reason, self.last_stats)
+        return self.generate(self.chat_ids(messages), **options)
 
 
 def _config(options: Mapping[str, Any]) -> SamplingConfig:

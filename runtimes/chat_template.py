@@ -20,6 +20,10 @@ class ChatTemplateError(EdgekitError):
     pass
 
 
+class UnsafeChatTemplateError(ChatTemplateError):
+    """The template tried to reach Python internals: the model's fault, not the caller's."""
+
+
 def _raise(message: str) -> None:
     raise ChatTemplateError(f"chat template refused the conversation: {message}")
 
@@ -29,9 +33,8 @@ def _compile(source: str) -> Any:
     import jinja2
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined,
-                                        extensions=["jinja2.ext.loopcontrols"])
-    env.undefined = jinja2.Undefined  # templates routinely test undefined variables
+    # Jinja's default (lenient) Undefined: templates routinely test variables that are not set.
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.globals["raise_exception"] = _raise
     env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
     env.filters["tojson"] = _tojson
@@ -59,7 +62,7 @@ def render(template: str, messages: Sequence[Mapping[str, Any]], *, add_generati
                                              add_generation_prompt=add_generation_prompt,
                                              bos_token=bos_token, eos_token=eos_token, **extra))
     except SecurityError as e:
-        raise ChatTemplateError(f"chat template tried an unsafe operation and was not run ({e})",
+        raise UnsafeChatTemplateError(f"chat template tried an unsafe operation and was not run ({e})",
                                 hint="the model's chat template is malicious or broken; pass a trusted template") from e
     except TemplateError as e:
         raise ChatTemplateError(f"chat template failed: {e}") from e

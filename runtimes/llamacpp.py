@@ -45,6 +45,10 @@ class LlamaCppSession(Session):
             raise RuntimeLoadError(f"llama.cpp could not load {self.path}: {e}",
                                    hint="run with -vv to see llama.cpp's log; the file may need a newer llama.cpp") from e
         self._vocab = self.llm._model.vocab
+        # BOS/EOS text for chat templates, read once (used on every chat request)
+        self._specials = {key: self.llm.detokenize([tid], special=True).decode("utf-8", errors="replace")
+                          for key, tid in (("bos", self.llm.token_bos()), ("eos", self.llm.token_eos()))
+                          if tid is not None and tid >= 0}
         self._llama_cpp = llama_cpp
 
     @property
@@ -58,11 +62,7 @@ class LlamaCppSession(Session):
 
     @property
     def special_tokens(self) -> dict[str, str]:
-        out = {}
-        for key, tid in (("bos", self.llm.token_bos()), ("eos", self.llm.token_eos())):
-            if tid is not None and tid >= 0:
-                out[key] = self.llm.detokenize([tid], special=True).decode("utf-8", errors="replace")
-        return out
+        return self._specials
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         return list(self.llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=True))

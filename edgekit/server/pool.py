@@ -25,7 +25,7 @@ from typing import Any
 
 from edgekit.errors import EdgekitError
 from edgekit.runtimes.base import Session
-from edgekit.runtimes.chat_template import ChatTemplateError
+from edgekit.runtimes.chat_template import ChatTemplateError, UnsafeChatTemplateError
 
 from .protocol import Endpoint, ErrorType, GenerationRequest, RequestError
 
@@ -207,15 +207,12 @@ def prepare(session: Session, request: GenerationRequest, max_tokens_limit: int)
     param = "messages" if request.endpoint is Endpoint.CHAT else "prompt"
     if request.endpoint is Endpoint.CHAT:
         try:
-            text = session.render_chat(list(request.messages))
+            ids = session.chat_ids(list(request.messages))
+        except UnsafeChatTemplateError as e:  # the model's template is hostile: the server's problem
+            raise RequestError(500, f"{e.message}; the server refuses to run this model's chat template",
+                               param="messages", code="unsafe_chat_template", type_=ErrorType.SERVER) from e
         except ChatTemplateError as e:
-            from jinja2.exceptions import SecurityError
-
-            if isinstance(e.__cause__, SecurityError):  # the model's template is hostile: the server's problem
-                raise RequestError(500, f"{e.message}; the server refuses to run this model's chat template",
-                                   param="messages", code="unsafe_chat_template", type_=ErrorType.SERVER) from e
             raise RequestError(400, e.message, param="messages", code="chat_template_error") from e
-        ids = session.tokenize(text, add_special=False)  # the template writes BOS itself, as chat_stream does
     else:
         ids = session.tokenize(request.prompt)
     if not ids:
