@@ -36,9 +36,18 @@ def convert(model_dir: str | Path, out_dir: str | Path, *, to: str = "gguf", **o
 
 def inspect(path: str | Path) -> dict[str, Any]:
     """A GGUF file's metadata and tensor table, or an output directory's manifest, as a dict."""
-    from edgekit.commands.inspect import inspect_path
+    from edgekit.converters.gguf.inspect import read_gguf
+    from edgekit.errors import InputError, ModelNotFoundError
+    from edgekit.manifest import MANIFEST_NAME, load_manifest
 
-    return inspect_path(Path(path))
+    path = Path(path)
+    if not path.exists():
+        raise ModelNotFoundError(f"{path} does not exist", hint="pass a .gguf file or an edgekit output directory")
+    if path.is_dir() or path.name == MANIFEST_NAME:
+        if not (path / MANIFEST_NAME).is_file() and path.name != MANIFEST_NAME:
+            raise InputError(f"no {MANIFEST_NAME} in {path}", hint="pass an edgekit output directory or a .gguf file")
+        return {"kind": "manifest", **load_manifest(path).to_dict()}
+    return {"kind": "gguf", **read_gguf(path).to_dict()}
 
 
 __all__ = ["__version__", "convert", "inspect", "load"]

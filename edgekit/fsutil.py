@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from .errors import OutputError
 
@@ -118,6 +120,11 @@ def atomic_output_dir(final: Path) -> Iterator[Path]:
 def write_text_atomic(final: Path, text: str) -> None:
     with atomic_output(final) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(final: Path, data: Any) -> None:
+    """Indented JSON (non-JSON values such as paths as strings), written atomically."""
+    write_text_atomic(final, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def clean_stale_temps(directory: Path) -> None:

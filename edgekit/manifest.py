@@ -14,7 +14,7 @@ from typing import Any
 
 from . import __version__
 from .errors import CorruptFileError
-from .fsutil import write_text_atomic
+from .fsutil import write_json_atomic
 
 MANIFEST_NAME = "edgekit.json"
 SCHEMA = 1
@@ -51,7 +51,7 @@ class Manifest:
 
     def save(self, directory: Path) -> Path:
         path = directory / MANIFEST_NAME
-        write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        write_json_atomic(path, self.to_dict())
         return path
 
 

@@ -23,10 +23,9 @@ from edgekit.ui import StepPrinter, emit_json, format_table
 def eval_cmd(artifact: Path, text: Path | None, reference: Path | None, n_ctx: int, max_chunks: int | None,
              n_threads: int | None, output: Path | None, as_json: bool) -> None:
     """Perplexity of ARTIFACT on --text; with --reference, KL divergence like llama-perplexity's."""
-    import json
 
     from edgekit.bench.evaluate import evaluate
-    from edgekit.fsutil import write_text_atomic
+    from edgekit.fsutil import write_json_atomic
 
     if text is None:
         from edgekit.demo import heldout_path
@@ -35,7 +34,7 @@ def eval_cmd(artifact: Path, text: Path | None, reference: Path | None, n_ctx: i
     r = evaluate(artifact, text, reference=reference, n_ctx=n_ctx, max_chunks=max_chunks, n_threads=n_threads,
                  progress=StepPrinter(quiet=as_json))
     if output is not None:
-        write_text_atomic(output, json.dumps(r.to_dict(), indent=2) + "\n")
+        write_json_atomic(output, r.to_dict())
     if as_json:
         emit_json(r.to_dict())
         return

@@ -10,27 +10,15 @@ import click
 from edgekit.ui import emit_json, format_table, human_bytes
 
 
-def inspect_path(path: Path) -> dict[str, Any]:
-    from edgekit.converters.gguf.inspect import read_gguf
-    from edgekit.errors import InputError, ModelNotFoundError
-    from edgekit.manifest import MANIFEST_NAME, load_manifest
-
-    if not path.exists():
-        raise ModelNotFoundError(f"{path} does not exist", hint="pass a .gguf file or an edgekit output directory")
-    if path.is_dir() or path.name == MANIFEST_NAME:
-        if not (path / MANIFEST_NAME).is_file() and path.name != MANIFEST_NAME:
-            raise InputError(f"no {MANIFEST_NAME} in {path}", hint="pass an edgekit output directory or a .gguf file")
-        return {"kind": "manifest", **load_manifest(path).to_dict()}
-    return {"kind": "gguf", **read_gguf(path).to_dict()}
-
-
 @click.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--tensors/--no-tensors", default=True, help="List the tensor table (GGUF).")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def inspect(path: Path, tensors: bool, as_json: bool) -> None:
     """Show PATH: a .gguf file's metadata and tensor table, or a manifest (edgekit.json / its directory)."""
-    info = inspect_path(path)
+    import edgekit
+
+    info = edgekit.inspect(path)
     if not tensors:
         info.pop("tensors", None)
     if as_json:
