@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -97,11 +98,15 @@ class GPTQCheckpoint:
             in_f = t.in_features
             validate_shapes(t, t.out_features, in_f, self.group_size if self.group_size > 0 else in_f, p)
 
-    def dequantized(self) -> dict[str, np.ndarray]:
-        """Every weight as float32, quantized Linears dequantized (what the model computes with)."""
+    def dequantized(self, linear: Callable[[str], np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Every weight as float32, quantized Linears dequantized (what the model computes with).
+
+        ``linear(prefix)`` supplies each quantized Linear's weight instead (the RTN baseline:
+        same float tensors, only the rounding of the Linears differs).
+        """
         out = {k: v.astype(np.float32) for k, v in self.float_tensors.items()}
         for p in self.quantized:
-            out[p + ".weight"] = self.dequantized_one(p)
+            out[p + ".weight"] = (linear or self.dequantized_one)(p)
         return out
 
     def dequantized_one(self, prefix: str) -> np.ndarray:

@@ -289,7 +289,7 @@ def _verify_and_compare(ckpt: GPTQCheckpoint, ckpt_dir: Path, verifier: Verifier
         report(progress, "held-out", f"GPTQ vs round-to-nearest vs fp32 on {sum(len(w) - 1 for w in windows)} tokens")
         gptq = heldout_metrics(reference, windows, torch_logits(gptq_model))
         del gptq_model
-        rtn_model = _rtn_model(verifier.inputs.model_dir, verifier.inputs.adapter, ckpt, settings)
+        rtn_model = _rtn_model(verifier.inputs.source, verifier.inputs.adapter, ckpt, settings)
         rtn = heldout_metrics(reference, windows, torch_logits(rtn_model))
         del rtn_model
         fp32 = reference_metrics(reference, windows)
@@ -300,16 +300,22 @@ def _verify_and_compare(ckpt: GPTQCheckpoint, ckpt_dir: Path, verifier: Verifier
     return verification, metrics
 
 
-def _rtn_model(model_dir: Path, adapter: LoraAdapter | None, ckpt: GPTQCheckpoint, settings: GPTQSettings) -> Any:
-    """The source with every Linear GPTQ quantized rounded to nearest on the same scheme instead."""
-    model = _load_float_model(model_dir, adapter)
-    weights = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
-    del model
-    for name in ckpt.quantized:
-        w = weights[f"{name}.weight"]
+def _rtn_model(source: SourceModel, adapter: LoraAdapter | None, ckpt: GPTQCheckpoint, settings: GPTQSettings) -> Any:
+    """The GPTQ checkpoint with every quantized Linear rounded to nearest on the same scheme instead.
+
+    The Linears come from the source tensors (LoRA merged); everything else is the
+    checkpoint's float tensors (float16 as stored), so only the rounding differs.
+    """
+    def rtn_weight(prefix: str) -> np.ndarray:
+        name = f"{prefix}.weight"
+        if not source.has(name):
+            raise InputError(f"the source has no tensor {name!r} (transformers names it differently), so the "
+                             f"round-to-nearest baseline cannot be built",
+                             hint="rerun with --no-verify to skip verification and the GPTQ-vs-RTN comparison")
+        w = source.float32(name)
+        if adapter is not None:
+            w = adapter.merge(name, w)
         gs = settings.group_size if settings.group_size > 0 else w.shape[1]
-        weights[f"{name}.weight"] = rtn_quantize(w, settings.bits, gs).dequantize()
-    # float tensors as the GPTQ checkpoint stores them (float16), so only the rounding differs
-    for k, v in ckpt.float_tensors.items():
-        weights[k] = v.astype(np.float32)
-    return float_model_from(model_dir, ckpt.config, weights)
+        return rtn_quantize(w, settings.bits, gs).dequantize()
+
+    return float_model_from(source.path, ckpt.config, ckpt.dequantized(rtn_weight))
