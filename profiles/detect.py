@@ -191,10 +191,13 @@ def match_shipped(facts: HostFacts, shipped: dict[str, Profile]) -> Profile | No
     return min(found, key=score)
 
 
-def detect_host(root: Path = Path("/"), *, use_nvml: bool = True, name: str = HOST_NAME) -> Profile:
+def detect_host(root: Path = Path("/"), *, use_nvml: bool = True, name: str = HOST_NAME,
+                facts: HostFacts | None = None) -> Profile:
+    """This host's profile; ``facts`` already collected by the caller are used instead of reading them again."""
     from .store import shipped_profiles
 
-    facts = host_facts(root, use_nvml=use_nvml)
+    if facts is None:
+        facts = host_facts(root, use_nvml=use_nvml)
     detected = SourceKind.DETECTED
     usable = Figure(round(facts.mem_available_gib, 2), detected, "MemAvailable at detection time")
     total = Figure(round(facts.mem_total_gib, 2), detected, "MemTotal")
