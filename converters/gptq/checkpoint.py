@@ -21,6 +21,7 @@ import numpy as np
 from edgekit import __version__
 from edgekit.errors import CorruptFileError, InputError
 
+from ..source import read_json
 from .engine import DAMPENING, GPTQSettings
 from .pack import GPTQTensors, dequantize, pack_linear, validate_shapes
 
@@ -76,13 +77,14 @@ class GPTQCheckpoint:
         if not cfg_path.is_file() or not weights.is_file():
             raise InputError(f"{self.path} is not a GPTQ checkpoint (needs config.json and {WEIGHTS})",
                              hint="pass a directory written by `edgekit convert --to gptq`")
-        self.config: dict[str, Any] = json.loads(cfg_path.read_text(encoding="utf-8"))
+        self.config: dict[str, Any] = read_json(cfg_path)
         qc = self.config.get("quantization_config") or {}
-        if qc.get("quant_method") != "gptq":
-            raise InputError(f"{self.path}: quantization_config.quant_method is {qc.get('quant_method')!r}, not 'gptq'",
+        if not isinstance(qc, dict) or qc.get("quant_method") != "gptq":
+            method = qc.get("quant_method") if isinstance(qc, dict) else qc
+            raise InputError(f"{self.path}: quantization_config.quant_method is {method!r}, not 'gptq'",
                              hint="only classic GPTQ checkpoints are read here")
-        self.bits = int(qc["bits"])
-        self.group_size = int(qc["group_size"])
+        self.bits = _required_int(cfg_path, qc, "bits")
+        self.group_size = _required_int(cfg_path, qc, "group_size")
         try:
             raw = load_file(str(weights))
         except Exception as e:  # safetensors raises its own types on truncation
@@ -119,6 +121,18 @@ class GPTQCheckpoint:
     @property
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
+
+
+def _required_int(cfg_path: Path, qc: dict[str, Any], key: str) -> int:
+    """``quantization_config[key]`` as an int, or a CorruptFileError naming the key."""
+    if key not in qc:
+        raise CorruptFileError(cfg_path, f"quantization_config has no {key!r}",
+                               hint="the GPTQ config is incomplete; re-export the checkpoint")
+    try:
+        return int(qc[key])
+    except (TypeError, ValueError) as e:
+        raise CorruptFileError(cfg_path, f"quantization_config.{key} is {qc[key]!r}, not an integer",
+                               hint="the GPTQ config is damaged; re-export the checkpoint") from e
 
 
 def float_model_from(model_dir: Path, config: dict[str, Any], weights: dict[str, np.ndarray]) -> Any:
