@@ -17,12 +17,13 @@ and prints perplexity, mean KL and top-1 vs the float32 source in one table (JSO
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from _results import save_results  # benchmarks/ sibling (scripts run from this folder)
 
 
 def main() -> int:
@@ -92,11 +93,9 @@ def main() -> int:
                          r["ppl"], r["mean_kl"], r["top1"], r["n_tokens"]] for r in rows]))
     print(f"\nGPTQ vs RTN: mean KL {ex['gain']['kl_reduction_pct']:.1f}% lower, "
           f"ppl {ex['gptq']['ppl']:.3f} vs {ex['rtn']['ppl']:.3f}")
-    dest = args.json or out / "results.json"
-    dest.write_text(json.dumps({"model": str(model), "samples": args.samples, "seq_len": args.seq_len,
-                                "act_order": args.act_order, "gptq_wall_s": round(gptq_wall, 3),
-                                "gptq_steps": steps, "rows": rows}, indent=2))
-    print(f"results: {dest}")
+    save_results({"model": str(model), "samples": args.samples, "seq_len": args.seq_len,
+                  "act_order": args.act_order, "gptq_wall_s": round(gptq_wall, 3),
+                  "gptq_steps": steps, "rows": rows}, args.json or out / "results.json")
     return 0
 
 

@@ -27,6 +27,8 @@ from typing import Any
 
 from _results import save_results  # benchmarks/ sibling (scripts run from this folder)
 
+from edgekit.bench.worker import vm_bytes
+
 # ONNX quant -> GGUF quant(s) of the same precision class
 PAIRS = {"fp32": ["f32"], "fp16": ["f16"], "int4": ["q4_0", "q4_k_m"]}
 
@@ -36,13 +38,6 @@ def _prompt_ids(tokenize: Any, n: int) -> list[int]:
 
     ids = list(tokenize(heldout_path().read_text(encoding="utf-8")[:20000]))
     return (ids * (n // max(len(ids), 1) + 1))[:n]
-
-
-def _vm_hwm() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def child_edgekit(spec: dict[str, Any]) -> dict[str, Any]:
@@ -58,7 +53,7 @@ def child_edgekit(spec: dict[str, Any]) -> dict[str, Any]:
             if i:
                 pp.append(len(ids) / a.stats.time_to_first_token_s)
                 tg.append(b.stats.generation_tokens_per_s)
-    return {"pp": pp, "tg": tg, "peak_rss": _vm_hwm()}
+    return {"pp": pp, "tg": tg, "peak_rss": vm_bytes("VmHWM")}
 
 
 def child_raw_genai(spec: dict[str, Any]) -> dict[str, Any]:
@@ -100,7 +95,7 @@ def child_raw_genai(spec: dict[str, Any]) -> dict[str, Any]:
         if i:
             pp.append(len(ids) / ttft)
             tg.append((spec["tg"] - 1) / dt)
-    return {"pp": pp, "tg": tg, "peak_rss": _vm_hwm()}
+    return {"pp": pp, "tg": tg, "peak_rss": vm_bytes("VmHWM")}
 
 
 CHILDREN = {"edgekit": child_edgekit, "raw-genai": child_raw_genai}

@@ -20,13 +20,14 @@ Targets from the issue: generation tokens/s within 25%, peak memory within 15%.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import platform
 import sys
 from pathlib import Path
 from typing import Any
+
+from _results import save_results  # benchmarks/ sibling (scripts run from this folder)
 
 GEN_TARGET, MEM_TARGET = 0.25, 0.15
 _HF_ARCH = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
@@ -59,9 +60,10 @@ def make_synthetic(out: Path, quants: list[str], hidden: int = 1024, layers: int
                    heads: int = 16, kv_heads: int = 4, vocab: int = 32000) -> list[Path]:
     """A random-weight Llama with a byte-fallback token list, as f16 plus quantized copies."""
     import gguf
-    import llama_cpp
     import numpy as np
 
+    from edgekit.converters.gguf.quantize import quantize_file
+    from edgekit.converters.gguf.quants import quant
     from edgekit.profiles.shapes import model_shapes
 
     out.mkdir(parents=True, exist_ok=True)
@@ -90,10 +92,7 @@ def make_synthetic(out: Path, quants: list[str], hidden: int = 1024, layers: int
         if q == "f16":
             continue
         dst = out / f"synthetic-{q}.gguf"
-        params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype = getattr(llama_cpp, "LLAMA_FTYPE_MOSTLY_" + q.upper())
-        if llama_cpp.llama_model_quantize(str(f16).encode(), str(dst).encode(), ctypes.byref(params)) != 0:
-            raise SystemExit(f"quantizing to {q} failed")
+        quantize_file(f16, dst, quant(q))
         paths.append(dst)
     if "f16" not in quants:
         f16.unlink()
@@ -182,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     keep = []
     for a in artifacts:
         support = cpu_runtimes.get(runtime_of[a.kind])
-        if support is None or (a.kind == "onnx" and OnnxPrecision(a.quant) not in support.onnx):
+        # compared as strings: OnnxPrecision(a.quant) raises for ONNX quants the profiler has no figure for (int8)
+        if support is None or (a.kind == "onnx" and a.quant not in support.onnx):
             why = f"{profile.name} lists no {runtime_of[a.kind].value} {a.quant} on its CPU"
             print(f"- skipping {a.path.name}: {why}", file=sys.stderr)
             results.append({"artifact": a.path.name, "skipped": why})
@@ -232,8 +232,8 @@ def main(argv: list[str] | None = None) -> int:
               "settings": {"ctx": ctx, "prompt": args.prompt, "gen": args.gen, "reps": args.reps, "threads": threads},
               "load_average": {"before": load_before, "after": load_after, "cores": cores},
               "targets": {"gen": GEN_TARGET, "peak": MEM_TARGET}, "results": results, "gib": GIB}
-    args.output.write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.output} (raw measurements: {args.output.with_suffix('.bench.json')})")
+    print(f"raw measurements: {args.output.with_suffix('.bench.json')}")
+    save_results(report, args.output)
     return 0
 
 

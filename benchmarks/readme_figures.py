@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _results import save_results  # benchmarks/ sibling (scripts run from this folder)
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -129,10 +131,9 @@ def main(argv: list[str] | None = None) -> int:
           f"eval: {args.eval_chunks} chunks x {args.eval_ctx} tokens of held-out text vs transformers fp32")
     print(format_table(["artifact", "quant", "runtime", "size", f"{pp} t/s", f"{tg} t/s", "tg ek/raw", "pp ek/raw",
                         "peak RSS", "PPL", "mean KL", "same top-1 %"], rows))
-    summary = args.out / "figures.json"
-    summary.write_text(json.dumps({"results": str(results_path), "report": [str(p) for p in written],
-                                   "artifacts": extra}, indent=2))
-    print(f"\nresults: {results_path}\nreport: {report_dir / 'summary.md'}\nfigures: {summary}")
+    print(f"\nbench results: {results_path}\nreport: {report_dir / 'summary.md'}")
+    save_results({"results": str(results_path), "report": [str(p) for p in written], "artifacts": extra},
+                 args.out / "figures.json")
     return 0
 
 
