@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     from edgekit.bench.run import resolve_artifacts
     from edgekit.manifest import MANIFEST_NAME
     from edgekit.profiles.costs import GIB, estimate
+    from edgekit.profiles.detect import usable_cores
     from edgekit.profiles.schema import Backend, OnnxPrecision, Runtime
     from edgekit.profiles.shapes import gguf_weights, model_shapes, onnx_weights
     from edgekit.ui import format_table
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = [directory] if (directory / MANIFEST_NAME).is_file() else sorted(directory.glob("*.gguf"))
     if not paths:
         ap.error(f"no {MANIFEST_NAME} and no *.gguf in {directory}")
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
     threads = args.threads or cores
     load_before = os.getloadavg()
     if load_before[0] > 0.5 * cores:

@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     from edgekit.bench import BenchSettings, run_bench
     from edgekit.bench.evaluate import evaluate
     from edgekit.bench.report import write_report
-    from edgekit.bench.run import default_threads
     from edgekit.demo import demo_model_dir, heldout_path
+    from edgekit.profiles.detect import usable_cores
     from edgekit.ui import format_table, human_bytes
 
     artifacts = args.out / "artifacts"
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         print("- converting the demo model", file=sys.stderr)
         edgekit.convert(demo_model_dir(), artifacts, to="gguf", quants="f16,q8_0,q4_k_m")
         edgekit.convert(demo_model_dir(), artifacts, to="onnx", quants="int4")
-    threads = args.threads or default_threads()
+    threads = args.threads or usable_cores()
     settings = BenchSettings(prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
                              repetitions=args.repetitions, threads=(threads,))
     results_path = args.out / "results.json"

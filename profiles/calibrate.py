@@ -16,7 +16,6 @@ the question is what the hardware can do, not what a noisy neighbour left over.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -25,6 +24,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from .detect import usable_cores
 from .schema import DeviceClass, Figure, Origin, PowerMode, Profile, ReadCurve, SourceKind
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def measure(budget_s: float = 4.0, threads: int | None = None, available_bytes: 
     import numpy as np
 
     t0 = time.perf_counter()
-    n_threads = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    n_threads = threads or usable_cores()
     if available_bytes is None:
         import psutil
 

@@ -76,6 +76,11 @@ class HostFacts:
     gpu: GpuFacts | None = None
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (a container's or taskset's limit), not the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _read(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8", errors="replace")
@@ -166,7 +171,7 @@ def read_nvml() -> GpuFacts | None:
 def host_facts(root: Path = Path("/"), *, use_nvml: bool = True) -> HostFacts:
     model, processors, isa = read_cpuinfo(root)
     total, available = read_meminfo(root)
-    cores = processors or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    cores = processors or usable_cores()
     return HostFacts(
         cpu_model=model or platform.processor() or platform.machine(), cores=cores, isa=isa,
         mem_total_gib=total, mem_available_gib=available, machine=platform.machine(),

@@ -89,14 +89,14 @@ def llama_cpp_build() -> dict[str, Any]:
 
 def host_conditions(profile_name: str | None = None, label: str | None = None, *, use_nvml: bool = True) -> dict[str, Any]:
     """The machine: detected always; a named profile (e.g. a Jetson's shipped one) when given."""
-    from edgekit.profiles.detect import detect_host, host_facts, match_shipped
+    from edgekit.profiles.detect import detect_host, host_facts, match_shipped, usable_cores
     from edgekit.profiles.store import get_profile, shipped_profiles
 
     facts = host_facts(use_nvml=use_nvml)
     profile = get_profile(profile_name) if profile_name else detect_host(facts=facts)
     matched = match_shipped(facts, shipped_profiles())
     device = facts.device_model or (facts.gpu.name if facts.gpu else "") or facts.cpu_model
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else facts.cores
+    cores = usable_cores()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {
         "label": label or (f"{device} ({cores} cores)" if not facts.device_model else device),

@@ -20,6 +20,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from edgekit.errors import InputError
 from edgekit.fsutil import artifact_digest
+from edgekit.profiles.detect import usable_cores
 from edgekit.progress import ProgressFn, report
 
 from .conditions import host_conditions, now_utc, result_conditions
@@ -105,12 +106,6 @@ def _quant_of(path: Path, kind: ArtifactKind) -> str:
     return max((q.name for q in (*GGUF_QUANTS, *ONNX_QUANTS) if stem.endswith(q.name)), key=len, default="?")
 
 
-def default_threads() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def run_bench(paths: list[Path], settings: BenchSettings, *, output: Path | None = None, text: Path | None = None,
               profile: str | None = None, label: str | None = None, tegrastats: str | None = None,
               progress: ProgressFn | None = None) -> BenchResults:
@@ -127,7 +122,7 @@ def run_bench(paths: list[Path], settings: BenchSettings, *, output: Path | None
     if not Path(text).is_file():
         raise InputError(f"prompt text {text} does not exist", hint="pass a UTF-8 text file with --text")
     artifacts, skipped = resolve_artifacts(paths)
-    threads = settings.threads or (default_threads(),)
+    threads = settings.threads or (usable_cores(),)
     settings = BenchSettings(**{**asdict(settings), "threads": tuple(threads)})
     report(progress, "conditions", "detecting this host")
     host = host_conditions(profile, label)
