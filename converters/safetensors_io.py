@@ -49,6 +49,11 @@ class TensorInfo:
         return self.end - self.start
 
     @property
+    def storage_dtype(self) -> np.dtype:
+        """The numpy dtype of the stored bytes (BF16: uint16, see :func:`to_float32`)."""
+        return np.dtype(_DTYPES[self.dtype][0])
+
+    @property
     def numel(self) -> int:
         n = 1
         for d in self.shape:

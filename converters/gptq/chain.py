@@ -41,9 +41,9 @@ def chain_onnx(formats: list[Format], per_format: dict[Format, str], quants: str
         if Format.ONNX not in formats or Format.GPTQ in formats:
             raise InputError("--from-gptq builds ONNX from an existing GPTQ checkpoint",
                              hint="use it with --to onnx (or use --to gptq,onnx to quantize and build in one go)")
-        from .checkpoint import GPTQCheckpoint
+        from .checkpoint import read_layout
 
-        GPTQCheckpoint(Path(from_gptq))  # a clear error now, not a builder traceback later
+        read_layout(Path(from_gptq))  # a clear error now (config + header, no tensor read), not a builder traceback later
         specific.setdefault(Format.ONNX, {})["source_override"] = Path(from_gptq)
         names[Format.ONNX] = slug(Path(from_gptq).resolve().name)
     elif chained:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +22,24 @@ import numpy as np
 from edgekit import __version__
 from edgekit.errors import CorruptFileError, InputError
 
+from ..safetensors_io import SafetensorsFile
 from ..source import read_json
 from .engine import DAMPENING, GPTQSettings
-from .pack import GPTQTensors, dequantize, pack_linear, validate_shapes
+from .pack import (
+    LINEAR_TENSORS,
+    GPTQTensors,
+    check_bits,
+    dequantize,
+    pack_linear,
+    validate_layout,
+    validate_shapes,
+)
 
 WEIGHTS = "model.safetensors"
 # Files copied from the source directory when present: tokenizer, template, generation defaults.
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
               "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json",
               "generation_config.json")
-_QSUFFIXES = (".qweight", ".qzeros", ".scales", ".g_idx")
 
 
 def quantization_config(settings: GPTQSettings) -> dict[str, Any]:
@@ -66,6 +75,54 @@ def write_checkpoint(out_dir: Path, source_dir: Path, config: dict[str, Any], fl
             shutil.copy2(source_dir / name, out_dir / name)
 
 
+@dataclass(frozen=True)
+class GPTQLayout:
+    """What a GPTQ checkpoint directory holds, from its config and safetensors header alone."""
+
+    config: dict[str, Any]
+    bits: int
+    group_size: int
+    linears: tuple[str, ...]  # prefixes of the quantized Linears
+
+
+def gptq_quantization_config(config: dict[str, Any]) -> dict[str, Any] | None:
+    """``quantization_config`` when it says classic GPTQ, else None."""
+    qc = config.get("quantization_config")
+    return qc if isinstance(qc, dict) and qc.get("quant_method") == "gptq" else None
+
+
+def read_layout(path: Path) -> GPTQLayout:
+    """Validate a GPTQ checkpoint without reading a tensor: config, header offsets, v1 layout.
+
+    A clear error before a long job starts (``--from-gptq``); :class:`GPTQCheckpoint` reads
+    the tensors after the same checks.
+    """
+    path = Path(path)
+    cfg_path, weights = path / "config.json", path / WEIGHTS
+    if not cfg_path.is_file() or not weights.is_file():
+        raise InputError(f"{path} is not a GPTQ checkpoint (needs config.json and {WEIGHTS})",
+                         hint="pass a directory written by `edgekit convert --to gptq`")
+    config = read_json(cfg_path)
+    qc = gptq_quantization_config(config)
+    if qc is None:
+        raw_qc = config.get("quantization_config")
+        method = raw_qc.get("quant_method") if isinstance(raw_qc, dict) else raw_qc
+        raise InputError(f"{path}: quantization_config.quant_method is {method!r}, not 'gptq'",
+                         hint="only classic GPTQ checkpoints are read here")
+    bits = check_bits(_required_int(cfg_path, qc, "bits"))
+    group_size = _required_int(cfg_path, qc, "group_size")
+    header = SafetensorsFile(weights)  # every offset checked against the file size
+    linears = tuple(k[: -len(".qweight")] for k in header.tensors if k.endswith(".qweight"))
+    if not linears:
+        raise CorruptFileError(weights, "holds no .qweight tensor, so no quantized layer",
+                               hint="pass a directory written by `edgekit convert --to gptq`")
+    for p in linears:
+        found = {a: (info.shape, info.storage_dtype) for a in LINEAR_TENSORS
+                 if (info := header.tensors.get(f"{p}.{a}")) is not None}
+        validate_layout(found, bits, group_size, p)
+    return GPTQLayout(config, bits, group_size, linears)
+
+
 class GPTQCheckpoint:
     """A GPTQ checkpoint read back from disk, independent of the code that quantized it."""
 
@@ -73,32 +130,20 @@ class GPTQCheckpoint:
         from safetensors.numpy import load_file
 
         self.path = Path(path)
-        cfg_path, weights = self.path / "config.json", self.path / WEIGHTS
-        if not cfg_path.is_file() or not weights.is_file():
-            raise InputError(f"{self.path} is not a GPTQ checkpoint (needs config.json and {WEIGHTS})",
-                             hint="pass a directory written by `edgekit convert --to gptq`")
-        self.config: dict[str, Any] = read_json(cfg_path)
-        qc = self.config.get("quantization_config") or {}
-        if not isinstance(qc, dict) or qc.get("quant_method") != "gptq":
-            method = qc.get("quant_method") if isinstance(qc, dict) else qc
-            raise InputError(f"{self.path}: quantization_config.quant_method is {method!r}, not 'gptq'",
-                             hint="only classic GPTQ checkpoints are read here")
-        self.bits = _required_int(cfg_path, qc, "bits")
-        self.group_size = _required_int(cfg_path, qc, "group_size")
+        layout = read_layout(self.path)
+        self.config, self.bits, self.group_size = layout.config, layout.bits, layout.group_size
+        weights = self.path / WEIGHTS
         try:
             raw = load_file(str(weights))
         except Exception as e:  # safetensors raises its own types on truncation
             raise CorruptFileError(weights, f"cannot be read ({e})") from e
-        self.float_tensors = {k: v for k, v in raw.items() if not k.endswith(_QSUFFIXES)}
-        self.quantized: dict[str, GPTQTensors] = {}
-        for k in raw:
-            if k.endswith(".qweight"):
-                p = k[: -len(".qweight")]
-                self.quantized[p] = GPTQTensors(raw[k], raw[p + ".qzeros"], raw[p + ".scales"], raw[p + ".g_idx"],
-                                                self.bits)
+        linear_keys = {f"{p}.{a}" for p in layout.linears for a in LINEAR_TENSORS}
+        self.float_tensors = {k: v for k, v in raw.items() if k not in linear_keys}
+        self.quantized: dict[str, GPTQTensors] = {
+            p: GPTQTensors(raw[f"{p}.qweight"], raw[f"{p}.qzeros"], raw[f"{p}.scales"], raw[f"{p}.g_idx"], self.bits)
+            for p in layout.linears}
         for p, t in self.quantized.items():
-            in_f = t.in_features
-            validate_shapes(t, t.out_features, in_f, self.group_size if self.group_size > 0 else in_f, p)
+            validate_shapes(t, self.group_size, p)
 
     def dequantized(self, linear: Callable[[str], np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Every weight as float32, quantized Linears dequantized (what the model computes with).

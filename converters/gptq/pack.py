@@ -26,6 +26,7 @@ back through :func:`dequantize` is an independent check of what was written.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +34,7 @@ import numpy as np
 from edgekit.errors import InputError
 
 SUPPORTED_BITS = (4, 8)
+LINEAR_TENSORS = ("qweight", "qzeros", "scales", "g_idx")  # per quantized Linear, in file order
 
 
 def check_bits(bits: int) -> int:
@@ -146,18 +148,36 @@ def dequantize(t: GPTQTensors) -> np.ndarray:
     return (u.codes.astype(np.float32) - zeros) * scales
 
 
-def validate_shapes(t: GPTQTensors, out_features: int, in_features: int, group_size: int, name: str) -> None:
-    """Raise if a checkpoint's tensors do not describe an ``out x in`` Linear."""
-    k = _per_word(t.bits)
-    groups = in_features // group_size
-    want = {"qweight": ((in_features // k, out_features), np.int32),
-            "qzeros": ((groups, out_features // k), np.int32),
-            "scales": ((groups, out_features), np.float16),
-            "g_idx": ((in_features,), np.int32)}
+def validate_layout(found: Mapping[str, tuple[tuple[int, ...], np.dtype]], bits: int, group_size: int,
+                    name: str) -> None:
+    """Raise unless ``found`` (``qweight``/``qzeros``/``scales``/``g_idx`` -> shape, dtype) is one
+    Linear in the classic v1 layout; ``group_size`` <= 0 means one group per row.
+
+    Shapes and dtypes only, so a safetensors header can be checked without reading a tensor.
+    """
+    missing = [k for k in LINEAR_TENSORS if k not in found]
+    if missing:
+        raise InputError(f"{name} has no {', '.join(name + '.' + k for k in missing)}",
+                         hint="the GPTQ checkpoint is incomplete; re-export it")
+    k = _per_word(bits)
+    qweight_shape, g_idx_shape = found["qweight"][0], found["g_idx"][0]
+    out_features = qweight_shape[-1] if len(qweight_shape) == 2 else 0
+    in_features = g_idx_shape[0] if len(g_idx_shape) == 1 else 0
+    groups = in_features // group_size if group_size > 0 else 1
+    want = {"qweight": ((in_features // k, out_features), np.dtype(np.int32)),
+            "qzeros": ((groups, out_features // k), np.dtype(np.int32)),
+            "scales": ((groups, out_features), np.dtype(np.float16)),
+            "g_idx": ((in_features,), np.dtype(np.int32))}
     for attr, (shape, dtype) in want.items():
-        arr = getattr(t, attr)
-        if arr.shape != shape or arr.dtype != dtype:
-            raise InputError(f"{name}.{attr} has shape {arr.shape} {arr.dtype}, expected {shape} {np.dtype(dtype)}",
+        got_shape, got_dtype = found[attr]
+        if tuple(got_shape) != shape or got_dtype != dtype:
+            raise InputError(f"{name}.{attr} has shape {tuple(got_shape)} {got_dtype}, expected {shape} {dtype}",
                              hint="the GPTQ checkpoint is not in the classic v1 layout")
+
+
+def validate_shapes(t: GPTQTensors, group_size: int, name: str) -> None:
+    """Raise if a checkpoint's tensors do not describe one Linear (layout, then g_idx's range)."""
+    validate_layout({a: (getattr(t, a).shape, getattr(t, a).dtype) for a in LINEAR_TENSORS}, t.bits, group_size, name)
+    groups = t.in_features // group_size if group_size > 0 else 1
     if int(t.g_idx.min(initial=0)) < 0 or int(t.g_idx.max(initial=0)) >= groups:
         raise InputError(f"{name}.g_idx points outside its {groups} groups", hint="the checkpoint is corrupt")

@@ -45,10 +45,10 @@ GPTQ_FLOAT_NODES = "/lm_head/MatMul,/model/embed_tokens/Gather"
 
 
 def is_gptq_checkpoint(model_dir: Path) -> bool:
+    from ..gptq.checkpoint import gptq_quantization_config
     from ..source import load_config
 
-    qc = load_config(model_dir).get("quantization_config") or {}
-    return isinstance(qc, dict) and qc.get("quant_method") == "gptq"
+    return gptq_quantization_config(load_config(model_dir)) is not None
 
 
 def builder_options(q: OnnxQuant, *, block_size: int, algo: Int4Algo, tied: bool,
