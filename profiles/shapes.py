@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgekit.converters.gguf.quants import quant
+from edgekit.converters.gguf.quants import FLOAT_QUANTS, quant
 
 from .schema import Backend, OnnxPrecision
 
@@ -78,6 +78,7 @@ class ModelShapes:
 def model_shapes(config: dict[str, Any]) -> ModelShapes:
     """The GGUF tensor list the converter writes for this config (names as llama.cpp expects)."""
     from edgekit.converters.gguf.archs import TextConfig, spec_for  # imports numpy
+    from edgekit.converters.gguf.archs.gemma3 import LLAMA_CPP_SWA_PATTERN
 
     spec = spec_for(config)  # raises UnsupportedArchitectureError with the supported list
     c = TextConfig.from_hf(config)
@@ -111,7 +112,7 @@ def model_shapes(config: dict[str, Any]) -> ModelShapes:
     window, local = None, 0
     if spec.name == "gemma3" and c.raw.get("sliding_window"):
         window = int(c.raw["sliding_window"])
-        local = sum(1 for i in range(c.num_layers) if (i + 1) % 6 != 0)  # llama.cpp's fixed 5:1 pattern
+        local = sum(1 for i in range(c.num_layers) if (i + 1) % LLAMA_CPP_SWA_PATTERN != 0)  # every 6th is global
     return ModelShapes(spec.name, c, tuple(t), window, local)
 
 
@@ -176,7 +177,7 @@ def gguf_tensor_types(shapes: ModelShapes, quant_name: str) -> dict[str, str]:
         if not t.is_matrix:
             out[t.name] = "F32"
             continue
-        if q.name in ("f32", "f16", "bf16"):
+        if q.name in FLOAT_QUANTS:
             out[t.name] = default
             continue
         new = default

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 # llama.cpp hard-codes Gemma 3's layer pattern (every 6th layer global) and the local rope
 # base; a config that disagrees would convert "fine" and then run differently.
-_LLAMA_CPP_SWA_PATTERN = 6
+LLAMA_CPP_SWA_PATTERN = 6
 _LLAMA_CPP_LOCAL_ROPE_BASE = 10000.0
 
 
@@ -34,7 +34,7 @@ class Gemma3Spec(ArchSpec):
             raise InputError(f"Gemma 3 local rope base {local} differs from llama.cpp's fixed {_LLAMA_CPP_LOCAL_ROPE_BASE}")
         types = raw.get("layer_types")
         if types:
-            expected = ["full_attention" if (i + 1) % _LLAMA_CPP_SWA_PATTERN == 0 else "sliding_attention"
+            expected = ["full_attention" if (i + 1) % LLAMA_CPP_SWA_PATTERN == 0 else "sliding_attention"
                         for i in range(c.num_layers)]
             if list(types) != expected:
                 raise InputError("Gemma 3 layer_types do not follow the 5-local/1-global pattern llama.cpp assumes")
