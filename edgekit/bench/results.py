@@ -167,12 +167,12 @@ def load_results(path: Path) -> BenchResults:
                                hint="the file was edited or truncated; re-run the benchmark") from e
 
 
-# CSV columns: (header, getter). One row per result; conditions flattened at the end.
-def _metric(name: str, key: str) -> Any:
-    return lambda r: r.metrics.get(name, {}).get(key)
+def _metric(r: BenchResult, name: str, key: str) -> Any:
+    return r.metrics.get(name, {}).get(key)
 
 
 def csv_text(runs: Iterable[BenchResults]) -> str:
+    """One row per result; its conditions flattened into ``cond.*`` columns at the end."""
     rows: list[dict[str, Any]] = []
     for run in runs:
         pp, tg = run.settings.pp_name, run.settings.tg_name
@@ -180,9 +180,9 @@ def csv_text(runs: Iterable[BenchResults]) -> str:
             row: dict[str, Any] = {
                 "run": run.label, "artifact": r.artifact, "kind": r.kind, "quant": r.quant, "backend": r.backend,
                 "threads": r.threads, "status": r.status, "size_bytes": r.size_bytes,
-                f"{pp}_tok_s": _metric(pp, "mean")(r), f"{pp}_std": _metric(pp, "std")(r),
-                f"{tg}_tok_s": _metric(tg, "mean")(r), f"{tg}_std": _metric(tg, "std")(r),
-                "ttft_ms": _metric("ttft_ms", "mean")(r), "ttft_ms_std": _metric("ttft_ms", "std")(r),
+                f"{pp}_tok_s": _metric(r, pp, "mean"), f"{pp}_std": _metric(r, pp, "std"),
+                f"{tg}_tok_s": _metric(r, tg, "mean"), f"{tg}_std": _metric(r, tg, "std"),
+                "ttft_ms": _metric(r, "ttft_ms", "mean"), "ttft_ms_std": _metric(r, "ttft_ms", "std"),
                 "repetitions": len(r.repetitions), "peak_rss_bytes": r.memory.get("peak_rss_bytes"),
                 "gpu_memory_bytes": r.memory.get("gpu_memory_bytes"),
                 "power_w_gen": (r.power or {}).get("gen_w"), "energy_j_per_token": (r.power or {}).get("gen_j_per_token"),
