@@ -1,17 +1,17 @@
 """Stream a Hugging Face checkpoint into a float GGUF (f32 / f16 / bf16).
 
 Two passes over the tensor *headers* and one over the data: the tensor table is planned
-from shapes alone, then each tensor is read (memmap), merged with the LoRA delta, fixed up
-for llama.cpp's layout, cast and written before the next is touched. Peak memory is about
+from shapes alone, then each tensor is read into its own buffer (no memmap: see
+:meth:`..safetensors_io.SafetensorsFile.raw`), merged with the LoRA delta, fixed up for
+llama.cpp's layout, cast and written before the next is touched. Peak memory is about
 one tensor in float32 plus its cast copy.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,10 +21,7 @@ from edgekit.progress import ProgressFn, report
 from ..lora import LoraAdapter
 from ..source import SourceModel
 from .archs import ArchSpec, TextConfig
-from .vocab import VocabInfo, write_vocab
-
-if TYPE_CHECKING:
-    import gguf
+from .vocab import write_vocab
 
 log = logging.getLogger(__name__)
 
@@ -42,25 +39,18 @@ class _Planned:
     gguf_name: str
     shape: tuple[int, ...]  # HF/numpy order (rows, cols)
     ggml_type: str
+    data: np.ndarray | None = field(default=None, compare=False, repr=False)  # synthesised tensors' values
 
 
-@dataclass(frozen=True)
-class WriteResult:
-    path: Path
-    n_tensors: int
-    vocab: VocabInfo
-
-
-def _cast(data: np.ndarray, ggml_type: str) -> tuple[np.ndarray, gguf.GGMLQuantizationType | None]:
+def _cast(data: np.ndarray, ggml_type: str) -> np.ndarray:
     import gguf
 
     if ggml_type == "F32":
-        return np.ascontiguousarray(data, dtype=np.float32), None
+        return np.ascontiguousarray(data, dtype=np.float32)
     if ggml_type == "F16":
-        return np.ascontiguousarray(data, dtype=np.float16), None
+        return np.ascontiguousarray(data, dtype=np.float16)
     # bf16 has no numpy dtype: gguf-py packs it as raw bytes
-    return gguf.quants.quantize(np.ascontiguousarray(data, dtype=np.float32), gguf.GGMLQuantizationType.BF16), \
-        gguf.GGMLQuantizationType.BF16
+    return gguf.quants.quantize(np.ascontiguousarray(data, dtype=np.float32), gguf.GGMLQuantizationType.BF16)
 
 
 def _nbytes(shape: tuple[int, ...], ggml_type: str) -> int:
@@ -90,7 +80,7 @@ def plan_tensors(source: SourceModel, spec: ArchSpec, cfg: TextConfig, out_type:
                          hint="the checkpoint holds layers this architecture does not have (vision tower? "
                               "extra heads?); convert the text model alone")
     for gname, arr in spec.extra_tensors(cfg).items():
-        planned.append(_Planned(None, gname, arr.shape, "F32"))
+        planned.append(_Planned(None, gname, arr.shape, "F32", arr))
     return planned
 
 
@@ -104,14 +94,13 @@ def write_float_gguf(
     name: str | None = None,
     pre_override: str | None = None,
     progress: ProgressFn | None = None,
-) -> WriteResult:
+) -> None:
     import gguf
 
     cfg = TextConfig.from_hf(source.config)
     planned = plan_tensors(source, spec, cfg, out_type)
-    extras = spec.extra_tensors(cfg)
 
-    w = gguf.GGUFWriter(out_path, spec.model_arch.name.lower() if False else gguf.MODEL_ARCH_NAMES[spec.model_arch])
+    w = gguf.GGUFWriter(out_path, gguf.MODEL_ARCH_NAMES[spec.model_arch])
     try:
         w.add_name(name or source.path.name)
         w.add_type(gguf.GGUFType.MODEL)
@@ -121,33 +110,31 @@ def write_float_gguf(
         embed = next((p for p in planned if p.gguf_name == "token_embd.weight"), None)
         if embed is None:
             raise InputError("the checkpoint has no token embedding", hint="pass a complete causal-LM checkpoint")
-        vocab = write_vocab(w, source.path, n_vocab=embed.shape[0], add_space_prefix=spec.add_space_prefix,
-                            pre_override=pre_override)
+        write_vocab(w, source.path, n_vocab=embed.shape[0], add_space_prefix=spec.add_space_prefix,
+                    pre_override=pre_override)
         for p in planned:
-            _, raw = _cast(np.zeros((1, 2) if p.ggml_type == "BF16" else (1,), np.float32), p.ggml_type)
-            if raw is None:
-                w.add_tensor_info(p.gguf_name, p.shape, np.dtype(np.float32 if p.ggml_type == "F32" else np.float16),
-                                  _nbytes(p.shape, p.ggml_type))
-            else:
+            if p.ggml_type == "BF16":  # raw bytes: gguf-py wants the shape in bytes and the type named
                 byte_shape = (*p.shape[:-1], p.shape[-1] * 2)
                 w.add_tensor_info(p.gguf_name, byte_shape, np.dtype(np.uint8), _nbytes(p.shape, p.ggml_type),
-                                  raw_dtype=raw)
+                                  raw_dtype=gguf.GGMLQuantizationType.BF16)
+            else:
+                w.add_tensor_info(p.gguf_name, p.shape, np.dtype(np.float32 if p.ggml_type == "F32" else np.float16),
+                                  _nbytes(p.shape, p.ggml_type))
         w.write_header_to_file(out_path)
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
         for i, p in enumerate(planned, 1):
             if p.hf_name is None:
-                data = extras[p.gguf_name]
+                assert p.data is not None  # plan_tensors keeps what it synthesised
+                data = p.data
             else:
                 data = source.float32(p.hf_name)
                 if adapter is not None:
                     data = adapter.merge(p.hf_name, data)
                 data = spec.transform(p.hf_name, data, cfg)
-            arr, _ = _cast(data, p.ggml_type)
-            w.write_tensor_data(arr)
+            w.write_tensor_data(_cast(data, p.ggml_type))
             report(progress, f"write {out_type}", done=i, total=len(planned))
         w.close()
     except BaseException:
         w.close()
         raise
-    return WriteResult(out_path, len(planned), vocab)
