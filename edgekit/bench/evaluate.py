@@ -13,7 +13,6 @@ differences cannot leak into the statistics. The maths comes from the verifier
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,6 @@ from edgekit.converters.verify import kl_from_log_probs, log_softmax
 from edgekit.errors import InputError
 from edgekit.progress import ProgressFn, report
 
-LogitsFn = Callable[[list[int]], np.ndarray]
 # Percentiles of per-token KL that llama-perplexity prints.
 KL_PERCENTILES = (99.9, 99.0, 95.0, 90.0, 50.0, 10.0)
 
