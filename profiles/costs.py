@@ -305,27 +305,25 @@ def estimate(shapes: ModelShapes, weights: WeightPlan, runtime: Runtime, backend
     family = kernel_family(profile.compute.isa) if cpu else None
     n_layers = shapes.config.num_layers
     layer_s = LAYER_OVERHEAD_S.get((backend, profile.device_class), LAYER_OVERHEAD_S[(backend, None)])
+    c, plen = shapes.config, min(ctx, prompt_len)
+    attn = 4 * n_layers * c.num_heads * c.head_dim  # FLOP per token per cached position (CPU roofs)
     if family is not None and runtime is Runtime.ONNXRUNTIME:  # ONNX on an x86 CPU: MLAS kernel roof
         k_dec, k_pre = ONNX_CPU_KERNELS[family][onnx_precision or OnnxPrecision.FP32]
-        c, plen = shapes.config, min(ctx, prompt_len)
-        attn = 4 * c.num_layers * c.num_heads * c.head_dim  # FLOP per token per cached position
         matmul = 2 * shapes.matmul_params()
         decode_s = matmul / (flops * k_dec) + attn * fill / (flops * CPU_ATTENTION[0])
         gen_tps = 1 / (max(1 / gen_tps, decode_s) + ONNX_CPU_TOKEN_S + n_layers * ONNX_CPU_LAYER_S)
         prompt_tps = 1 / (matmul / (flops * k_pre) + attn * plen / 2 / (flops * CPU_ATTENTION[1])
                           + n_layers * ONNX_CPU_PROMPT_LAYER_S)
-    elif family is None or runtime is not Runtime.LLAMA_CPP:
+    elif family is None:  # a GPU, or a CPU with no kernel table (Arm): bandwidth roof plus per-layer overhead
         gen_tps = 1 / (1 / gen_tps + n_layers * layer_s)
-    else:  # llama.cpp's kernel roof, summed over the matmuls plus attention and per-layer work
-        kernels, c = CPU_KERNELS[family], shapes.config
+    else:  # llama.cpp on a CPU: its kernel roof, summed over the matmuls plus attention and per-layer work
+        kernels = CPU_KERNELS[family]
         read = [t for t in shapes.tensors if t.is_matrix and (t.name != "token_embd.weight" or not shapes.has_output)]
-        plen = min(ctx, prompt_len)
-        attn = 4 * c.num_layers * c.num_heads * c.head_dim  # FLOP per token per cached position
         decode_s = sum(2 * t.numel / kernels.get(weights.types[t.name], (0.05, 0.5))[0] for t in read) / flops
         decode_s += attn * fill / (flops * CPU_ATTENTION[0])
         prompt_s = sum(2 * t.numel / kernels.get(weights.types[t.name], (0.05, 0.5))[1] for t in read) / flops
-        prompt_s += attn * plen / 2 / (flops * CPU_ATTENTION[1]) + c.num_layers * CPU_LAYER_S[1]
-        gen_tps = 1 / (max(1 / gen_tps, decode_s) + c.num_layers * CPU_LAYER_S[0])
+        prompt_s += attn * plen / 2 / (flops * CPU_ATTENTION[1]) + n_layers * CPU_LAYER_S[1]
+        gen_tps = 1 / (max(1 / gen_tps, decode_s) + n_layers * CPU_LAYER_S[0])
         prompt_tps = 1 / prompt_s
     peak = weights.total_bytes + kv + buffers + overhead
     if runtime is Runtime.LLAMA_CPP and cpu:
