@@ -87,6 +87,10 @@ def _memory_rates(size: int, n_threads: int, share: float) -> tuple[float, float
 
 
 def _map_all(pool: Executor, fn: Callable[[Any], object], chunks: list[Any]) -> list[object]:
+    """``fn`` over every chunk, waiting for all (``pool.map`` alone returns before they finish).
+
+    A function bound with ``partial``, not a lambda: its caller times it inside a loop, where a
+    lambda would close over the loop's variables (ruff B023)."""
     return list(pool.map(fn, chunks))
 
 
