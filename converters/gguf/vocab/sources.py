@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,31 +31,53 @@ def _probe_texts(runtime: Any) -> dict[str, str]:
     return texts
 
 
-def _warn_if_transformers_differs(model_dir: Path, tokenizer_json: Mapping[str, Any]) -> None:
-    """transformers 5 rebuilds normalizer / pre-tokenizer from the tokenizer class (and
-    tokenizer_config.json ``legacy``) instead of using tokenizer.json as saved. When that changes
-    the ids of edgekit's probes, say so: the HF-vs-GGUF check will disagree for that reason."""
+def _dir_stamp(model_dir: Path) -> tuple[tuple[str, int, int], ...]:
+    """Name, mtime and size of every file in ``model_dir``: changes when any file transformers reads does."""
+    with os.scandir(model_dir) as it:
+        return tuple(sorted((e.name, (st := e.stat()).st_mtime_ns, st.st_size) for e in it if e.is_file()))
+
+
+@functools.lru_cache(maxsize=16)
+def _transformers_difference(model_dir: Path, stamp: tuple[tuple[str, int, int], ...]
+                             ) -> tuple[str, tuple[str, ...]] | str:
+    """(transformers' tokenizer class, the probes it encodes differently from tokenizer.json as
+    saved), or why transformers could not load the tokenizer.
+
+    Cached per directory contents (``stamp``): a conversion writes a vocab into every float
+    GGUF, and loading the tokenizer with transformers is the slow part of doing so.
+    """
     try:
         from tokenizers import Tokenizer
         from transformers import AutoTokenizer
 
         runtime = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-        saved = Tokenizer.from_str(json.dumps(tokenizer_json))
-        differing = [
+        saved = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        differing = tuple(
             name
             for name, text in _probe_texts(runtime).items()
             if saved.encode(text, add_special_tokens=False).ids != runtime(text, add_special_tokens=False).input_ids
-        ]
+        )
     except Exception as e:  # transformers raises many types; this is only a diagnostic
-        log.warning("transformers could not load the tokenizer in %s: %s", model_dir, " ".join(str(e).split())[:200])
+        return " ".join(str(e).split())[:200]
+    return type(runtime).__name__, differing
+
+
+def _warn_if_transformers_differs(model_dir: Path) -> None:
+    """transformers 5 rebuilds normalizer / pre-tokenizer from the tokenizer class (and
+    tokenizer_config.json ``legacy``) instead of using tokenizer.json as saved. When that changes
+    the ids of edgekit's probes, say so: the HF-vs-GGUF check will disagree for that reason."""
+    found = _transformers_difference(model_dir.resolve(), _dir_stamp(model_dir))
+    if isinstance(found, str):
+        log.warning("transformers could not load the tokenizer in %s: %s", model_dir, found)
         return
+    runtime_class, differing = found
     if differing:
         log.warning(
             "transformers (%s) tokenizes the %s probe(s) differently from tokenizer.json: it rebuilds the "
             "pre-tokenizer from the tokenizer class and tokenizer_config.json. The GGUF follows tokenizer.json "
             "(what the checkpoint was saved with); if transformers is wrong, fix tokenizer_class / legacy in "
             "tokenizer_config.json",
-            type(runtime).__name__, ", ".join(differing),
+            runtime_class, ", ".join(differing),
         )
 
 
@@ -66,7 +89,7 @@ def read_sources(model_dir: Path) -> Sources:
         raise InputError(f"no tokenizer.json or tokenizer.model in {model_dir}", hint=FILES_HINT)
     tokenizer_json = _read_optional_json(json_path) or None
     if tokenizer_json is not None:
-        _warn_if_transformers_differs(model_dir, tokenizer_json)
+        _warn_if_transformers_differs(model_dir)
     return Sources(
         model_dir=model_dir,
         tokenizer_json=tokenizer_json,
