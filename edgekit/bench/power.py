@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
@@ -82,12 +82,15 @@ def parse_line(line: str, t: float = 0.0) -> TegraSample | None:
                        int(gpu.group(1)) if gpu else None, cpu_util, temps)
 
 
+def _mean_w(samples: Iterable[TegraSample]) -> tuple[float | None, int]:
+    """Mean total power (W) of the samples that report one, and how many do; (None, 0) if none."""
+    mw = [v for s in samples if (v := s.total_mw) is not None]
+    return (sum(mw) / len(mw) / 1000.0 if mw else None), len(mw)
+
+
 def mean_power_w(samples: Sequence[TegraSample], windows: Sequence[tuple[float, float]]) -> tuple[float | None, int]:
     """Mean total power (W) of the samples taken inside any of ``windows``; (None, 0) if none fell inside."""
-    inside = [s.total_mw for s in samples if s.total_mw is not None and any(a <= s.t <= b for a, b in windows)]
-    if not inside:
-        return None, 0
-    return sum(v for v in inside if v is not None) / len(inside) / 1000.0, len(inside)
+    return _mean_w(s for s in samples if any(a <= s.t <= b for a, b in windows))
 
 
 class TegrastatsSampler:
@@ -153,8 +156,6 @@ def phase_power(samples: Sequence[TegraSample], windows: Sequence[tuple[float, f
     watts, n = mean_power_w(samples, windows)
     source = "phase"
     if watts is None:
-        all_w = [s.total_mw for s in samples if s.total_mw is not None]
-        watts = sum(v for v in all_w if v is not None) / len(all_w) / 1000.0 if all_w else None
-        n, source = len(all_w), "run-average"
+        (watts, n), source = _mean_w(samples), "run-average"
     return {"w": None if watts is None else round(watts, 3), "samples": n, "source": source,
             "j_per_token": None if watts is None or not tokens else round(watts * seconds / tokens, 6)}
