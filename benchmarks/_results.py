@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 
 def save_results(results: dict[str, Any], dest: Path) -> Path:
-    from edgekit.fsutil import write_text_atomic
+    from edgekit.fsutil import write_json_atomic
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(dest, json.dumps(results, indent=2, default=str))
+    write_json_atomic(dest, results)
     print(f"\nresults: {dest}")
     return dest

@@ -22,7 +22,7 @@ from typing import Any
 
 from edgekit import __version__
 from edgekit.errors import CorruptFileError, InputError
-from edgekit.fsutil import write_text_atomic
+from edgekit.fsutil import write_json_atomic
 
 FORMAT_TAG = "edgekit-bench-results"
 # Bump when a field changes meaning or moves; readers refuse other numbers.
@@ -130,7 +130,7 @@ class BenchResults:
                 "results": [asdict(r) for r in self.results], "skipped": self.skipped}
 
     def save(self, path: Path) -> None:
-        write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        write_json_atomic(path, self.to_dict())
 
     @property
     def label(self) -> str:
