@@ -139,9 +139,11 @@ def run_gptq(model: Any, windows: list[list[int]], settings: GPTQSettings,
         config_groups={"group_0": {"targets": ["Linear"], "weights": settings.weights_args()}},
     )
     dataset = Dataset.from_dict({"input_ids": windows, "attention_mask": [[1] * len(w) for w in windows]})
+    # No shuffling: the Hessians are float sums whose order changes GPTQ's rounding, so a
+    # shuffled run gives a different checkpoint (held-out ppl 21.11-21.33 on the demo model).
     with quiet_llmcompressor(progress, len(names)):
         oneshot(model=model, dataset=dataset, recipe=recipe, max_seq_length=seq_len,
-                num_calibration_samples=len(windows))
+                num_calibration_samples=len(windows), shuffle_calibration_samples=False)
     return extract(model, names, settings)
 
 
