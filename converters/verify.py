@@ -96,11 +96,12 @@ class VerificationReport:
             "failures": self.failures,
         }
         if self.metrics is not None:
-            d.update({k: _round(v) for k, v in asdict(self.metrics).items()})
+            d.update({k: round_metric(v) for k, v in asdict(self.metrics).items()})
         return d
 
 
-def _round(v: Any) -> Any:
+def round_metric(v: Any) -> Any:
+    """Floats to 6 significant digits for reports (other values as they are)."""
     return float(f"{v:.6g}") if isinstance(v, float) else v
 
 
@@ -120,11 +121,23 @@ def kl_from_log_probs(lp_ref: np.ndarray, lp: np.ndarray) -> np.ndarray:
     return np.maximum((np.exp(lp_ref) * (lp_ref - lp)).sum(axis=-1), 0.0)
 
 
+def token_nll(log_probs: np.ndarray, ids: list[int]) -> np.ndarray:
+    """-log p(ids[t+1]) from row t of ``log_probs`` (position t predicts token t+1), per position."""
+    return -log_probs[np.arange(len(ids) - 1), np.asarray(ids[1:])]
+
+
 def perplexity(logits: np.ndarray, ids: list[int]) -> float:
-    """exp(mean NLL) of ids[1:] given logits[:-1] (position t predicts token t+1)."""
-    lp = log_softmax(logits[:-1])
-    nll = -lp[np.arange(len(ids) - 1), np.asarray(ids[1:])]
-    return float(math.exp(nll.mean()))
+    """exp(mean NLL) of ids[1:] given logits[:-1]."""
+    return float(math.exp(token_nll(log_softmax(logits[:-1]), ids).mean()))
+
+
+def torch_logits(model: Any, ids: list[int]) -> np.ndarray:
+    """Float32 logits ``[T, V]`` of a transformers causal LM over one sequence."""
+    import torch
+
+    with torch.inference_mode():
+        out = model(input_ids=torch.tensor([ids], dtype=torch.long))
+    return out.logits[0].float().numpy()  # type: ignore[no-any-return]
 
 
 def compare(ref: list[np.ndarray], got: list[np.ndarray], ppl_ids: list[int],
@@ -191,11 +204,7 @@ class Reference:
         return list(self.tokenizer(text, add_special_tokens=add_special)["input_ids"])
 
     def forward(self, ids: list[int]) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            out = self.model(input_ids=torch.tensor([ids], dtype=torch.long))
-        return out.logits[0].float().numpy()
+        return torch_logits(self.model, ids)
 
 
 def check_tokens(ref: Reference, tokenize: TokenizeFn) -> tuple[int, list[str]]:

@@ -16,6 +16,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from ..gguf.quants import Precision
 from ..lora import LoraAdapter
 from ..pipeline import Conversion, Verifier, open_inputs, record, slug, start_output
 from ..source import SourceModel
+from ..verify import torch_logits
 from .calibration import (
     DEFAULT_SAMPLES,
     DEFAULT_SEQ_LEN,
@@ -39,7 +41,7 @@ from .calibration import (
 )
 from .checkpoint import SIDE_FILES, GPTQCheckpoint, float_model_from, pack_all, write_checkpoint
 from .engine import GPTQSettings, quantized_linear_names, quiet_llmcompressor, require_llmcompressor, run_gptq
-from .evaluate import heldout_metrics, heldout_windows, reference_metrics, torch_logits
+from .evaluate import heldout_metrics, heldout_windows, reference_metrics
 from .pack import check_bits, unpack_linear, unpack_rows
 from .rtn import QuantizedLinear, rtn_quantize
 
@@ -282,15 +284,15 @@ def _verify_and_compare(ckpt: GPTQCheckpoint, ckpt_dir: Path, verifier: Verifier
 
     gptq_model = ckpt.float_model()
     verification = verifier.check(label, f"gptq-{scheme}", PRECISION[settings.bits], tokenize,
-                                  torch_logits(gptq_model))
+                                  partial(torch_logits, gptq_model))
     reference = verifier.reference
     windows = heldout_windows(reference, heldout_text)
     with verifier.result.timer.step("held-out gptq vs rtn"):
         report(progress, "held-out", f"GPTQ vs round-to-nearest vs fp32 on {sum(len(w) - 1 for w in windows)} tokens")
-        gptq = heldout_metrics(reference, windows, torch_logits(gptq_model))
+        gptq = heldout_metrics(reference, windows, partial(torch_logits, gptq_model))
         del gptq_model
         rtn_model = _rtn_model(verifier.inputs.source, verifier.inputs.adapter, ckpt, settings)
-        rtn = heldout_metrics(reference, windows, torch_logits(rtn_model))
+        rtn = heldout_metrics(reference, windows, partial(torch_logits, rtn_model))
         del rtn_model
         fp32 = reference_metrics(reference, windows)
     gain = {"kl_reduction_pct": round((rtn.mean_kl - gptq.mean_kl) / max(rtn.mean_kl, 1e-30) * 100, 2),

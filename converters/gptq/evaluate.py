@@ -9,18 +9,15 @@ in windows so that only one window's logits are held at a time.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from ..verify import Reference, kl_per_position, log_softmax
+from ..verify import LogitsFn, Reference, kl_from_log_probs, log_softmax, round_metric, token_nll
 
 HELDOUT_TOKENS = 2048  # positions evaluated
 WINDOW = 256  # tokens per forward pass
-
-LogitsFn = Callable[[list[int]], np.ndarray]
 
 
 @dataclass
@@ -31,7 +28,7 @@ class HeldoutMetrics:
     n_tokens: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: float(f"{v:.6g}") if isinstance(v, float) else v for k, v in asdict(self).items()}
+        return {k: round_metric(v) for k, v in asdict(self).items()}
 
 
 def heldout_windows(reference: Reference, text: str | None = None, n_tokens: int = HELDOUT_TOKENS,
@@ -46,26 +43,16 @@ def heldout_windows(reference: Reference, text: str | None = None, n_tokens: int
     return [head + ids[i:i + window] for i in range(0, len(ids), window) if len(ids[i:i + window]) > 1]
 
 
-def torch_logits(model: Any) -> LogitsFn:
-    def fn(ids: list[int]) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            return model(input_ids=torch.tensor([ids], dtype=torch.long)).logits[0].float().numpy()  # type: ignore[no-any-return]
-
-    return fn
-
-
 def heldout_metrics(reference: Reference, windows: list[list[int]], logits: LogitsFn) -> HeldoutMetrics:
     """Compare ``logits`` with the reference model window by window."""
     kls, nll, agree, n = [], 0.0, 0, 0
     for ids in windows:
         ref = reference.forward(ids)
         got = logits(ids)
-        kls.append(kl_per_position(ref, got))
+        lp = log_softmax(got)  # one softmax for both the KL and the NLL
+        kls.append(kl_from_log_probs(log_softmax(ref), lp))
         agree += int((ref.argmax(-1) == got.argmax(-1)).sum())
-        lp = log_softmax(got[:-1])
-        nll += float(-lp[np.arange(len(ids) - 1), np.asarray(ids[1:])].sum())
+        nll += float(token_nll(lp, ids).sum())
         n += len(ids) - 1
     kl = np.concatenate(kls)
     return HeldoutMetrics(ppl=math.exp(nll / max(n, 1)), mean_kl=float(kl.mean()), top1=agree / max(kl.size, 1),

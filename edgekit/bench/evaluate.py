@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.converters.verify import kl_from_log_probs, log_softmax
+from edgekit.converters.verify import kl_from_log_probs, log_softmax, torch_logits
 from edgekit.errors import InputError
 from edgekit.progress import ProgressFn, report
 
@@ -88,11 +88,7 @@ class _TransformersLogits:
         self.model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
 
     def __call__(self, ids: list[int]) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            out = self.model(input_ids=torch.tensor([ids], dtype=torch.long))
-        return out.logits[0].float().numpy()
+        return torch_logits(self.model, ids)
 
     def close(self) -> None:
         self.model = None
