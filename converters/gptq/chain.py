@@ -47,11 +47,12 @@ def chain_onnx(formats: list[Format], per_format: dict[Format, str], quants: str
         specific.setdefault(Format.ONNX, {})["source_override"] = Path(from_gptq)
         names[Format.ONNX] = slug(Path(from_gptq).resolve().name)
     elif chained:
+        from .checkpoint import checkpoint_name
+
         formats = [Format.GPTQ] + [f for f in formats if f is not Format.GPTQ]
         gs = specific.get(Format.GPTQ, {}).get("group_size", 128)
         bits = specific.get(Format.GPTQ, {}).get("bits", 4)
-        names[Format.ONNX] = f"{slug(name or Path(model_dir).resolve().name)}-gptq-int{bits}-g" \
-                             f"{gs if gs > 0 else 'channel'}"
+        names[Format.ONNX] = checkpoint_name(slug(name or Path(model_dir).resolve().name), bits, gs)
     if from_gptq is not None or chained:
         asked = [q.strip().lower() for q in (quants or "").split(",") if q.strip()]
         onnx_asked = [q for q in asked if q in quant_names(Format.ONNX)]

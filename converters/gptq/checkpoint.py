@@ -42,6 +42,23 @@ SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "spe
               "generation_config.json")
 
 
+def scheme_name(bits: int, group_size: int) -> str:
+    """``int4-g128`` (``int8-gchannel`` for one group per row): the manifest's quant and part of the name."""
+    return f"int{bits}-g{group_size if group_size > 0 else 'channel'}"
+
+
+def checkpoint_name(stem: str, bits: int, group_size: int) -> str:
+    """The directory ``--to gptq`` writes (``--to gptq,onnx`` names its ONNX build after it)."""
+    return f"{stem}-gptq-{scheme_name(bits, group_size)}"
+
+
+def copy_side_files(source_dir: Path, out_dir: Path, *, replace: bool = True) -> None:
+    """Copy the :data:`SIDE_FILES` the source has; ``replace=False`` keeps what a writer already put there."""
+    for name in SIDE_FILES:
+        if (source_dir / name).is_file() and (replace or not (out_dir / name).exists()):
+            shutil.copy2(source_dir / name, out_dir / name)
+
+
 def quantization_config(settings: GPTQSettings) -> dict[str, Any]:
     """The ``quantization_config`` block as AutoGPTQ / optimum wrote it (v1 format)."""
     return {
@@ -70,9 +87,7 @@ def write_checkpoint(out_dir: Path, source_dir: Path, config: dict[str, Any], fl
     cfg["dtype"] = "float16"
     cfg.pop("torch_dtype", None)
     (out_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
-    for name in SIDE_FILES:
-        if (source_dir / name).is_file():
-            shutil.copy2(source_dir / name, out_dir / name)
+    copy_side_files(source_dir, out_dir)
 
 
 @dataclass(frozen=True)

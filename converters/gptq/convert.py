@@ -39,7 +39,15 @@ from .calibration import (
     check_window,
     read_calibration_text,
 )
-from .checkpoint import SIDE_FILES, GPTQCheckpoint, float_model_from, pack_all, write_checkpoint
+from .checkpoint import (
+    GPTQCheckpoint,
+    checkpoint_name,
+    copy_side_files,
+    float_model_from,
+    pack_all,
+    scheme_name,
+    write_checkpoint,
+)
 from .engine import GPTQSettings, quantized_linear_names, quiet_llmcompressor, require_llmcompressor, run_gptq
 from .evaluate import heldout_metrics, heldout_windows, reference_metrics
 from .pack import check_bits, unpack_linear, unpack_rows
@@ -212,9 +220,9 @@ def convert_gptq(
 
     result = start_output(out_dir, inputs, timer)
     stem = slug(name or model_dir.resolve().name)
-    scheme = f"int{bits}-g{group_size if group_size > 0 else 'channel'}"
-    final = out_dir / f"{stem}-gptq-{scheme}"
-    ct_final = out_dir / f"{stem}-gptq-{scheme}-compressed-tensors"
+    scheme = scheme_name(bits, group_size)
+    final = out_dir / checkpoint_name(stem, bits, group_size)
+    ct_final = out_dir / f"{final.name}-compressed-tensors"
     t0 = time.perf_counter()
     entries: list[ArtifactEntry] = []
     with contextlib.ExitStack() as stack:
@@ -266,9 +274,7 @@ def _write_compressed_tensors(model: Any, out: Path, model_dir: Path, progress: 
     model.to(torch.float16)  # the scales are float16 values already: exact
     with quiet_llmcompressor(progress):
         model.save_pretrained(out, save_compressed=True)
-    for side in SIDE_FILES:
-        if (model_dir / side).is_file() and not (out / side).exists():
-            (out / side).write_bytes((model_dir / side).read_bytes())
+    copy_side_files(model_dir, out, replace=False)  # keep what save_pretrained wrote (generation_config)
 
 
 def _verify_and_compare(ckpt: GPTQCheckpoint, ckpt_dir: Path, verifier: Verifier, settings: GPTQSettings,
