@@ -32,7 +32,6 @@ _DTYPES: dict[str, tuple[str, int]] = {
     "U8": ("u1", 1),
     "BOOL": ("?", 1),
 }
-FLOAT_TAGS = frozenset({"F64", "F32", "F16", "BF16"})
 _MAX_HEADER = 100 * 1024 * 1024  # the reference implementation refuses larger headers too
 
 

@@ -190,11 +190,8 @@ class Reference:
         model.eval()
         self.model = model
         self.token_probes = dict(TOKENIZER_PROBES)
-        self.chat_text: str | None = None
         if getattr(self.tokenizer, "chat_template", None):
-            chat_text = str(self.tokenizer.apply_chat_template(CHAT_PROBE, tokenize=False))
-            self.chat_text = chat_text
-            self.token_probes["chat_template"] = chat_text
+            self.token_probes["chat_template"] = str(self.tokenizer.apply_chat_template(CHAT_PROBE, tokenize=False))
         self.logit_ids = [self.encode(t, True) for t in LOGIT_PROBES]
         self.logits = [self.forward(ids) for ids in self.logit_ids]
         self.ppl_ids = self.encode(ppl_text or default_ppl_text(), True)[:_PPL_MAX_TOKENS]

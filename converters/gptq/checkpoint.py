@@ -178,10 +178,6 @@ class GPTQCheckpoint:
         """A float32 transformers model with the dequantized weights (no GPTQ kernels needed)."""
         return float_model_from(self.path, self.config, self.dequantized())
 
-    @property
-    def size_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
-
 
 def _required_int(cfg_path: Path, qc: dict[str, Any], key: str) -> int:
     """``quantization_config[key]`` as an int, or a CorruptFileError naming the key."""
