@@ -42,15 +42,25 @@ class Inputs:
     adapter: LoraAdapter | None
     adapter_dir: Path | None
     source_info: dict[str, Any]
+    # the transformers reference, computed on first use and shared by every format converted
+    # from these inputs (one model load and one set of probe forwards per run)
+    reference: Reference | None = None
 
 
 def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "model"
 
 
-def open_inputs(model_dir: Path, adapter_dir: Path | None, timer: StepTimer) -> Inputs:
-    """Validate the source, its architecture and the adapter before anything is written."""
+def open_inputs(model_dir: Path, adapter_dir: Path | None, timer: StepTimer, prepared: Inputs | None = None) -> Inputs:
+    """Validate the source, its architecture and the adapter before anything is written.
+
+    ``prepared``: inputs another format of the same run already opened (and hashed) are reused."""
     from .gguf.archs import spec_for
+
+    if prepared is not None:
+        if (prepared.model_dir.resolve(), prepared.adapter_dir) != (Path(model_dir).resolve(), adapter_dir):
+            raise ValueError("prepared inputs belong to another model or adapter")
+        return prepared
 
     with timer.step("read source"):
         source = open_source(model_dir)
@@ -74,19 +84,18 @@ def start_output(out_dir: Path, inputs: Inputs, timer: StepTimer) -> Conversion:
 
 
 class Verifier:
-    """Runs the shared verifier, computing the transformers reference once, on first use."""
+    """Runs the shared verifier; the transformers reference is computed once per inputs, on first use."""
 
     def __init__(self, inputs: Inputs, result: Conversion, progress: ProgressFn | None) -> None:
         self.inputs, self.result, self.progress = inputs, result, progress
-        self._reference: Reference | None = None
 
     @property
     def reference(self) -> Reference:
-        if self._reference is None:
+        if self.inputs.reference is None:
             with self.result.timer.step("reference (transformers)"):
                 report(self.progress, "reference", "running the source model in transformers")
-                self._reference = Reference(self.inputs.model_dir, self.inputs.adapter_dir)
-        return self._reference
+                self.inputs.reference = Reference(self.inputs.model_dir, self.inputs.adapter_dir)
+        return self.inputs.reference
 
     def check(self, label: str, quant: str, precision: Precision, tokenize: TokenizeFn,
               logits: LogitsFn) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from edgekit.fsutil import atomic_output, sha256_file, temp_path_for
 from edgekit.manifest import ArtifactEntry
 from edgekit.progress import ProgressFn, StepTimer, report
 
-from ..pipeline import Conversion, Verifier, open_inputs, record, slug, start_output
+from ..pipeline import Conversion, Inputs, Verifier, open_inputs, record, slug, start_output
 from .archs import ArchSpec, spec_for
 from .quantize import quantize_file
 from .quants import FLOAT_QUANTS, GGUFQuant, parse_quants
@@ -48,12 +48,13 @@ def convert_gguf(
     pre_override: str | None = None,
     progress: ProgressFn | None = None,
     timer: StepTimer | None = None,
+    prepared: Inputs | None = None,
 ) -> Conversion:
     """Convert, quantize and verify. ``spec``/``pre_override`` exist to test the verifier."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     wanted: list[GGUFQuant] = parse_quants(quants)
     timer = timer or StepTimer()
-    inputs = open_inputs(model_dir, adapter_dir, timer)
+    inputs = open_inputs(model_dir, adapter_dir, timer, prepared)
     source, adapter = inputs.source, inputs.adapter
     spec = spec or spec_for(source.config)
     result = start_output(out_dir, inputs, timer)

@@ -29,7 +29,7 @@ from edgekit.progress import ProgressFn, StepTimer, report
 
 from ..gguf.quants import Precision
 from ..lora import LoraAdapter
-from ..pipeline import Conversion, Verifier, open_inputs, record, slug, start_output
+from ..pipeline import Conversion, Inputs, Verifier, open_inputs, record, slug, start_output
 from ..source import SourceModel
 from ..verify import torch_logits
 from .calibration import (
@@ -183,6 +183,7 @@ def convert_gptq(
     threads: int | None = None,
     progress: ProgressFn | None = None,
     timer: StepTimer | None = None,
+    prepared: Inputs | None = None,
     bits: int = 4,
     group_size: int = 128,
     act_order: bool = False,
@@ -203,7 +204,7 @@ def convert_gptq(
         torch.set_num_threads(threads)
 
     # Everything that can be wrong with the input is found before anything is written.
-    inputs = open_inputs(model_dir, adapter_dir, timer)
+    inputs = open_inputs(model_dir, adapter_dir, timer, prepared)
     with timer.step("check gptq inputs"):
         check_group_size(inputs.source, group_size, bits)
         check_window(samples, seq_len, inputs.source.config.get("max_position_embeddings"))

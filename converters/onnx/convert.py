@@ -19,7 +19,7 @@ from edgekit.manifest import ArtifactEntry
 from edgekit.progress import ProgressFn, StepTimer, report
 
 from ..merged_source import write_merged_source
-from ..pipeline import Conversion, Verifier, open_inputs, record, slug, start_output
+from ..pipeline import Conversion, Inputs, Verifier, open_inputs, record, slug, start_output
 from .builder import check_builder_available, run_builder
 from .quants import (
     DEFAULT_BLOCK_SIZE,
@@ -79,6 +79,7 @@ def convert_onnx(
     int4_algo: str | Int4Algo = Int4Algo.K_QUANT,
     progress: ProgressFn | None = None,
     timer: StepTimer | None = None,
+    prepared: Inputs | None = None,
     builder_extra: dict[str, str] | None = None,
     source_override: Path | None = None,
 ) -> Conversion:
@@ -94,7 +95,7 @@ def convert_onnx(
     tgt, algo, block_size = parse_target(target), parse_algo(int4_algo), check_block_size(block_size)
     check_builder_available()
     timer = timer or StepTimer()
-    inputs = open_inputs(model_dir, adapter_dir, timer)
+    inputs = open_inputs(model_dir, adapter_dir, timer, prepared)
     result = start_output(out_dir, inputs, timer)
     verifier = Verifier(inputs, result, progress)
     stem = slug(name or model_dir.resolve().name)
