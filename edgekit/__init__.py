@@ -28,10 +28,18 @@ def load(path: str | Path, *, quant: str | None = None, **options: Any) -> Sessi
 
 
 def convert(model_dir: str | Path, out_dir: str | Path, *, to: str = "gguf", **options: Any) -> Any:
-    """Convert a Hugging Face model directory; every artifact is verified unless ``verify_artifacts=False``."""
-    from edgekit.converters.registry import converter, parse_format
+    """Convert a Hugging Face model directory; every artifact is verified unless ``verify_artifacts=False``.
 
-    return converter(parse_format(to))(Path(model_dir), Path(out_dir), **options)
+    ``to`` may name several formats (``"gguf,onnx"``): ``quants`` is then split by format (their
+    names are disjoint), the source is read and the reference computed once, and a list of
+    results is returned."""
+    from edgekit.converters.registry import convert_formats, converter, parse_formats, split_quants
+
+    formats = parse_formats(to)
+    if len(formats) == 1:
+        return converter(formats[0])(Path(model_dir), Path(out_dir), **options)
+    quants = split_quants(formats, options.pop("quants", None))
+    return convert_formats(Path(model_dir), Path(out_dir), quants, **options)
 
 
 def inspect(path: str | Path) -> dict[str, Any]:

@@ -10,29 +10,8 @@ import click
 from edgekit.ui import StepPrinter, emit_json, format_table, human_bytes
 
 DEMO_QUANTS = "f16,q8_0,q4_k_m"
-# per format: the quants converted when --quant names none of that format's types
-DEFAULT_QUANTS = {"gguf": "f16", "onnx": "fp32,int4", "gptq": "int4"}
+# --demo: more types than the defaults (converters.registry.DEFAULT_QUANTS), it is small
 DEMO_DEFAULTS = {"gguf": DEMO_QUANTS, "onnx": "fp32,fp16,int4", "gptq": "int4"}
-
-
-def split_quants(formats: list[Any], quants: str | None, defaults: dict[str, str]) -> dict[Any, str]:
-    """Give each format the --quant names that are its own (GGUF and ONNX names are disjoint)."""
-    from edgekit.errors import UnknownChoiceError
-
-    names = [q.strip().lower() for q in (quants or "").split(",") if q.strip()]
-    if len(formats) == 1:
-        return {formats[0]: ",".join(names) or defaults[formats[0].value]}
-    from edgekit.converters.registry import quant_names
-
-    known = {f: set(quant_names(f)) for f in formats}
-    out: dict[Any, str] = {}
-    for f in formats:
-        mine = [q for q in names if q in known[f]]
-        out[f] = ",".join(mine) or defaults[f.value]
-    unknown = [q for q in names if not any(q in k for k in known.values())]
-    if unknown:
-        raise UnknownChoiceError("quant type", unknown[0], sorted(set().union(*known.values())))
-    return out
 
 
 @click.command()
@@ -74,7 +53,13 @@ def convert(model_dir: Path | None, to: str, quants: str | None, adapter: Path |
             from_gptq: Path | None, no_verify: bool, threads: int | None, demo: bool, as_json: bool,
             quiet: bool) -> None:
     """Convert MODEL_DIR (a Hugging Face model directory) and verify every artifact against it."""
-    from edgekit.converters.registry import Format, converter, parse_formats
+    from edgekit.converters.registry import (
+        DEFAULT_QUANTS,
+        Format,
+        convert_formats,
+        parse_formats,
+        split_quants,
+    )
     from edgekit.errors import InputError
 
     defaults = DEFAULT_QUANTS
@@ -83,7 +68,8 @@ def convert(model_dir: Path | None, to: str, quants: str | None, adapter: Path |
 
         if model_dir is not None:
             raise InputError("--demo converts the packaged demo model; drop MODEL_DIR or --demo")
-        model_dir, defaults, name = demo_model_dir(), DEMO_DEFAULTS, name or "edgekit-demo"
+        model_dir, name = demo_model_dir(), name or "edgekit-demo"
+        defaults = {Format(f): q for f, q in DEMO_DEFAULTS.items()}
     if model_dir is None:
         raise InputError("missing MODEL_DIR", hint="pass a Hugging Face model directory, or --demo")
     formats = parse_formats(to)
@@ -97,14 +83,10 @@ def convert(model_dir: Path | None, to: str, quants: str | None, adapter: Path |
     from edgekit.converters.gptq.chain import chain_onnx, gain_lines
 
     formats, per_format, names = chain_onnx(formats, per_format, quants, from_gptq, specific, name, model_dir)
-    printer = StepPrinter(quiet=quiet or as_json)
-    results = []
-    for fmt in formats:
-        results.append(converter(fmt)(model_dir, out_dir, per_format[fmt], adapter_dir=adapter,
-                                      verify_artifacts=not no_verify, name=names.get(fmt, name), threads=threads,
-                                      progress=printer, **specific.get(fmt, {})))
-        if fmt is Format.GPTQ and Format.ONNX in formats:  # --to gptq,onnx: ONNX reads the new checkpoint
-            specific[Format.ONNX]["source_override"] = out_dir / results[-1].artifacts[0].file
+    results = convert_formats(model_dir, out_dir, {f: per_format[f] for f in formats}, adapter_dir=adapter,
+                              options={f: specific[f] for f in formats if f in specific}, names=names, name=name,
+                              verify_artifacts=not no_verify, threads=threads,
+                              progress=StepPrinter(quiet=quiet or as_json))
     if as_json:
         emit_json({"out_dir": str(out_dir), "manifest": results[-1].manifest.to_dict(),
                    "steps": [s for r in results for s in r.timer.as_dict()]})
