@@ -54,7 +54,7 @@ def is_gptq_checkpoint(model_dir: Path) -> bool:
 def builder_options(q: OnnxQuant, *, block_size: int, algo: Int4Algo, tied: bool,
                     from_gptq: bool = False) -> dict[str, str]:
     opts: dict[str, str] = {}
-    if q.name in ("int4", "int8"):
+    if q.weight_only:
         opts.update(block_size=str(block_size), algo_config=algo.value)
     if from_gptq:
         opts["nodes_to_exclude"] = GPTQ_FLOAT_NODES

@@ -48,6 +48,7 @@ class OnnxQuant:
     weight_bits: float  # bits per matmul weight, scales included at block 32 (fp16 scale + 4-bit zero-point)
     builder_ep: dict[Target, str]
     note: str
+    weight_only: bool = False  # MatMulNBits: takes --block-size / --int4-algo
 
 
 _GPU = {Target.CPU: "cuda", Target.CUDA: "cuda", Target.JETSON: "cuda"}
@@ -59,8 +60,9 @@ QUANTS: tuple[OnnxQuant, ...] = (
     # decode step on ORT 1.32 ("Shape mismatch attempting to re-use buffer"); its CUDA graph
     # (fp16 GroupQueryAttention) runs on the CPU EP as well, so fp16 always uses that graph.
     OnnxQuant("fp16", "fp16", Precision.FP16, 16.0, _GPU, "float16 weights and activations (GPU graph)"),
-    OnnxQuant("int8", "int8", Precision.INT8, 8.5, _BY_TARGET, "MatMulNBits 8-bit weights"),
-    OnnxQuant("int4", "int4", Precision.INT4, 4.625, _BY_TARGET, "MatMulNBits 4-bit weights (block-wise)"),
+    OnnxQuant("int8", "int8", Precision.INT8, 8.5, _BY_TARGET, "MatMulNBits 8-bit weights", weight_only=True),
+    OnnxQuant("int4", "int4", Precision.INT4, 4.625, _BY_TARGET, "MatMulNBits 4-bit weights (block-wise)",
+              weight_only=True),
 )
 _BY_NAME = {q.name: q for q in QUANTS}
 

@@ -63,13 +63,9 @@ class _ArtifactLogits:
 
     def __init__(self, path: Path, n_ctx: int, n_threads: int | None) -> None:
         import edgekit
-        from edgekit.runtimes.registry import ArtifactKind, detect
 
-        kind, _ = detect(path)
-        options: dict[str, Any] = {"n_ctx": n_ctx, "n_threads": n_threads}
-        if kind == ArtifactKind.GGUF:
-            options["logits_all"] = True
-        self.session = edgekit.load(path, **options)
+        # every runtime takes logits_all (ONNX Runtime GenAI returns all positions anyway)
+        self.session = edgekit.load(path, n_ctx=n_ctx, n_threads=n_threads, logits_all=True)
 
     def __call__(self, ids: list[int]) -> np.ndarray:
         return self.session.logits(ids)
