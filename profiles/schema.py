@@ -201,6 +201,13 @@ class _V:
                             f"unknown key (allowed: {', '.join(sorted(allowed))})")
         return data
 
+    def entries(self, d: dict[str, Any], key: str, allowed: set[str]) -> list[tuple[str, dict[str, Any]]]:
+        """A non-empty ``[[key]]`` array of tables, each checked, with the path to report errors at."""
+        raw = self.required(d, key, "")
+        if not isinstance(raw, list) or not raw:
+            raise self.fail(key, f"expected at least one [[{key}]] entry")
+        return [(f"{key}[{i}]", self.table(item, f"{key}[{i}]", allowed)) for i, item in enumerate(raw)]
+
     def required(self, d: dict[str, Any], key: str, where: str) -> Any:
         if key not in d:
             raise self.fail(_join(where, key), "missing")
@@ -300,13 +307,8 @@ def parse_profile(data: Any, file: str, *, origin: Origin = Origin.SHIPPED) -> P
         cuda_cc=v.string(comp, "cuda_cc", "compute", required=False),
     )
 
-    modes_raw = v.required(top, "power_modes", "")
-    if not isinstance(modes_raw, list) or not modes_raw:
-        raise v.fail("power_modes", "expected at least one [[power_modes]] entry")
     modes = []
-    for i, m in enumerate(modes_raw):
-        where = f"power_modes[{i}]"
-        t = v.table(m, where, _MODE_KEYS)
+    for where, t in v.entries(top, "power_modes", _MODE_KEYS):
         bw = v.figure(t, "bandwidth_gbs", where)
         assert bw is not None
         modes.append(PowerMode(v.string(t, "name", where), bw, v.figure(t, "power_w", where, required=False),
@@ -318,13 +320,8 @@ def parse_profile(data: Any, file: str, *, origin: Origin = Origin.SHIPPED) -> P
     if default_mode not in names:
         raise v.fail("default_mode", f"{default_mode!r} is not one of the power modes {names}")
 
-    rts_raw = v.required(top, "runtimes", "")
-    if not isinstance(rts_raw, list) or not rts_raw:
-        raise v.fail("runtimes", "expected at least one [[runtimes]] entry")
     runtimes = []
-    for i, r in enumerate(rts_raw):
-        where = f"runtimes[{i}]"
-        t = v.table(r, where, _RUNTIME_KEYS)
+    for where, t in v.entries(top, "runtimes", _RUNTIME_KEYS):
         rt = v.enum(t, "runtime", where, Runtime)
         precisions = []
         for j, p in enumerate(v.strings(t, "onnx", where)):
