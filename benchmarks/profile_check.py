@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gen", type=int, default=128)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="default: all cores")
-    ap.add_argument("-o", "--output", type=Path, default=Path("profile_check.json"))
+    ap.add_argument("-o", "--output", type=Path, default=Path("bench-out/profile_check/results.json"))
     args = ap.parse_args(argv)
 
     if args.threads:  # numpy's BLAS (the matmul calibration) must use the same thread count
@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             keep.append(a.path)
     settings = BenchSettings(prompt_tokens=args.prompt, gen_tokens=args.gen, repetitions=args.reps, warmup=1,
                              threads=(threads,))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
     bench = run_bench(keep, settings, output=args.output.with_suffix(".bench.json"), progress=_stderr_progress)
     load_after = os.getloadavg()
     ctx = settings.ctx
