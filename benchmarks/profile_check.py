@@ -199,17 +199,18 @@ def main(argv: list[str] | None = None) -> int:
     for r in bench.results:
         runtime = runtime_of[r.kind]
         precision = OnnxPrecision(r.quant) if runtime is Runtime.ONNXRUNTIME else None
-        shapes = model_shapes(_config_for(directory, Path(r.path), r.kind))
+        config = _config_for(directory, Path(r.path), r.kind)
+        shapes = model_shapes(config)
         weights = gguf_weights(shapes, r.quant) if precision is None else onnx_weights(shapes, precision, Backend.CPU)
         # tg decodes from a one-token prompt: on average gen/2 positions are cached
         pred = estimate(shapes, weights, runtime, Backend.CPU, profile, ctx=ctx, kv_fill=max(1, args.gen // 2),
-                        prompt_len=args.prompt, onnx_precision=precision)
+                        prompt_len=args.prompt, onnx_precision=precision, threads=threads)
         predicted = {"gen_tps": pred.gen_tps, "prompt_tps": pred.prompt_tps, "peak_rss_bytes": pred.peak_rss_bytes,
                      "weights_bytes": weights.total_bytes}
         label = [r.artifact, r.kind, r.quant]
         if r.status != "complete":  # e.g. a runtime crash on one quant type: report it, check the rest
-            results.append({"artifact": r.artifact, "format": r.kind, "quant": r.quant, "predicted": predicted,
-                            "error": r.error or r.status})
+            results.append({"artifact": r.artifact, "format": r.kind, "quant": r.quant, "config": config,
+                            "predicted": predicted, "error": r.error or r.status})
             rows.append([*label, round(pred.gen_tps, 1), None, "-", round(pred.prompt_tps), None, "-",
                                  round(pred.peak_rss_bytes / 2**20), None, "-", "FAILED"])
             continue
@@ -218,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         err = {k: (predicted[k] - meas[k]) / meas[k] for k in ("gen_tps", "prompt_tps", "peak_rss_bytes")}
         ok = abs(err["gen_tps"]) <= GEN_TARGET and abs(err["peak_rss_bytes"]) <= MEM_TARGET
         results.append({"artifact": r.artifact, "format": r.kind, "quant": r.quant, "params": shapes.params,
+                        "config": config,  # benchmarks/profile_fit.py re-predicts from it
                         "predicted": predicted, "measured": meas, "error": err, "within_target": ok})
         rows.append([*label, round(pred.gen_tps, 1), round(meas["gen_tps"], 1), f"{100 * err['gen_tps']:+.0f}%",
                              round(pred.prompt_tps), round(meas["prompt_tps"]), f"{100 * err['prompt_tps']:+.0f}%",

@@ -1,9 +1,10 @@
 """Memory and speed of one (artifact, runtime, device) combination: a roofline model.
 
 Generation reads the weights (all but the embedding lookup) plus the KV cache filled so far
-for every token: tokens/s = bandwidth / bytes per token x efficiency. On CPUs with few cores
-the dequantize-and-dot kernels are the tighter roof, so there the time per token is the
-larger of the memory time and the kernel time (CPU_KERNELS). Prompt processing is
+for every token: tokens/s = bandwidth / bytes per token x efficiency. On x86 CPUs each weight
+type's kernel has its own streaming rate and arithmetic roof (CPU_KERNELS): the time per token
+sums, per type, the slower of the two, at the read rate of the cache level the model fits in
+(a calibrated profile's read curve), plus fixed costs per layer and per token. Prompt processing is
 compute-bound: about 2 x matmul parameters FLOP per token. Every factor that is not
 arithmetic lives in a commented table below, with where it comes from.
 """
@@ -49,10 +50,9 @@ EFFICIENCY: dict[tuple[Runtime, DeviceClass, Basis], Efficiency] = {
     (_L, DeviceClass.APPLE_SILICON, _D): Efficiency(0.80, 0.50, "HARDWARE.md: llama.cpp Metal 0.75-0.85"),
     (_L, DeviceClass.ARM_CPU, _D): Efficiency(0.55, 0.50, "HARDWARE.md: Raspberry Pi 5 CPU about 0.55"),
     (_L, DeviceClass.X86_CPU, _D): Efficiency(0.55, 0.40, "estimated: like the Pi 5 CPU figure"),
-    # Against a calibrated (numpy read) bandwidth. Not observable on the dev host, where decode
-    # is kernel-bound (CPU_KERNELS below; f16 reached 0.57 of the read rate while kernel-bound):
-    # the fraction STREAM-like reads leave to a well-prefetched matvec, estimated.
-    (_L, DeviceClass.X86_CPU, _M): Efficiency(0.75, 0.50, "estimated"),
+    # Against a calibrated (numpy read) bandwidth: f16 weights streamed at 0.69 of it on the dev
+    # host (the CPU_KERNELS fit; other types stream at a share of this, CpuKernel.stream).
+    (_L, DeviceClass.X86_CPU, _M): Efficiency(0.69, 0.50, "measured: dev host, f16, 2.6M-200M params"),
     (_L, DeviceClass.ARM_CPU, _M): Efficiency(0.75, 0.50, "estimated: as x86 measured"),
     # ONNX Runtime (GenAI) decode is less tuned for single-stream batch-1 than llama.cpp.
     (_O, DeviceClass.JETSON, _D): Efficiency(0.40, 0.25, "estimated"),
@@ -60,10 +60,9 @@ EFFICIENCY: dict[tuple[Runtime, DeviceClass, Basis], Efficiency] = {
     (_O, DeviceClass.APPLE_SILICON, _D): Efficiency(0.45, 0.40, "estimated (CPU EP)"),
     (_O, DeviceClass.ARM_CPU, _D): Efficiency(0.45, 0.40, "estimated"),
     (_O, DeviceClass.X86_CPU, _D): Efficiency(0.45, 0.40, "estimated"),
-    # fp32 ONNX decode on the dev host is memory-bound (MLAS sgemv): 0.96 and 0.87 of the
-    # calibrated read rate on 31M and 125M models (ONNX_CPU_KERNELS below); prefill there
-    # comes from that table, the 0.40 applies to CPUs without one.
-    (_O, DeviceClass.X86_CPU, _M): Efficiency(0.90, 0.40, "measured: dev host, fp32 31M/125M models"),
+    # fp32 ONNX decode on the dev host streams at 0.85 of the calibrated read rate
+    # (ONNX_CPU_KERNELS' fit); prefill there comes from that table, the 0.40 applies to CPUs without one.
+    (_O, DeviceClass.X86_CPU, _M): Efficiency(0.85, 0.40, "measured: dev host, fp32, 2.6M-125M params"),
     (_O, DeviceClass.ARM_CPU, _M): Efficiency(0.60, 0.40, "estimated"),
 }
 
@@ -73,64 +72,85 @@ class KernelFamily(StrEnum):
     X86_AVX2 = "x86-avx2"
 
 
-# llama.cpp's CPU kernels as fractions of the CPU's fp32 GEMM rate (the profile's cpu_gflops),
-# per ggml type: (decode = batch-1 dequantize + dot, prompt = batched). On few cores decode is
-# bound by these kernels, not by memory: on the dev host (2 vCPU Xeon, AVX-512 VNNI, extra
-# buffers off) every quantized type stayed at 8-14 GB/s of a 32 GB/s read rate. AVX-512 values
-# are a least-squares fit to benchmarks/profile_check.py runs there (7 model shapes, 2.2M-340M
-# parameters, 1 and 2 threads; residuals within about +-30%); k-quant prompts beat fp32 GEMM
-# thanks to int8 dot products. Q2_K decode: a q2_k file (Q2_K with Q3_K/Q4_K/Q6_K mixed in)
-# ran at 0.67 of the time 0.10 predicted both out of cache (200M params, 1024 x 12 layers,
-# 74 MiB a token) and in cache (the demo), so 0.15; its prompt figure is an estimate, as are
-# F32, BF16, Q5_0, Q5_1, Q4_1 and IQ4_NL. AVX2: estimates, twice the fraction (half the fp32 width, similar
-# integer throughput). No table for Arm: there the published bandwidth efficiency
-# (HARDWARE.md) already folds the kernels in.
-CPU_KERNELS: dict[KernelFamily, dict[str, tuple[float, float]]] = {
+@dataclass(frozen=True)
+class CpuKernel:
+    """One weight type's matmul kernels on a CPU family, as fractions of the host's own rates.
+
+    A batch-1 (decode) matmul takes the longer of two times: streaming the weights at
+    ``stream`` x the runtime's decode efficiency x the read rate for the model's working set
+    (DRAM, or a cache level when it fits), and the dequantize-and-dot arithmetic at ``decode``
+    x the fp32 GEMM rate. Out of cache the first binds for every type; once the weights fit a
+    cache, the second does (measured: the same q4_k_m kernel ran 2x faster in this VM's
+    30 GB/s level than from DRAM, f16 only 1.2x)."""
+
+    decode: float  # batch-1 dequantize + dot: fraction of the fp32 GEMM rate
+    prompt: float  # batched prompt kernel: fraction of the fp32 GEMM rate
+    stream: float  # weight streaming rate relative to the runtime's decode efficiency (F16 = 1)
+
+
+# llama.cpp's CPU kernels per ggml type. AVX-512 values: benchmarks/profile_fit.py over the
+# profile_check runs in benchmarks/fits/dev-host-avx512/ (2 vCPU Xeon, AVX-512 VNNI, extra
+# buffers off, 1 thread, edgekit's bench loop): 10 model shapes from 2.6M to 200M parameters
+# (1 to 321 MiB read a token), f16 and 6 quant mixes; 62 runs, residuals rms 8.5%, worst 26%
+# (q2_k from DRAM). Q2_K/Q3_K/Q6_K are fitted through the mixes that carry them; Q4_0 and
+# Q5_K rest on one model each (their first run, held out, had missed by +34% and +31% with
+# guessed figures). The f16 arithmetic figure never bound and stays at the fit's prior. Q4_1,
+# Q5_0, Q5_1, BF16, F32 and IQ4_NL copy their closest fitted neighbour (estimates). Prompt
+# fractions come from the earlier fit over the same shapes (pp512); k-quant prompts beat fp32
+# GEMM thanks to int8 dot products.
+CPU_KERNELS: dict[KernelFamily, dict[str, CpuKernel]] = {
     KernelFamily.X86_AVX512: {
-        "F16": (0.073, 0.69), "Q8_0": (0.095, 0.62), "Q6_K": (0.10, 1.13), "Q5_K": (0.075, 1.13),
-        "Q4_K": (0.118, 1.36), "Q4_0": (0.103, 0.50), "Q3_K": (0.107, 0.57),
-        "F32": (0.045, 0.6), "BF16": (0.073, 0.69), "Q5_0": (0.09, 0.5), "Q5_1": (0.09, 0.5), "Q4_1": (0.10, 0.5),
-        "Q2_K": (0.15, 0.9), "IQ4_NL": (0.10, 0.5),
+        "F32": CpuKernel(0.15, 0.60, 1.00), "F16": CpuKernel(0.20, 0.69, 1.00), "BF16": CpuKernel(0.20, 0.69, 1.00),
+        "Q8_0": CpuKernel(0.20, 0.62, 0.69), "Q6_K": CpuKernel(0.25, 1.13, 0.65), "Q5_K": CpuKernel(0.20, 1.13, 0.36),
+        "Q5_0": CpuKernel(0.20, 0.50, 0.36), "Q5_1": CpuKernel(0.20, 0.50, 0.36), "Q4_K": CpuKernel(0.23, 1.36, 0.42),
+        "Q4_0": CpuKernel(0.10, 0.50, 0.69), "Q4_1": CpuKernel(0.10, 0.50, 0.69), "IQ4_NL": CpuKernel(0.10, 0.50, 0.69),
+        "Q3_K": CpuKernel(0.22, 0.57, 0.69), "Q2_K": CpuKernel(0.25, 0.90, 0.69),
     },
 }
-CPU_KERNELS[KernelFamily.X86_AVX2] = {k: (2 * d, 2 * p) for k, (d, p) in CPU_KERNELS[KernelFamily.X86_AVX512].items()}
+# AVX2 (estimates): twice the fractions of the AVX-512 GEMM rate (half the fp32 width,
+# similar integer throughput); streaming is a property of the memory system, unchanged.
+CPU_KERNELS[KernelFamily.X86_AVX2] = {
+    k: CpuKernel(2 * v.decode, 2 * v.prompt, v.stream) for k, v in CPU_KERNELS[KernelFamily.X86_AVX512].items()}
+# Unknown types (a future ggml type) fall back to a slow, conservative kernel.
+CPU_KERNEL_FALLBACK = CpuKernel(0.10, 0.50, 0.50)
+# A model's weights share the caches with the KV cache, activations, code and the OS, while the
+# calibrated curve reads one lone array: a model of B bytes a token reads at the curve's rate
+# for CACHE_FOOTPRINT x B (same fit; 1.5, 2.5 and 3 fit worse: rms 13%, 9%, 10%).
+CACHE_FOOTPRINT = 2.0
 # Same fit: attention over the f16 KV cache (flash attention off) as a fraction of the GEMM
-# rate, and a fixed cost per layer per token (norms, rope, softmax, graph and thread sync)
-# that dominates models of a few million parameters.
-CPU_ATTENTION = (0.105, 0.60)  # (decode, prompt)
-CPU_LAYER_S = (14e-6, 10e-6)  # seconds per layer per token (decode, prompt)
-# ONNX Runtime's CPU kernels (MLAS) per ONNX precision, as fractions of the GEMM rate:
-# (decode, prompt). Fitted to benchmarks/profile_check.py on the dev host (2 vCPU Xeon,
-# AVX-512 VNNI, 1 thread, calibrated 16.4-17.2 GB/s read, 157-162 GFLOP/s; load average
-# 0.5-0.8 on 2 cores), edgekit's exports (int4 = MatMulNBits block 32, accuracy_level 4),
-# random-weight Llamas plus the demo model; measured per-token decode time (tg64, best of 3):
-#   model (params, layers)  fp32 us/token (GB/s, GFLOP/s)  int4 us/token (GB/s, GFLOP/s)
-#   tiny  (0.1M, 1)         27.6  (14.9,   7.4)            31.1  ( 2.1,  6.6)
-#   demo  (2.6M, 4)         486   (21.6,  10.8)            169   (10.0, 31.0)
-#   s30   (31M, 8)          6547  (16.3,   8.1)            1027  (16.7, 51.9)
-#   s125  (125M, 12)        28191 (14.2,   7.1)            6992  ( 9.2, 28.6)
-# fp32 decode is memory-bound from 31M up (efficiency above). Weights that stay in cache
-# run faster than the DRAM roofline says: a calibrated profile's read curve gives the rate
-# for the bytes per token (read_bandwidth; this VM reports a 480 MiB L3, yet reads fall from
-# 30 to 15-17 GB/s between 64 and 128 MiB). The demo's 10 MB fp32 ran at 0.073 of the GEMM
-# rate, 23 GB/s, above the DRAM read rate and within 2% of this kernel roof once the curve
-# lifts the memory roof to 30 GB/s; s30's 17 MB int4 ran at 0.33.
-# int4 out of cache (s125) reached 0.18 of GEMM; 0.21 keeps s125 and the demo within 20%
-# and leaves s30 about 35% low. Prompt (pp512, GFLOP/s): fp32 100-117, int4 80-93 on
-# s30/s125; the tiny model shows a cost per layer per prompt token of about 6 us.
-# fp16 is not run on CPUs by the profiles; its row copies fp32 (estimated).
-ONNX_CPU_KERNELS: dict[KernelFamily, dict[OnnxPrecision, tuple[float, float]]] = {
+# rate (prompt: the earlier fit), and fixed costs per layer (norms, rope, softmax, graph and
+# thread sync) and per token (sampling, detokenizing and edgekit's stream loop in Python),
+# which dominate models of a few million parameters.
+CPU_ATTENTION = (0.40, 0.60)  # (decode, prompt)
+CPU_LAYER_S = (20e-6, 10e-6)  # seconds per layer per token (decode, prompt)
+CPU_TOKEN_S = 50e-6  # seconds per generated token
+# With more than one thread every graph node ends at a barrier: a cost per layer per token
+# x log2(threads). Zero until measured: on the 2-core dev host, 2-thread runs varied by up to
+# 2.5x between neighbouring quant types (the runtime's threads spin at barriers, so any
+# other process on the machine stalls them), too noisy to fit; profile_fit.py fits it from
+# runs with more threads on a quiet host.
+CPU_SYNC_S = 0.0
+# ONNX Runtime's CPU kernels (MLAS) per ONNX precision, edgekit's exports (int4 = MatMulNBits
+# block 32, accuracy_level 4): benchmarks/profile_fit.py --runtime onnxruntime over the same
+# runs (the demo model and random-weight Llamas of 32M and 125M parameters, fp32 and int4;
+# 18 runs, rms 7%, worst 18%; CACHE_FOOTPRINT as fitted with llama.cpp). fp32 streams at
+# 0.85 of the read rate (EFFICIENCY) and its arithmetic never bound (the prior); int4 streams
+# at 0.65 of that and its arithmetic binds once the weights fit a cache (the demo: 6,000
+# tokens/s). fp16 is not run on CPUs by the profiles; its row copies fp32 (estimated).
+ONNX_CPU_KERNELS: dict[KernelFamily, dict[OnnxPrecision, CpuKernel]] = {
     KernelFamily.X86_AVX512: {
-        OnnxPrecision.FP32: (0.073, 0.70), OnnxPrecision.INT4: (0.21, 0.56), OnnxPrecision.FP16: (0.073, 0.70),
+        OnnxPrecision.FP32: CpuKernel(0.20, 0.70, 1.0), OnnxPrecision.INT4: CpuKernel(0.45, 0.56, 0.65),
+        OnnxPrecision.FP16: CpuKernel(0.20, 0.70, 1.0),
     },
 }
 # AVX2 (estimated): decode twice the fraction as in CPU_KERNELS (batch-1 kernels do not
 # scale with the vector width, the GEMM rate does); prompt the same fraction (GEMM-like).
 ONNX_CPU_KERNELS[KernelFamily.X86_AVX2] = {
-    k: (2 * d, p) for k, (d, p) in ONNX_CPU_KERNELS[KernelFamily.X86_AVX512].items()}
+    k: CpuKernel(2 * v.decode, v.prompt, v.stream) for k, v in ONNX_CPU_KERNELS[KernelFamily.X86_AVX512].items()}
 # Per generated token: GenAI's generator step, logits processing and the Python stream
-# (fixed), plus per layer; the tiny 1-layer model above spends 25-28 us a token in total.
-ONNX_CPU_TOKEN_S, ONNX_CPU_LAYER_S = 20e-6, 5e-6
+# (fixed), plus per layer (same fit).
+ONNX_CPU_TOKEN_S, ONNX_CPU_LAYER_S = 41e-6, 11e-6
+ONNX_CPU_SYNC_S = 0.0  # per layer per token x log2(threads): as CPU_SYNC_S, not measured
 ONNX_CPU_PROMPT_LAYER_S = 6e-6  # per layer per prompt token
 # Accelerators pay kernel launches per layer per generated token (llama.cpp batches them in
 # CUDA graphs; small models still top out well below the bandwidth roof). Estimates; a
@@ -277,12 +297,34 @@ def extra_buffer_bytes(shapes: ModelShapes, types: dict[str, str], isa: tuple[st
                if t.is_matrix and t.name != "token_embd.weight" and types[t.name] in repack)
 
 
+def _matmul_groups(shapes: ModelShapes, weights: WeightPlan, runtime: Runtime,
+                   precision: OnnxPrecision | None) -> dict[str, tuple[int, int]]:
+    """Weights a generated token multiplies by, per kernel type: type -> (parameters, bytes).
+
+    llama.cpp: every matrix but a separate embedding lookup, in its GGUF type. ONNX: the
+    export's matmuls run in its precision (int4 weight-only MatMulNBits, fp32 activations);
+    all bytes read a token go with them."""
+    if runtime is Runtime.ONNXRUNTIME:
+        read = [t for t in shapes.tensors if t.is_matrix and (t.name != "token_embd.weight" or not shapes.has_output)]
+        label = (precision or OnnxPrecision.FP32).value
+        return {label: (sum(t.numel for t in read), weights.per_token_bytes)}
+    groups: dict[str, tuple[int, int]] = {}
+    for t in shapes.tensors:
+        if t.is_matrix and (t.name != "token_embd.weight" or not shapes.has_output):
+            kind = weights.types[t.name]
+            n, b = groups.get(kind, (0, 0))
+            groups[kind] = (n + t.numel, b + tensor_bytes(t.ne, kind))
+    return groups
+
+
 def estimate(shapes: ModelShapes, weights: WeightPlan, runtime: Runtime, backend: Backend, profile: Profile, *,
              ctx: int, mode: str | None = None, kv_fill: int | None = None, prompt_len: int = 512,
-             onnx_precision: OnnxPrecision | None = None) -> Cost:
+             onnx_precision: OnnxPrecision | None = None, threads: int | None = None) -> Cost:
     """Memory and speed of one candidate. ``kv_fill`` is the context already in the cache while
     generating (default: half the context, the average over a conversation that fills it);
-    prompt speed is for a prompt of ``prompt_len`` tokens (capped at ``ctx``)."""
+    prompt speed is for a prompt of ``prompt_len`` tokens (capped at ``ctx``). ``threads`` is
+    the CPU threads decoding (default: the profile's cores); the profile's bandwidth and GEMM
+    rate must be for as many (`edgekit profile calibrate` measures with all cores)."""
     eff = efficiency(runtime, profile, mode)
     cpu = backend is Backend.CPU
     if runtime is Runtime.LLAMA_CPP:
@@ -307,24 +349,25 @@ def estimate(shapes: ModelShapes, weights: WeightPlan, runtime: Runtime, backend
     layer_s = LAYER_OVERHEAD_S.get((backend, profile.device_class), LAYER_OVERHEAD_S[(backend, None)])
     c, plen = shapes.config, min(ctx, prompt_len)
     attn = 4 * n_layers * c.num_heads * c.head_dim  # FLOP per token per cached position (CPU roofs)
-    if family is not None and runtime is Runtime.ONNXRUNTIME:  # ONNX on an x86 CPU: MLAS kernel roof
-        k_dec, k_pre = ONNX_CPU_KERNELS[family][onnx_precision or OnnxPrecision.FP32]
-        matmul = 2 * shapes.matmul_params()
-        decode_s = matmul / (flops * k_dec) + attn * fill / (flops * CPU_ATTENTION[0])
-        gen_tps = 1 / (max(1 / gen_tps, decode_s) + ONNX_CPU_TOKEN_S + n_layers * ONNX_CPU_LAYER_S)
-        prompt_tps = 1 / (matmul / (flops * k_pre) + attn * plen / 2 / (flops * CPU_ATTENTION[1])
-                          + n_layers * ONNX_CPU_PROMPT_LAYER_S)
-    elif family is None:  # a GPU, or a CPU with no kernel table (Arm): bandwidth roof plus per-layer overhead
+    if family is None:  # a GPU, or a CPU with no kernel table (Arm): bandwidth roof plus per-layer overhead
         gen_tps = 1 / (1 / gen_tps + n_layers * layer_s)
-    else:  # llama.cpp on a CPU: its kernel roof, summed over the matmuls plus attention and per-layer work
-        kernels = CPU_KERNELS[family]
-        read = [t for t in shapes.tensors if t.is_matrix and (t.name != "token_embd.weight" or not shapes.has_output)]
-        decode_s = sum(2 * t.numel / kernels.get(weights.types[t.name], (0.05, 0.5))[0] for t in read) / flops
-        decode_s += attn * fill / (flops * CPU_ATTENTION[0])
-        prompt_s = sum(2 * t.numel / kernels.get(weights.types[t.name], (0.05, 0.5))[1] for t in read) / flops
-        prompt_s += attn * plen / 2 / (flops * CPU_ATTENTION[1]) + n_layers * CPU_LAYER_S[1]
-        gen_tps = 1 / (max(1 / gen_tps, decode_s) + n_layers * CPU_LAYER_S[0])
-        prompt_tps = 1 / prompt_s
+    else:  # a CPU with a kernel table: per weight type the slower of streaming and arithmetic
+        read_rate = read_bandwidth(profile, CACHE_FOOTPRINT * per_token, mode) * eff.decode
+        kv_s = max((per_token - weights.per_token_bytes) / read_rate, attn * fill / (flops * CPU_ATTENTION[0]))
+        groups = _matmul_groups(shapes, weights, runtime, onnx_precision)
+        kernels = [(CPU_KERNELS[family].get(t, CPU_KERNEL_FALLBACK) if runtime is Runtime.LLAMA_CPP
+                    else ONNX_CPU_KERNELS[family][OnnxPrecision(t)], n, b) for t, (n, b) in groups.items()]
+        decode_s = kv_s + sum(max(b / (read_rate * k.stream), 2 * n / (flops * k.decode)) for k, n, b in kernels)
+        prompt_s = sum(2 * n / (flops * k.prompt) for k, n, _ in kernels) + attn * plen / 2 / (flops * CPU_ATTENTION[1])
+        threads_log2 = math.log2(max(1, threads or profile.compute.cpu_cores.value))
+        if runtime is Runtime.ONNXRUNTIME:
+            per_layer_s = ONNX_CPU_LAYER_S + ONNX_CPU_SYNC_S * threads_log2
+            gen_tps = 1 / (decode_s + ONNX_CPU_TOKEN_S + n_layers * per_layer_s)
+            prompt_tps = 1 / (prompt_s + n_layers * ONNX_CPU_PROMPT_LAYER_S)
+        else:
+            per_layer_s = CPU_LAYER_S[0] + CPU_SYNC_S * threads_log2
+            gen_tps = 1 / (decode_s + CPU_TOKEN_S + n_layers * per_layer_s)
+            prompt_tps = 1 / (prompt_s + n_layers * CPU_LAYER_S[1])
     peak = weights.total_bytes + kv + buffers + overhead
     if runtime is Runtime.LLAMA_CPP and cpu:
         peak += extra_buffer_bytes(shapes, weights.types, profile.compute.isa)

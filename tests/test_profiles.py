@@ -424,3 +424,63 @@ def test_recommend_uses_measured_onnx_quality_from_an_output_dir(run_cli, demo_o
     row = next(c for c in json.loads(out)["candidates"] if c["format"] == "onnx" and c["quant"] == "int4")
     assert row["quality"]["source"] == "measured" and row["artifact"] == entry["file"]
     assert row["quality"]["mean_kl"] == v["mean_kl"]
+
+
+# -- benchmarks/profile_fit.py: refitting the CPU kernel table ------------------------------
+
+def _load_profile_fit():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    path = Path(__file__).parent.parent / "benchmarks" / "profile_fit.py"
+    spec = importlib.util.spec_from_file_location("profile_fit", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_profile_fit_recovers_runs_the_cost_model_made_and_restores_the_table(tmp_path: Path, capsys) -> None:
+    # "measurements" made by the cost model itself with a known table, at 1 and 2 threads, from
+    # models in cache and out of it: a working fit reproduces them closely, whatever it starts from
+    curve = ((1.0, 80.0), (4.0, 32.0), (64.0, 30.0), (128.0, 16.0), (512.0, 16.0))
+    runs = []
+    for threads in (1, 2):
+        cal = calibrate.Calibration(read_gbs=16.0 * threads, read_1t_gbs=16.0, copy_gbs=20.0,
+                                    matmul_gflops=150.0 * threads, threads=threads, array_mib=512, seconds=1.0,
+                                    read_curve=curve)
+        profile = calibrate.calibrated_profile(detect.detect_host(), cal)
+        settings = {"ctx": 577, "prompt": 512, "gen": 64, "reps": 3, "threads": threads}
+        results = []
+        for hidden, layers, ff, vocab in ((256, 4, 512, 1024), (512, 8, 1536, 8000), (1024, 12, 2816, 32000)):
+            config = dict(TINY, hidden_size=hidden, num_hidden_layers=layers, intermediate_size=ff, vocab_size=vocab,
+                          num_attention_heads=hidden // 64, num_key_value_heads=2, head_dim=64)
+            sh = shapes.model_shapes(config)
+            for quant in ("f16", "q8_0", "q4_k_m"):
+                cost = costs.estimate(sh, shapes.gguf_weights(sh, quant), schema.Runtime.LLAMA_CPP, schema.Backend.CPU,
+                                      profile, ctx=577, kv_fill=32, prompt_len=512, threads=threads)
+                results.append({"artifact": f"m{hidden}-{quant}.gguf", "format": "gguf", "quant": quant,
+                                "config": config, "measured": {"gen_tps": cost.gen_tps}})
+        path = tmp_path / f"t{threads}.json"
+        path.write_text(json.dumps({"calibration": cal.to_dict(), "settings": settings, "results": results}))
+        runs.append(str(path))
+    (tmp_path / "t1.bench.json").write_text("[]")  # profile_check's raw file beside it: skipped
+    before = (dict(costs.CPU_KERNELS[costs.KernelFamily.X86_AVX512]), costs.CPU_LAYER_S, costs.CACHE_FOOTPRINT)
+
+    assert _load_profile_fit().main([*runs, str(tmp_path / "t1.bench.json")]) == 0
+    out = capsys.readouterr().out
+    rms = float(out.split("rms ")[1].split("%")[0])
+    assert rms < 3.0, out
+    assert "'Q4_K': CpuKernel(" in out and "barrier" in out  # pasteable rows; 2-thread runs fit the barrier
+    assert (dict(costs.CPU_KERNELS[costs.KernelFamily.X86_AVX512]), costs.CPU_LAYER_S, costs.CACHE_FOOTPRINT) == before
+
+
+def test_profile_fit_without_usable_runs_says_so(tmp_path: Path) -> None:
+    cal = calibrate.Calibration(read_gbs=16.0, read_1t_gbs=16.0, copy_gbs=20.0, matmul_gflops=150.0, threads=1,
+                                array_mib=512, seconds=1.0)
+    empty = tmp_path / "r.json"
+    empty.write_text(json.dumps({"calibration": cal.to_dict(), "settings": {}, "results": []}))
+    with pytest.raises(SystemExit, match=r"no measured llama\.cpp rows with a config"):
+        _load_profile_fit().main([str(empty)])
+    empty.write_text(json.dumps({"calibration": {"read_gbs": 1.0}, "settings": {}, "results": []}))
+    with pytest.raises(SystemExit, match="the calibration is not profile_check's"):
+        _load_profile_fit().main([str(empty)])
