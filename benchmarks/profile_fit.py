@@ -171,8 +171,9 @@ def fit(rows: list[dict[str, Any]], runtime: Runtime, family: KernelFamily) -> i
     for i, t in enumerate(types):  # the table's own spelling, to paste
         key = t if llama else costs.OnnxPrecision(t)
         prompt = saved[0].get(key, costs.CPU_KERNEL_FALLBACK).prompt  # type: ignore[call-overload]
+        spelled = repr(t) if llama else f"OnnxPrecision.{costs.OnnxPrecision(t).name}"
         print(f"  {t:7} decode {p[i]:.3f}  stream {p[n + i] / best:.2f}   "
-              f"-> {key!r}: CpuKernel({p[i]:.2f}, {prompt:.2f}, {p[n + i] / best:.2f})")
+              f"-> {spelled}: CpuKernel({p[i]:.2f}, {prompt:.2f}, {p[n + i] / best:.2f})")
     for r, e in zip(rows, res, strict=True):
         print(f"  {r['name']:48} measured {r['gen_tps']:9.1f} tok/s  fitted {100 * float(np.expm1(e)):+4.0f}%")
     return 0
