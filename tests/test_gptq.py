@@ -142,6 +142,8 @@ def _cli(*args: str) -> tuple[int, str]:
     (["--bits", "3"], "4 or 8 bits"),
     (["--group-size", "96"], "not a multiple of --group-size 96"),
     (["--samples", "100000"], "too short"),
+    (["-q", "int4", "--bits", "8"], "--quant int4 and --bits 8 disagree"),  # was silently int4
+    (["-q", "int4", "--bits", "8", "--to", "gptq,onnx"], "--quant int4 and --bits 8 disagree"),
 ])
 def test_bad_options_exit_1_and_write_nothing(tmp_path: Path, extra: list[str], needle: str) -> None:
     out = tmp_path / "out"

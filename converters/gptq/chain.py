@@ -30,11 +30,13 @@ def chain_onnx(formats: list[Format], per_format: dict[Format, str], quants: str
                ) -> tuple[list[Format], dict[Format, str], dict[Format, str]]:
     """Order the formats so GPTQ is written before ONNX reads it; name and type the ONNX build."""
     names: dict[Format, str] = {}
-    if Format.GPTQ in formats:  # -q int4/int8 and --bits say the same thing: -q wins when given
-        asked_bits = [q for q in (quants or "").lower().split(",") if q.strip() in ("int4", "int8")]
+    if Format.GPTQ in formats:  # -q int4/int8 and --bits say the same thing; a clash is an error
+        from .convert import resolve_bits
+
+        asked_bits = [q.strip() for q in (quants or "").lower().split(",") if q.strip() in ("int4", "int8")]
         gptq_opts = specific.setdefault(Format.GPTQ, {})
         if asked_bits:
-            gptq_opts["bits"] = int(asked_bits[0].strip()[3:])
+            gptq_opts["bits"] = resolve_bits(asked_bits[0], gptq_opts.get("bits", 4))
         per_format = {**per_format, Format.GPTQ: f"int{gptq_opts.get('bits', 4)}"}
     chained = Format.GPTQ in formats and Format.ONNX in formats
     if from_gptq is not None:

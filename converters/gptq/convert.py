@@ -74,7 +74,7 @@ def gain_line(extra: dict[str, Any]) -> str:
             f"ppl {g['ppl']:.3f} vs {r['ppl']:.3f} (fp32 {f['ppl']:.3f})")
 
 
-def _bits_from(quants: str | list[str] | None, bits: int) -> int:
+def resolve_bits(quants: str | list[str] | None, bits: int) -> int:
     """``-q int4`` / ``-q int8`` may name the width instead of ``--bits``."""
     names = [q.strip().lower() for q in (quants.split(",") if isinstance(quants, str) else quants or []) if q.strip()]
     if not names:
@@ -195,7 +195,7 @@ def convert_gptq(
 ) -> Conversion:
     """Quantize with GPTQ, write a classic GPTQ checkpoint directory, verify it, compare with RTN."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    bits = check_bits(_bits_from(quants, bits))
+    bits = check_bits(resolve_bits(quants, bits))
     settings = GPTQSettings(bits=bits, group_size=group_size, act_order=act_order)
     timer = timer or StepTimer()
     if threads:

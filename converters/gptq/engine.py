@@ -60,10 +60,12 @@ class GPTQSettings:
 
 
 def require_llmcompressor() -> None:
-    try:
-        import llmcompressor  # noqa: F401
-    except ImportError as e:
-        raise DependencyError("llmcompressor", "GPTQ quantization", INSTALL) from e
+    """Fail early when llmcompressor is missing. Looked up, not imported: importing it logs a
+    device warning to stderr (through loguru) before quiet_llmcompressor can route it."""
+    import importlib.util
+
+    if importlib.util.find_spec("llmcompressor") is None:
+        raise DependencyError("llmcompressor", "GPTQ quantization", INSTALL)
 
 
 _QUANTIZING = re.compile(r"Quantizing \d+ module\(s\): \[(.*)\]")
