@@ -90,7 +90,7 @@ class CpuKernel:
 
 # llama.cpp's CPU kernels per ggml type. AVX-512 values: benchmarks/profile_fit.py over the
 # profile_check runs in benchmarks/fits/dev-host-avx512/ (2 vCPU Xeon, AVX-512 VNNI, extra
-# buffers off, 1 thread, edgekit's bench loop): 10 model shapes from 2.6M to 200M parameters
+# buffers off, 1 thread, edgekit's bench loop): 8 model shapes from 2.6M to 200M parameters
 # (1 to 321 MiB read a token), f16 and 6 quant mixes; 62 runs, residuals rms 8.5%, worst 26%
 # (q2_k from DRAM). Q2_K/Q3_K/Q6_K are fitted through the mixes that carry them; Q4_0 and
 # Q5_K rest on one model each (their first run, held out, had missed by +34% and +31% with

@@ -179,10 +179,11 @@ def _measure(r: BenchResult, art: Artifact, threads: int, settings: BenchSetting
             "tegrastats": tegrastats}
     # stderr goes to a file, not a pipe: nothing reads it while stdout is consumed, so a pipe
     # would block the worker once it wrote more than the pipe buffer (64 KiB) of warnings.
-    with tempfile.TemporaryFile() as stderr_file:
-        proc = subprocess.Popen([sys.executable, "-m", "edgekit.bench.worker"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=stderr_file, text=True)
-        error: str | None = None
+    # Popen as a context manager closes the stdout pipe (a ResourceWarning otherwise)
+    error: str | None = None
+    with tempfile.TemporaryFile() as stderr_file, subprocess.Popen(
+            [sys.executable, "-m", "edgekit.bench.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=stderr_file, text=True) as proc:
         try:
             assert proc.stdin is not None and proc.stdout is not None
             proc.stdin.write(json.dumps(spec))
