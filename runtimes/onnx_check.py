@@ -3,9 +3,10 @@
 The directory comes from outside (downloaded, copied from another machine), so before
 handing it to native code we check what a truncated copy or a hostile file would get
 wrong: ``genai_config.json`` parses and names a decoder file that exists; the ONNX
-protobuf parses; every external-data reference stays inside the directory (no absolute
-paths, no ``..``) and lies within its file's size. Only the graph is parsed here, never
-the weights, so this costs milliseconds.
+protobuf parses; every external-data reference -- of graph initializers, node attributes
+and subgraphs -- stays inside the directory (no absolute paths, no ``..``) and lies within
+its file's size. The file is walked in place by a small wire-format reader (onnx_proto), never
+the weights, so this costs milliseconds and no `onnx` import.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from edgekit.errors import CorruptFileError, DependencyError, ModelNotFoundError
+from edgekit.errors import CorruptFileError, ModelNotFoundError
+
+from .onnx_proto import ProtoError, model_tensors
 
 GENAI_CONFIG = "genai_config.json"
 # CPU and GPU builds both provide the `onnxruntime` module: one or the other per environment.
@@ -76,31 +79,30 @@ def check_onnx_dir(path: Path) -> OnnxModelInfo:
     if not decoder.is_file() or decoder.stat().st_size == 0:
         raise CorruptFileError(decoder, "missing or empty", hint="the copy is incomplete; copy the whole directory")
     try:
-        import onnx
-    except ImportError as e:
-        raise DependencyError("onnx", "checking ONNX models", ONNX_INSTALL) from e
-    try:
-        model = onnx.load(str(decoder), load_external_data=False)
-    except Exception as e:  # protobuf raises DecodeError, RuntimeError or ValueError depending on build
-        raise CorruptFileError(decoder, f"not a valid ONNX model ({type(e).__name__})",
+        tensors = model_tensors(decoder)
+    except (ProtoError, OSError, ValueError) as e:  # mmap of an odd file raises OSError/ValueError
+        raise CorruptFileError(decoder, f"not a valid ONNX model ({e})",
                                hint="the file is truncated or corrupt; re-export or re-copy it") from e
     sizes: dict[Path, int] = {}
     total = 0
-    for init in model.graph.initializer:
-        if init.data_location != onnx.TensorProto.EXTERNAL:
-            total += len(init.raw_data)
+    for t in tensors:
+        if not t.is_external:
+            total += t.inline_bytes
             continue
-        ext = {e.key: e.value for e in init.external_data}
-        target = _safe_relative(path, ext.get("location", ""), decoder)
+        target = _safe_relative(path, t.external.get("location", ""), decoder)
         if target not in sizes:
             if not target.is_file():
                 raise CorruptFileError(decoder, f"needs {target.name}, which is missing",
                                        hint="copy the whole model directory (the .onnx.data file too)")
             sizes[target] = target.stat().st_size
-        offset, length = int(ext.get("offset", 0)), int(ext.get("length", 0))
+        try:
+            offset, length = int(t.external.get("offset") or 0), int(t.external.get("length") or 0)
+        except ValueError as e:
+            raise CorruptFileError(decoder, f"tensor {t.name} has a non-numeric external offset or length",
+                                   hint="re-export the model") from e
         if offset < 0 or length < 0 or offset + length > sizes[target]:
             raise CorruptFileError(
-                target, f"truncated: tensor {init.name} needs bytes {offset}..{offset + length}, "
+                target, f"truncated: tensor {t.name} needs bytes {offset}..{offset + length}, "
                         f"file has {sizes[target]}", hint="re-copy or re-export the model")
         total += length
     return OnnxModelInfo(cfg, decoder, tuple(sizes), total)

@@ -232,6 +232,62 @@ def test_external_data_outside_the_directory_is_refused(onnx_copy: Path) -> None
         edgekit.load(onnx_copy)
 
 
+def _external_tensor(location: str):  # type: ignore[no-untyped-def]
+    import onnx
+
+    t = onnx.TensorProto(name="hostile", data_type=onnx.TensorProto.FLOAT, dims=[4])
+    t.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", "16")):
+        t.external_data.add(key=key, value=value)
+    return t
+
+
+@pytest.mark.parametrize("where", ["constant", "subgraph"])
+def test_external_data_hidden_in_nodes_is_refused(onnx_copy: Path, where: str) -> None:
+    # not only graph initializers: a Constant's value and an If branch's initializers load too
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(onnx_copy / "model.onnx"), load_external_data=False)
+    if where == "constant":
+        node = helper.make_node("Constant", [], ["hidden_out"], value=_external_tensor("/etc/shadow"))
+    else:
+        branch = helper.make_graph([helper.make_node("Identity", ["hostile"], ["y"])], "b", [],
+                                   [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4])],
+                                   initializer=[_external_tensor("../../etc/shadow")])
+        node = helper.make_node("If", ["cond"], ["hidden_out"], then_branch=branch, else_branch=branch)
+    model.graph.node.append(node)
+    onnx.save(model, str(onnx_copy / "model.onnx"))
+    with pytest.raises(CorruptFileError, match="outside its directory"):
+        edgekit.load(onnx_copy)
+
+
+def test_wire_reader_lists_the_same_tensors_as_onnx(demo_onnx: Path) -> None:
+    import onnx
+
+    from edgekit.runtimes.onnx_proto import model_tensors
+
+    for entry in _entries(demo_onnx).values():
+        path = demo_onnx / entry["file"] / "model.onnx"
+        ours = {t.name: t for t in model_tensors(path)}
+        model = onnx.load(str(path), load_external_data=False)
+        assert model.graph.initializer
+        for init in model.graph.initializer:
+            t = ours[init.name]
+            assert t.external == {e.key: e.value for e in init.external_data}
+            assert t.is_external == (init.data_location == onnx.TensorProto.EXTERNAL)
+            assert t.inline_bytes == len(init.raw_data)
+        constants = {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
+        assert constants and constants <= set(ours)  # node attributes are walked too
+
+
+def test_truncated_model_file_is_refused(onnx_copy: Path) -> None:
+    model = onnx_copy / "model.onnx"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size * 2 // 3])
+    with pytest.raises(CorruptFileError, match="not a valid ONNX model"):
+        edgekit.load(onnx_copy)
+
+
 def test_garbage_model_and_config_are_clear_errors(onnx_copy: Path) -> None:
     (onnx_copy / "model.onnx").write_bytes(b"\x08\x07garbage" * 100)
     with pytest.raises(CorruptFileError, match="not a valid ONNX model"):
