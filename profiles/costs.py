@@ -173,7 +173,7 @@ RUNTIME_OVERHEAD_GIB: dict[tuple[Runtime, Backend], tuple[float, str]] = {
     (Runtime.LLAMA_CPP, Backend.CPU): (0.057, "measured: edgekit.load process minus the model, dev host (58 MiB)"),
     (Runtime.LLAMA_CPP, Backend.CUDA): (0.40, "estimated: CUDA context + cuBLAS workspace"),
     (Runtime.LLAMA_CPP, Backend.METAL): (0.10, "estimated"),
-    (Runtime.ONNXRUNTIME, Backend.CPU): (0.10, "measured: edgekit.load process, 0.1M-param model, dev host (101 MiB)"),
+    (Runtime.ONNXRUNTIME, Backend.CPU): (0.070, "measured: bench worker process, 0.1M-param model, dev host (79 MiB peak)"),
     (Runtime.ONNXRUNTIME, Backend.CUDA): (0.50, "estimated: CUDA context + cuDNN/cuBLAS"),
     (Runtime.ONNXRUNTIME, Backend.METAL): (0.10, "estimated"),
 }

@@ -116,7 +116,9 @@ class OnnxSession(Session):
         self.info = check_onnx_dir(self.path)  # untrusted input: validate before native code parses it
         self.device = _parse(Device, "device", device)
         level = _parse(GraphOptimization, "graph optimization level", graph_optimization or GraphOptimization.ALL)
-        available = available_devices()
+        # every ONNX Runtime build has the CPU EP; importing `onnxruntime` to list the others
+        # loads its Python bindings (about 10 MiB) next to GenAI's, so only GPU devices pay it
+        available = [Device.CPU] if self.device is Device.CPU else available_devices()
         if self.device not in available:
             clash = ort_distributions()
             fix = (f"{' and '.join(clash)} are both installed and overwrite each other's module: uninstall "
