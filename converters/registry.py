@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from edgekit._compat import StrEnum
 from edgekit.errors import UnknownChoiceError
 
 

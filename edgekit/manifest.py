@@ -30,7 +30,7 @@ class ArtifactEntry:
     sha256: str
     verification: dict[str, Any] | None  # VerificationReport.to_dict(); None with --no-verify
     seconds: float = 0.0
-    created: str = field(default_factory=lambda: datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
+    created: str = field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     extra: dict[str, Any] = field(default_factory=dict)
 
 

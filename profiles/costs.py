@@ -14,7 +14,8 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from enum import StrEnum
+
+from edgekit._compat import StrEnum
 
 from .schema import Backend, DeviceClass, OnnxPrecision, Profile, Runtime, SourceKind
 from .shapes import ModelShapes, WeightPlan, kv_cache_bytes, tensor_bytes

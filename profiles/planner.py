@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from edgekit._compat import StrEnum
 from edgekit.errors import CorruptFileError
 from edgekit.manifest import MANIFEST_NAME, Manifest, load_manifest
 

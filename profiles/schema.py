@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
+from edgekit._compat import StrEnum
 from edgekit.errors import InputError, UnknownChoiceError
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-import tomllib
 from pathlib import Path
 from typing import Any
 
+from edgekit._compat import tomllib
 from edgekit.errors import InputError
 
 from .schema import Figure, Origin, Profile, ProfileFormatError, parse_profile

@@ -13,12 +13,12 @@ import json
 import logging
 import os
 from collections.abc import Callable, Generator, Sequence
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgekit._compat import StrEnum
 from edgekit.converters.source import read_json
 from edgekit.errors import DependencyError, RuntimeLoadError, UnknownChoiceError
 

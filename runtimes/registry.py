@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import importlib
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from edgekit._compat import StrEnum
 from edgekit.errors import InputError, ModelNotFoundError
 
 from .base import Session

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import json
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgekit import cli
+from edgekit._compat import tomllib
 from edgekit.errors import EdgekitError, ModelNotFoundError
 from edgekit.manifest import ArtifactEntry, Manifest
 from edgekit.profiles import calibrate, costs, detect, planner, schema, shapes, store

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from enum import StrEnum
 
+from edgekit._compat import StrEnum
 from edgekit.errors import UnknownChoiceError
 
 

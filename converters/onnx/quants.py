@@ -8,8 +8,8 @@ runs on ONNX Runtime's CPU EP, which is where edgekit verifies it when no GPU is
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 
+from edgekit._compat import StrEnum
 from edgekit.errors import UnknownChoiceError
 
 from ..gguf.quants import Precision

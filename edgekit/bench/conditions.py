@@ -43,7 +43,7 @@ _POWER_FILES = {
 
 
 def now_utc() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def library_versions() -> dict[str, str]:

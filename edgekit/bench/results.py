@@ -16,11 +16,11 @@ import math
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from edgekit import __version__
+from edgekit._compat import StrEnum
 from edgekit.errors import CorruptFileError, InputError
 from edgekit.fsutil import write_json_atomic
 

@@ -190,13 +190,15 @@ class GenerationResponse(Response):
     async def _say_cut(self, send: Send) -> None:
         """Tell a client still listening that its request was cut (server shutting down), briefly."""
         body = error_body("the server is shutting down; the request was cut", ErrorType.SERVER, code="shutting_down")
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(1.0):
-                if self.status:
-                    await send({"type": "http.response.body", "body": sse(body), "more_body": False})
-                else:
-                    self.status = 503
-                    await _send_json(send, 503, body)
+        async def say() -> None:
+            if self.status:
+                await send({"type": "http.response.body", "body": sse(body), "more_body": False})
+            else:
+                self.status = 503
+                await _send_json(send, 503, body)
+
+        with contextlib.suppress(Exception):  # a timeout included
+            await asyncio.wait_for(say(), 1.0)
 
     async def _events(self, job: Job) -> AsyncIterator[list[Started | str | Finished]]:
         while not job.done:

@@ -132,9 +132,10 @@ class SessionPool:
                                type_=ErrorType.RATE_LIMIT, headers={"Retry-After": "1"})
         self._waiting += 1
         try:
-            async with asyncio.timeout(self.queue_timeout_s):
-                await self._slots.acquire()
-        except TimeoutError:
+            # wait_for, not asyncio.timeout (3.11+): edgekit runs on JetPack 6's Python 3.10, where
+            # asyncio.TimeoutError is not yet the builtin TimeoutError
+            await asyncio.wait_for(self._slots.acquire(), self.queue_timeout_s)
+        except asyncio.TimeoutError:
             self.counters.rejected_queue_timeout += 1
             raise RequestError(503, f"no generation slot became free within {self.queue_timeout_s:g} s; retry later",
                                code="queue_timeout", type_=ErrorType.SERVER, headers={"Retry-After": "1"}) from None

@@ -12,9 +12,9 @@ import math
 import time
 import uuid
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
+from edgekit._compat import StrEnum
 from edgekit.errors import InputError
 
 
