@@ -4,6 +4,7 @@
     python benchmarks/profile_check.py OUT_DIR --threads 1 -o runs/demo.json
     python benchmarks/profile_fit.py runs/*.json                 # prints the fitted table and residuals
     python benchmarks/profile_fit.py runs/*.json --runtime onnxruntime
+    python benchmarks/profile_fit.py runs/*.json --metric prompt     # the prompt (batched) figures
 
 Every run stores the host's calibration (bandwidth, read curve, GEMM rate) and each model's
 config, so a run is re-predicted exactly as profile_check predicted it, with the table's
@@ -73,7 +74,7 @@ def load_runs(paths: list[Path]) -> list[dict[str, Any]]:
                 onnx_weights(shapes, precision, Backend.CPU)
             rows.append({"name": f"{path.stem}/{r['artifact']}", "profile": profile, "shapes": shapes,
                          "weights": weights, "runtime": runtime, "precision": precision, "settings": s,
-                         "gen_tps": r["measured"]["gen_tps"]})
+                         "gen_tps": r["measured"]["gen_tps"], "prompt_tps": r["measured"]["prompt_tps"]})
     return rows
 
 
@@ -99,12 +100,77 @@ def scratch_tables() -> Iterator[None]:
         costs.EFFICIENCY.update(eff)
 
 
+def predict(rows: list[dict[str, Any]], runtime: Runtime) -> list[Any]:
+    """The cost model's estimate for every run, with the module tables as they are now."""
+    from edgekit.profiles import costs
+    from edgekit.profiles.schema import Backend
+
+    out = []
+    for r in rows:
+        s = r["settings"]
+        out.append(costs.estimate(r["shapes"], r["weights"], runtime, Backend.CPU, r["profile"], ctx=s["ctx"],
+                                  kv_fill=max(1, s["gen"] // 2), prompt_len=s["prompt"],
+                                  onnx_precision=r["precision"], threads=s["threads"]))
+    return out
+
+
+def _report(rows: list[dict[str, Any]], metric: str, res: np.ndarray) -> None:
+    for r, e in zip(rows, res, strict=True):
+        print(f"  {r['name']:48} measured {r[metric]:9.1f} tok/s  fitted {100 * float(np.expm1(e)):+4.0f}%")
+
+
+def fit_prompt(rows: list[dict[str, Any]], runtime: Runtime, family: KernelFamily) -> int:
+    """Fit the prompt (batched) figures: per type the kernel's fraction of the GEMM rate, the
+    attention fraction (llama.cpp only; ONNX Runtime shares it) and the cost per layer."""
+    from scipy.optimize import least_squares
+
+    from edgekit.profiles import costs
+
+    llama = runtime is Runtime.LLAMA_CPP
+    table = costs.CPU_KERNELS if llama else costs.ONNX_CPU_KERNELS
+    types = sorted({k for r in rows for k in costs._matmul_groups(r["shapes"], r["weights"], runtime, r["precision"])})
+    keys = [t if llama else costs.OnnxPrecision(t) for t in types]
+    saved = dict(table[family])
+    n = len(types)
+
+    def apply(p: np.ndarray) -> None:
+        for i, key in enumerate(keys):
+            table[family][key] = replace(saved.get(key, costs.CPU_KERNEL_FALLBACK),  # type: ignore[call-overload]
+                                         prompt=float(p[i]))
+        if llama:
+            costs.CPU_ATTENTION = (costs.CPU_ATTENTION[0], float(p[n]))
+            costs.CPU_LAYER_S = (costs.CPU_LAYER_S[0], float(p[-1]))
+        else:
+            costs.ONNX_CPU_PROMPT_LAYER_S = float(p[-1])
+
+    def residuals(p: np.ndarray) -> np.ndarray:
+        apply(p)
+        got = [np.log(c.prompt_tps / r["prompt_tps"]) for c, r in zip(predict(rows, runtime), rows, strict=True)]
+        return np.concatenate([got, PRIOR_WEIGHT * np.log(p / p0)])
+
+    attn = ([0.5], [0.02], [3.0]) if llama else ([], [], [])
+    p0 = np.array([0.7] * n + attn[0] + [10e-6])
+    sol = least_squares(residuals, p0, bounds=([0.05] * n + attn[1] + [1e-7], [5.0] * n + attn[2] + [2e-4]),
+                        diff_step=1e-3)
+    p, res = sol.x, residuals(sol.x)[:len(rows)]
+    print(f"{runtime.value} prompt on {family.value}: {len(rows)} runs, rms {100 * float(np.sqrt(np.mean(res ** 2))):.1f}%, "
+          f"worst {100 * float(np.max(np.abs(np.expm1(res)))):.0f}%")
+    attention = f"attention {p[n]:.3f}; " if llama else ""
+    print(f"{attention}per layer per prompt token {1e6 * p[-1]:.1f} us")
+    for i, (t, key) in enumerate(zip(types, keys, strict=True)):
+        k = saved.get(key, costs.CPU_KERNEL_FALLBACK)  # type: ignore[call-overload]
+        spelled = repr(t) if llama else f"OnnxPrecision.{key.name}"  # type: ignore[union-attr]
+        print(f"  {t:7} prompt {p[i]:.3f}   -> {spelled}: CpuKernel({k.decode:.2f}, {p[i]:.2f}, {k.stream:.2f})")
+    _report(rows, "prompt_tps", res)
+    return 0
+
+
 def fit(rows: list[dict[str, Any]], runtime: Runtime, family: KernelFamily) -> int:
     """Fit ``rows`` (one runtime, one kernel family), print the figures and the residuals."""
     from scipy.optimize import least_squares
 
     from edgekit.profiles import costs
-    from edgekit.profiles.schema import Backend, DeviceClass
+    from edgekit.profiles.schema import DeviceClass
 
     llama = runtime is Runtime.LLAMA_CPP
     sync = any(r["settings"]["threads"] > 1 for r in rows)
@@ -136,14 +202,8 @@ def fit(rows: list[dict[str, Any]], runtime: Runtime, family: KernelFamily) -> i
 
     def residuals(p: np.ndarray, footprint: float) -> np.ndarray:
         apply(p, footprint)
-        out = []
-        for r in rows:
-            s = r["settings"]
-            c = costs.estimate(r["shapes"], r["weights"], runtime, Backend.CPU, r["profile"], ctx=s["ctx"],
-                               kv_fill=max(1, s["gen"] // 2), prompt_len=s["prompt"], onnx_precision=r["precision"],
-                               threads=s["threads"])
-            out.append(np.log(c.gen_tps / r["gen_tps"]))
-        return np.concatenate([out, PRIOR_WEIGHT * np.log(p / p0)])
+        got = [np.log(c.gen_tps / r["gen_tps"]) for c, r in zip(predict(rows, runtime), rows, strict=True)]
+        return np.concatenate([got, PRIOR_WEIGHT * np.log(p / p0)])
 
     n = len(types)
     attn = ([0.2], [0.01], [2.0]) if llama else ([], [], [])
@@ -174,8 +234,7 @@ def fit(rows: list[dict[str, Any]], runtime: Runtime, family: KernelFamily) -> i
         spelled = repr(t) if llama else f"OnnxPrecision.{costs.OnnxPrecision(t).name}"
         print(f"  {t:7} decode {p[i]:.3f}  stream {p[n + i] / best:.2f}   "
               f"-> {spelled}: CpuKernel({p[i]:.2f}, {prompt:.2f}, {p[n + i] / best:.2f})")
-    for r, e in zip(rows, res, strict=True):
-        print(f"  {r['name']:48} measured {r['gen_tps']:9.1f} tok/s  fitted {100 * float(np.expm1(e)):+4.0f}%")
+    _report(rows, "gen_tps", res)
     return 0
 
 
@@ -183,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", type=Path, help="profile_check results (JSON)")
     ap.add_argument("--runtime", choices=["llama.cpp", "onnxruntime"], default="llama.cpp")
+    ap.add_argument("--metric", choices=["gen", "prompt"], default="gen",
+                    help="fit generation (decode) figures, or the prompt (batched) ones")
     args = ap.parse_args(argv)
 
     from edgekit.profiles import costs
@@ -195,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     if family is None:
         raise SystemExit("this host has no CPU kernel table family (x86 AVX2/AVX-512 only)")
     with scratch_tables():
-        return fit(rows, runtime, family)
+        return (fit_prompt if args.metric == "prompt" else fit)(rows, runtime, family)
 
 
 if __name__ == "__main__":

@@ -97,15 +97,16 @@ class CpuKernel:
 # Q5_K rest on one model each (their first run, held out, had missed by +34% and +31% with
 # guessed figures). The f16 arithmetic figure never bound and stays at the fit's prior. Q4_1,
 # Q5_0, Q5_1, BF16, F32 and IQ4_NL copy their closest fitted neighbour (estimates). Prompt
-# fractions come from the earlier fit over the same shapes (pp512); k-quant prompts beat fp32
-# GEMM thanks to int8 dot products.
+# fractions: `profile_fit.py --metric prompt` over the same runs (pp512 from an empty context;
+# rms 4.6%, worst 14%, where the previous figures gave rms 18%, worst 43%); k-quant prompts
+# beat fp32 GEMM thanks to int8 dot products.
 CPU_KERNELS: dict[KernelFamily, dict[str, CpuKernel]] = {
     KernelFamily.X86_AVX512: {
-        "F32": CpuKernel(0.15, 0.60, 1.00), "F16": CpuKernel(0.20, 0.69, 1.00), "BF16": CpuKernel(0.20, 0.69, 1.00),
-        "Q8_0": CpuKernel(0.20, 0.62, 0.69), "Q6_K": CpuKernel(0.25, 1.13, 0.65), "Q5_K": CpuKernel(0.20, 1.13, 0.36),
-        "Q5_0": CpuKernel(0.20, 0.50, 0.36), "Q5_1": CpuKernel(0.20, 0.50, 0.36), "Q4_K": CpuKernel(0.23, 1.36, 0.42),
-        "Q4_0": CpuKernel(0.10, 0.50, 0.69), "Q4_1": CpuKernel(0.10, 0.50, 0.69), "IQ4_NL": CpuKernel(0.10, 0.50, 0.69),
-        "Q3_K": CpuKernel(0.22, 0.57, 0.69), "Q2_K": CpuKernel(0.25, 0.90, 0.69),
+        "F32": CpuKernel(0.15, 0.60, 1.00), "F16": CpuKernel(0.20, 0.78, 1.00), "BF16": CpuKernel(0.20, 0.78, 1.00),
+        "Q8_0": CpuKernel(0.20, 0.73, 0.69), "Q6_K": CpuKernel(0.25, 1.73, 0.65), "Q5_K": CpuKernel(0.20, 1.95, 0.36),
+        "Q5_0": CpuKernel(0.20, 0.68, 0.36), "Q5_1": CpuKernel(0.20, 0.68, 0.36), "Q4_K": CpuKernel(0.23, 1.46, 0.42),
+        "Q4_0": CpuKernel(0.10, 0.68, 0.69), "Q4_1": CpuKernel(0.10, 0.68, 0.69), "IQ4_NL": CpuKernel(0.10, 0.68, 0.69),
+        "Q3_K": CpuKernel(0.22, 2.13, 0.69), "Q2_K": CpuKernel(0.25, 1.04, 0.69),
     },
 }
 # AVX2 (estimates): twice the fractions of the AVX-512 GEMM rate (half the fp32 width,
@@ -119,11 +120,11 @@ CPU_KERNEL_FALLBACK = CpuKernel(0.10, 0.50, 0.50)
 # for CACHE_FOOTPRINT x B (same fit; 1.5, 2.5 and 3 fit worse: rms 13%, 9%, 10%).
 CACHE_FOOTPRINT = 2.0
 # Same fit: attention over the f16 KV cache (flash attention off) as a fraction of the GEMM
-# rate (prompt: the earlier fit), and fixed costs per layer (norms, rope, softmax, graph and
+# rate (prompt: the prompt fit), and fixed costs per layer (norms, rope, softmax, graph and
 # thread sync) and per token (sampling, detokenizing and edgekit's stream loop in Python),
 # which dominate models of a few million parameters.
-CPU_ATTENTION = (0.40, 0.60)  # (decode, prompt)
-CPU_LAYER_S = (20e-6, 10e-6)  # seconds per layer per token (decode, prompt)
+CPU_ATTENTION = (0.40, 0.14)  # (decode, prompt)
+CPU_LAYER_S = (20e-6, 8e-6)  # seconds per layer per token (decode, prompt)
 CPU_TOKEN_S = 50e-6  # seconds per generated token
 # With more than one thread every graph node ends at a barrier: a cost per layer per token
 # x log2(threads). Zero until measured: on the 2-core dev host, 2-thread runs varied by up to
@@ -137,11 +138,12 @@ CPU_SYNC_S = 0.0
 # 18 runs, rms 7%, worst 18%; CACHE_FOOTPRINT as fitted with llama.cpp). fp32 streams at
 # 0.85 of the read rate (EFFICIENCY) and its arithmetic never bound (the prior); int4 streams
 # at 0.65 of that and its arithmetic binds once the weights fit a cache (the demo: 6,000
-# tokens/s). fp16 is not run on CPUs by the profiles; its row copies fp32 (estimated).
+# tokens/s). Prompt figures: `--metric prompt` (attention shared with llama.cpp's fit).
+# fp16 is not run on CPUs by the profiles; its row copies fp32 (estimated).
 ONNX_CPU_KERNELS: dict[KernelFamily, dict[OnnxPrecision, CpuKernel]] = {
     KernelFamily.X86_AVX512: {
-        OnnxPrecision.FP32: CpuKernel(0.20, 0.70, 1.0), OnnxPrecision.INT4: CpuKernel(0.45, 0.56, 0.65),
-        OnnxPrecision.FP16: CpuKernel(0.20, 0.70, 1.0),
+        OnnxPrecision.FP32: CpuKernel(0.20, 1.03, 1.0), OnnxPrecision.INT4: CpuKernel(0.45, 0.71, 0.65),
+        OnnxPrecision.FP16: CpuKernel(0.20, 1.03, 1.0),
     },
 }
 # AVX2 (estimated): decode twice the fraction as in CPU_KERNELS (batch-1 kernels do not
@@ -152,7 +154,7 @@ ONNX_CPU_KERNELS[KernelFamily.X86_AVX2] = {
 # (fixed), plus per layer (same fit).
 ONNX_CPU_TOKEN_S, ONNX_CPU_LAYER_S = 41e-6, 11e-6
 ONNX_CPU_SYNC_S = 0.0  # per layer per token x log2(threads): as CPU_SYNC_S, not measured
-ONNX_CPU_PROMPT_LAYER_S = 6e-6  # per layer per prompt token
+ONNX_CPU_PROMPT_LAYER_S = 1.7e-6  # per layer per prompt token (prompt fit: rms 5%, worst 11%)
 # Accelerators pay kernel launches per layer per generated token (llama.cpp batches them in
 # CUDA graphs; small models still top out well below the bandwidth roof). Estimates; a
 # Jetson's slower CPU issues them more slowly. Used where the CPU kernel table is not.

@@ -459,7 +459,8 @@ def test_profile_fit_recovers_runs_the_cost_model_made_and_restores_the_table(tm
                 cost = costs.estimate(sh, shapes.gguf_weights(sh, quant), schema.Runtime.LLAMA_CPP, schema.Backend.CPU,
                                       profile, ctx=577, kv_fill=32, prompt_len=512, threads=threads)
                 results.append({"artifact": f"m{hidden}-{quant}.gguf", "format": "gguf", "quant": quant,
-                                "config": config, "measured": {"gen_tps": cost.gen_tps}})
+                                "config": config, "measured": {"gen_tps": cost.gen_tps,
+                                                               "prompt_tps": cost.prompt_tps}})
         path = tmp_path / f"t{threads}.json"
         path.write_text(json.dumps({"calibration": cal.to_dict(), "settings": settings, "results": results}))
         runs.append(str(path))
@@ -471,6 +472,10 @@ def test_profile_fit_recovers_runs_the_cost_model_made_and_restores_the_table(tm
     rms = float(out.split("rms ")[1].split("%")[0])
     assert rms < 3.0, out
     assert "'Q4_K': CpuKernel(" in out and "barrier" in out  # pasteable rows; 2-thread runs fit the barrier
+    assert (dict(costs.CPU_KERNELS[costs.KernelFamily.X86_AVX512]), costs.CPU_LAYER_S, costs.CACHE_FOOTPRINT) == before
+    assert _load_profile_fit().main([*runs, "--metric", "prompt"]) == 0
+    out = capsys.readouterr().out
+    assert float(out.split("rms ")[1].split("%")[0]) < 3.0, out
     assert (dict(costs.CPU_KERNELS[costs.KernelFamily.X86_AVX512]), costs.CPU_LAYER_S, costs.CACHE_FOOTPRINT) == before
 
 
