@@ -38,8 +38,7 @@ FOOTPRINTS = (1.5, 2.0, 2.5, 3.0)
 # percent of error buys it back, and unidentified figures stay plausible instead of drifting
 # to a bound.
 PRIOR_WEIGHT = 0.05
-_SCALARS = ("CPU_ATTENTION", "CPU_LAYER_S", "CPU_TOKEN_S", "CPU_SYNC_S", "ONNX_CPU_LAYER_S", "ONNX_CPU_TOKEN_S",
-            "ONNX_CPU_SYNC_S", "CACHE_FOOTPRINT")
+
 
 
 def load_runs(paths: list[Path]) -> list[dict[str, Any]]:
@@ -80,28 +79,27 @@ def load_runs(paths: list[Path]) -> list[dict[str, Any]]:
 
 @contextmanager
 def scratch_tables() -> Iterator[None]:
-    """The fit rewrites the cost model's module tables; put every one back afterwards."""
+    """The fit rewrites the cost model's tables in place; put every one back afterwards."""
     from edgekit.profiles import costs
 
-    scalars = {name: getattr(costs, name) for name in _SCALARS}
-    kernels = {f: dict(t) for f, t in costs.CPU_KERNELS.items()}
-    onnx = {f: dict(t) for f, t in costs.ONNX_CPU_KERNELS.items()}
-    eff = dict(costs.EFFICIENCY)
+    kernels = {rt: {f: dict(t) for f, t in fams.items()} for rt, fams in costs.CPU_KERNEL_TABLES.items()}
+    overheads, eff = dict(costs.CPU_OVERHEADS), dict(costs.EFFICIENCY)
+    attention, footprint = costs.CPU_ATTENTION, costs.CACHE_FOOTPRINT
     try:
         yield
     finally:
-        for name, value in scalars.items():
-            setattr(costs, name, value)
-        for f, t in kernels.items():
-            costs.CPU_KERNELS[f] = t
-        for f, o in onnx.items():
-            costs.ONNX_CPU_KERNELS[f] = o
+        for rt, fams in kernels.items():
+            for f, t in fams.items():
+                costs.CPU_KERNEL_TABLES[rt][f].clear()
+                costs.CPU_KERNEL_TABLES[rt][f].update(t)
+        costs.CPU_OVERHEADS.update(overheads)
         costs.EFFICIENCY.clear()
         costs.EFFICIENCY.update(eff)
+        costs.CPU_ATTENTION, costs.CACHE_FOOTPRINT = attention, footprint
 
 
 def predict(rows: list[dict[str, Any]], runtime: Runtime) -> list[Any]:
-    """The cost model's estimate for every run, with the module tables as they are now."""
+    """The cost model's estimate for every run, with the tables as they are now."""
     from edgekit.profiles import costs
     from edgekit.profiles.schema import Backend
 
@@ -114,9 +112,28 @@ def predict(rows: list[dict[str, Any]], runtime: Runtime) -> list[Any]:
     return out
 
 
-def _report(rows: list[dict[str, Any]], metric: str, res: np.ndarray) -> None:
+def _types(rows: list[dict[str, Any]], runtime: Runtime) -> list[str]:
+    from edgekit.profiles import costs
+
+    return sorted({k for r in rows for k in costs._matmul_groups(r["shapes"], r["weights"], runtime, r["precision"])})
+
+
+def _report(title: str, rows: list[dict[str, Any]], metric: str, res: np.ndarray, lines: list[str]) -> None:
+    """The fit's summary, its figures (``lines``) and every run's residual."""
+    print(f"{title}: {len(rows)} runs, rms {100 * float(np.sqrt(np.mean(res ** 2))):.1f}%, "
+          f"worst {100 * float(np.max(np.abs(np.expm1(res)))):.0f}%")
+    for line in lines:
+        print(line)
     for r, e in zip(rows, res, strict=True):
         print(f"  {r['name']:48} measured {r[metric]:9.1f} tok/s  fitted {100 * float(np.expm1(e)):+4.0f}%")
+
+
+def _row(t: str, runtime: Runtime, k: Any) -> str:
+    """One kernel table row in the table's own spelling, to paste."""
+    from edgekit.profiles.schema import OnnxPrecision
+
+    key = repr(t) if runtime is Runtime.LLAMA_CPP else f"OnnxPrecision.{OnnxPrecision(t).name}"
+    return f"{key}: CpuKernel({k.decode:.2f}, {k.prompt:.2f}, {k.stream:.2f})"
 
 
 def fit_prompt(rows: list[dict[str, Any]], runtime: Runtime, family: KernelFamily) -> int:
@@ -127,21 +144,16 @@ def fit_prompt(rows: list[dict[str, Any]], runtime: Runtime, family: KernelFamil
     from edgekit.profiles import costs
 
     llama = runtime is Runtime.LLAMA_CPP
-    table = costs.CPU_KERNELS if llama else costs.ONNX_CPU_KERNELS
-    types = sorted({k for r in rows for k in costs._matmul_groups(r["shapes"], r["weights"], runtime, r["precision"])})
-    keys = [t if llama else costs.OnnxPrecision(t) for t in types]
-    saved = dict(table[family])
+    table = costs.CPU_KERNEL_TABLES[runtime][family]
+    types, saved, fixed = _types(rows, runtime), dict(table), costs.CPU_OVERHEADS[runtime]
     n = len(types)
 
     def apply(p: np.ndarray) -> None:
-        for i, key in enumerate(keys):
-            table[family][key] = replace(saved.get(key, costs.CPU_KERNEL_FALLBACK),  # type: ignore[call-overload]
-                                         prompt=float(p[i]))
+        for i, t in enumerate(types):
+            table[t] = replace(saved.get(t, costs.CPU_KERNEL_FALLBACK), prompt=float(p[i]))
         if llama:
             costs.CPU_ATTENTION = (costs.CPU_ATTENTION[0], float(p[n]))
-            costs.CPU_LAYER_S = (costs.CPU_LAYER_S[0], float(p[-1]))
-        else:
-            costs.ONNX_CPU_PROMPT_LAYER_S = float(p[-1])
+        costs.CPU_OVERHEADS[runtime] = replace(fixed, prompt_layer_s=float(p[-1]))
 
     def residuals(p: np.ndarray) -> np.ndarray:
         apply(p)
@@ -153,20 +165,17 @@ def fit_prompt(rows: list[dict[str, Any]], runtime: Runtime, family: KernelFamil
     sol = least_squares(residuals, p0, bounds=([0.05] * n + attn[1] + [1e-7], [5.0] * n + attn[2] + [2e-4]),
                         diff_step=1e-3)
     p, res = sol.x, residuals(sol.x)[:len(rows)]
-    print(f"{runtime.value} prompt on {family.value}: {len(rows)} runs, rms {100 * float(np.sqrt(np.mean(res ** 2))):.1f}%, "
-          f"worst {100 * float(np.max(np.abs(np.expm1(res)))):.0f}%")
     attention = f"attention {p[n]:.3f}; " if llama else ""
-    print(f"{attention}per layer per prompt token {1e6 * p[-1]:.1f} us")
-    for i, (t, key) in enumerate(zip(types, keys, strict=True)):
-        k = saved.get(key, costs.CPU_KERNEL_FALLBACK)  # type: ignore[call-overload]
-        spelled = repr(t) if llama else f"OnnxPrecision.{key.name}"  # type: ignore[union-attr]
-        print(f"  {t:7} prompt {p[i]:.3f}   -> {spelled}: CpuKernel({k.decode:.2f}, {p[i]:.2f}, {k.stream:.2f})")
-    _report(rows, "prompt_tps", res)
+    _report(f"{runtime.value} prompt on {family.value}", rows, "prompt_tps", res,
+            [f"{attention}per layer per prompt token {1e6 * p[-1]:.1f} us"]
+            + [f"  {t:7} prompt {p[i]:.3f}   -> {_row(t, runtime, table[t])}" for i, t in enumerate(types)])
     return 0
 
 
 def fit(rows: list[dict[str, Any]], runtime: Runtime, family: KernelFamily) -> int:
-    """Fit ``rows`` (one runtime, one kernel family), print the figures and the residuals."""
+    """Fit the generation figures of ``rows`` (one runtime, one kernel family): per type the
+    kernel's arithmetic fraction and streaming share, the attention fraction (llama.cpp only),
+    the costs per layer and per token, and the barrier cost when runs used several threads."""
     from scipy.optimize import least_squares
 
     from edgekit.profiles import costs
@@ -174,30 +183,25 @@ def fit(rows: list[dict[str, Any]], runtime: Runtime, family: KernelFamily) -> i
 
     llama = runtime is Runtime.LLAMA_CPP
     sync = any(r["settings"]["threads"] > 1 for r in rows)
-    table = costs.CPU_KERNELS if llama else costs.ONNX_CPU_KERNELS
-    types = sorted({k for r in rows for k in costs._matmul_groups(r["shapes"], r["weights"], runtime, r["precision"])})
+    table = costs.CPU_KERNEL_TABLES[runtime][family]
+    types = _types(rows, runtime)
     eff_key = (runtime, DeviceClass.X86_CPU, costs.Basis.MEASURED)
-    saved = (dict(table[family]), costs.EFFICIENCY[eff_key], costs.CPU_ATTENTION, costs.CPU_LAYER_S)
+    saved, saved_eff, fixed = dict(table), costs.EFFICIENCY[eff_key], costs.CPU_OVERHEADS[runtime]
+    n = len(types)
+    n_attn = 1 if llama else 0
 
     def apply(p: np.ndarray, footprint: float) -> None:
-        n = len(types)
         # stream is fitted as an absolute fraction of the read rate; the best type's becomes the
         # runtime's efficiency and the others are shares of it (CpuKernel.stream)
         best = float(max(p[n:2 * n]))
         for i, t in enumerate(types):
-            key = t if llama else costs.OnnxPrecision(t)
-            table[family][key] = replace(saved[0][key] if key in saved[0] else costs.CPU_KERNEL_FALLBACK,
-                                         decode=float(p[i]), stream=float(p[n + i]) / best)
-        costs.EFFICIENCY[eff_key] = replace(saved[1], decode=best)
+            table[t] = replace(saved.get(t, costs.CPU_KERNEL_FALLBACK), decode=float(p[i]), stream=float(p[n + i]) / best)
+        costs.EFFICIENCY[eff_key] = replace(saved_eff, decode=best)
         if llama:  # ONNX Runtime shares llama.cpp's attention figure: fitted with llama.cpp only
-            costs.CPU_ATTENTION = (float(p[2 * n]), saved[2][1])
-            costs.CPU_LAYER_S, costs.CPU_TOKEN_S = (float(p[2 * n + 1]), saved[3][1]), float(p[2 * n + 2])
-        else:
-            costs.ONNX_CPU_LAYER_S, costs.ONNX_CPU_TOKEN_S = float(p[2 * n]), float(p[2 * n + 1])
-        if sync and llama:
-            costs.CPU_SYNC_S = float(p[-1])
-        elif sync:
-            costs.ONNX_CPU_SYNC_S = float(p[-1])
+            costs.CPU_ATTENTION = (float(p[2 * n]), costs.CPU_ATTENTION[1])
+        layer_s, token_s = (float(x) for x in p[2 * n + n_attn:2 * n + n_attn + 2])
+        costs.CPU_OVERHEADS[runtime] = replace(fixed, layer_s=layer_s, token_s=token_s,
+                                               sync_s=float(p[-1]) if sync else fixed.sync_s)
         costs.CACHE_FOOTPRINT = footprint
 
     def residuals(p: np.ndarray, footprint: float) -> np.ndarray:
@@ -205,9 +209,7 @@ def fit(rows: list[dict[str, Any]], runtime: Runtime, family: KernelFamily) -> i
         got = [np.log(c.gen_tps / r["gen_tps"]) for c, r in zip(predict(rows, runtime), rows, strict=True)]
         return np.concatenate([got, PRIOR_WEIGHT * np.log(p / p0)])
 
-    n = len(types)
     attn = ([0.2], [0.01], [2.0]) if llama else ([], [], [])
-    # runs with several threads also fit the barrier cost (CPU_SYNC_S, ONNX_CPU_SYNC_S)
     sync_p = ([20e-6], [1e-7], [2e-4]) if sync else ([], [], [])
     p0 = np.array([0.2] * n + [0.5] * n + attn[0] + [20e-6, 20e-6] + sync_p[0])
     lo = [0.02] * n + [0.05] * n + attn[1] + [1e-7, 1e-7] + sync_p[1]
@@ -219,22 +221,16 @@ def fit(rows: list[dict[str, Any]], runtime: Runtime, family: KernelFamily) -> i
         sol = least_squares(residuals, p0, bounds=(lo, hi), args=(fp,), diff_step=1e-3)
         fits.append((float(np.sqrt(np.mean(sol.fun[:len(rows)] ** 2))), fp, sol.x))
         print(f"- cache footprint {fp}: rms log error {fits[-1][0]:.3f}", file=sys.stderr)
-    rms, fp, p = min(fits, key=lambda f: f[0])
-    res = residuals(p, fp)[:len(rows)]
-    best = float(max(p[n:2 * n]))
-    print(f"{runtime.value} on {family.value}: {len(rows)} runs, rms {100 * rms:.1f}%, "
-          f"worst {100 * float(np.max(np.abs(np.expm1(res)))):.0f}%")
-    attention = f"attention {p[2 * n]:.3f}; " if llama else ""
-    barrier = f"; barrier {1e6 * p[-1]:.1f} us per layer x log2(threads)" if sync else ""
-    print(f"CACHE_FOOTPRINT = {fp}; decode efficiency {best:.2f}; {attention}"
-          f"per layer {1e6 * p[2 * n + len(attn[0])]:.1f} us; per token {1e6 * p[2 * n + len(attn[0]) + 1]:.1f} us{barrier}")
-    for i, t in enumerate(types):  # the table's own spelling, to paste
-        key = t if llama else costs.OnnxPrecision(t)
-        prompt = saved[0].get(key, costs.CPU_KERNEL_FALLBACK).prompt  # type: ignore[call-overload]
-        spelled = repr(t) if llama else f"OnnxPrecision.{costs.OnnxPrecision(t).name}"
-        print(f"  {t:7} decode {p[i]:.3f}  stream {p[n + i] / best:.2f}   "
-              f"-> {spelled}: CpuKernel({p[i]:.2f}, {prompt:.2f}, {p[n + i] / best:.2f})")
-    _report(rows, "gen_tps", res)
+    _, fp, p = min(fits, key=lambda f: f[0])
+    res = residuals(p, fp)[:len(rows)]  # leaves the tables at the fit, for the rows printed below
+    over = costs.CPU_OVERHEADS[runtime]
+    attention = f"attention {costs.CPU_ATTENTION[0]:.3f}; " if llama else ""
+    barrier = f"; barrier {1e6 * over.sync_s:.1f} us per layer x log2(threads)" if sync else ""
+    _report(f"{runtime.value} on {family.value}", rows, "gen_tps", res,
+            [f"CACHE_FOOTPRINT = {fp}; decode efficiency {costs.EFFICIENCY[eff_key].decode:.2f}; {attention}"
+             f"per layer {1e6 * over.layer_s:.1f} us; per token {1e6 * over.token_s:.1f} us{barrier}"]
+            + [f"  {t:7} decode {table[t].decode:.3f}  stream {table[t].stream:.2f}   -> {_row(t, runtime, table[t])}"
+               for t in types])
     return 0
 
 

@@ -123,15 +123,30 @@ CACHE_FOOTPRINT = 2.0
 # rate (prompt: the prompt fit), and fixed costs per layer (norms, rope, softmax, graph and
 # thread sync) and per token (sampling, detokenizing and edgekit's stream loop in Python),
 # which dominate models of a few million parameters.
-CPU_ATTENTION = (0.40, 0.14)  # (decode, prompt)
-CPU_LAYER_S = (20e-6, 8e-6)  # seconds per layer per token (decode, prompt)
-CPU_TOKEN_S = 50e-6  # seconds per generated token
-# With more than one thread every graph node ends at a barrier: a cost per layer per token
-# x log2(threads). Zero until measured: on the 2-core dev host, 2-thread runs varied by up to
-# 2.5x between neighbouring quant types (the runtime's threads spin at barriers, so any
-# other process on the machine stalls them), too noisy to fit; profile_fit.py fits it from
-# runs with more threads on a quiet host.
-CPU_SYNC_S = 0.0
+CPU_ATTENTION = (0.40, 0.14)  # (decode, prompt); ONNX Runtime shares these
+
+
+@dataclass(frozen=True)
+class CpuOverheads:
+    """A runtime's fixed CPU costs, in seconds, beside its kernels."""
+
+    token_s: float  # per generated token
+    layer_s: float  # per layer per generated token
+    prompt_layer_s: float  # per layer per prompt token
+    # With more than one thread every graph node ends at a barrier: a cost per layer per
+    # token x log2(threads). Zero until measured: on the 2-core dev host, 2-thread runs varied
+    # by up to 2.5x between neighbouring quant types (the runtime's threads spin at barriers,
+    # so any other process on the machine stalls them), too noisy to fit; profile_fit.py fits
+    # it from runs with more threads on a quiet host.
+    sync_s: float = 0.0
+
+
+# llama.cpp: the fits above. ONNX Runtime: GenAI's generator step, logits processing and the
+# Python stream per token, plus per layer (the ONNX fits below: prompt rms 5%, worst 11%).
+CPU_OVERHEADS: dict[Runtime, CpuOverheads] = {
+    Runtime.LLAMA_CPP: CpuOverheads(token_s=50e-6, layer_s=20e-6, prompt_layer_s=8e-6),
+    Runtime.ONNXRUNTIME: CpuOverheads(token_s=41e-6, layer_s=11e-6, prompt_layer_s=1.7e-6),
+}
 # ONNX Runtime's CPU kernels (MLAS) per ONNX precision, edgekit's exports (int4 = MatMulNBits
 # block 32, accuracy_level 4): benchmarks/profile_fit.py --runtime onnxruntime over the same
 # runs (the demo model and random-weight Llamas of 32M and 125M parameters, fp32 and int4;
@@ -140,7 +155,7 @@ CPU_SYNC_S = 0.0
 # at 0.65 of that and its arithmetic binds once the weights fit a cache (the demo: 6,000
 # tokens/s). Prompt figures: `--metric prompt` (attention shared with llama.cpp's fit).
 # fp16 is not run on CPUs by the profiles; its row copies fp32 (estimated).
-ONNX_CPU_KERNELS: dict[KernelFamily, dict[OnnxPrecision, CpuKernel]] = {
+ONNX_CPU_KERNELS: dict[KernelFamily, dict[str, CpuKernel]] = {  # keyed by OnnxPrecision
     KernelFamily.X86_AVX512: {
         OnnxPrecision.FP32: CpuKernel(0.20, 1.03, 1.0), OnnxPrecision.INT4: CpuKernel(0.45, 0.71, 0.65),
         OnnxPrecision.FP16: CpuKernel(0.20, 1.03, 1.0),
@@ -150,16 +165,17 @@ ONNX_CPU_KERNELS: dict[KernelFamily, dict[OnnxPrecision, CpuKernel]] = {
 # scale with the vector width, the GEMM rate does); prompt the same fraction (GEMM-like).
 ONNX_CPU_KERNELS[KernelFamily.X86_AVX2] = {
     k: CpuKernel(2 * v.decode, v.prompt, v.stream) for k, v in ONNX_CPU_KERNELS[KernelFamily.X86_AVX512].items()}
-# Per generated token: GenAI's generator step, logits processing and the Python stream
-# (fixed), plus per layer (same fit).
-ONNX_CPU_TOKEN_S, ONNX_CPU_LAYER_S = 41e-6, 11e-6
-ONNX_CPU_SYNC_S = 0.0  # per layer per token x log2(threads): as CPU_SYNC_S, not measured
-ONNX_CPU_PROMPT_LAYER_S = 1.7e-6  # per layer per prompt token (prompt fit: rms 5%, worst 11%)
+# Each runtime's kernel table: ggml type names, or ONNX precisions (a StrEnum, so a precision's
+# name looks it up too).
+CPU_KERNEL_TABLES: dict[Runtime, dict[KernelFamily, dict[str, CpuKernel]]] = {
+    Runtime.LLAMA_CPP: CPU_KERNELS,
+    Runtime.ONNXRUNTIME: ONNX_CPU_KERNELS,
+}
 # Accelerators pay kernel launches per layer per generated token (llama.cpp batches them in
 # CUDA graphs; small models still top out well below the bandwidth roof). Estimates; a
 # Jetson's slower CPU issues them more slowly. Used where the CPU kernel table is not.
 LAYER_OVERHEAD_S: dict[tuple[Backend, DeviceClass | None], float] = {
-    (Backend.CPU, None): CPU_LAYER_S[0],
+    (Backend.CPU, None): CPU_OVERHEADS[Runtime.LLAMA_CPP].layer_s,
     (Backend.CUDA, None): 20e-6,
     (Backend.CUDA, DeviceClass.JETSON): 40e-6,
     (Backend.METAL, None): 20e-6,
@@ -307,16 +323,15 @@ def _matmul_groups(shapes: ModelShapes, weights: WeightPlan, runtime: Runtime,
     llama.cpp: every matrix but a separate embedding lookup, in its GGUF type. ONNX: the
     export's matmuls run in its precision (int4 weight-only MatMulNBits, fp32 activations);
     all bytes read a token go with them."""
+    read = shapes.decode_matrices()
     if runtime is Runtime.ONNXRUNTIME:
-        read = [t for t in shapes.tensors if t.is_matrix and (t.name != "token_embd.weight" or not shapes.has_output)]
         label = (precision or OnnxPrecision.FP32).value
         return {label: (sum(t.numel for t in read), weights.per_token_bytes)}
     groups: dict[str, tuple[int, int]] = {}
-    for t in shapes.tensors:
-        if t.is_matrix and (t.name != "token_embd.weight" or not shapes.has_output):
-            kind = weights.types[t.name]
-            n, b = groups.get(kind, (0, 0))
-            groups[kind] = (n + t.numel, b + tensor_bytes(t.ne, kind))
+    for t in read:
+        kind = weights.types[t.name]
+        n, b = groups.get(kind, (0, 0))
+        groups[kind] = (n + t.numel, b + tensor_bytes(t.ne, kind))
     return groups
 
 
@@ -357,9 +372,9 @@ def estimate(shapes: ModelShapes, weights: WeightPlan, runtime: Runtime, backend
     else:  # a CPU with a kernel table: per weight type the slower of streaming and arithmetic
         read_rate = read_bandwidth(profile, CACHE_FOOTPRINT * per_token, mode) * eff.decode
         kv_s = max((per_token - weights.per_token_bytes) / read_rate, attn * fill / (flops * CPU_ATTENTION[0]))
-        groups = _matmul_groups(shapes, weights, runtime, onnx_precision)
-        kernels = [(CPU_KERNELS[family].get(t, CPU_KERNEL_FALLBACK) if runtime is Runtime.LLAMA_CPP
-                    else ONNX_CPU_KERNELS[family][OnnxPrecision(t)], n, b) for t, (n, b) in groups.items()]
+        table = CPU_KERNEL_TABLES[runtime][family]
+        kernels = [(table.get(t, CPU_KERNEL_FALLBACK), n, b)
+                   for t, (n, b) in _matmul_groups(shapes, weights, runtime, onnx_precision).items()]
         # The streaming shares were fitted against a calibrated read rate with the runs' thread
         # count; a datasheet profile's efficiency comes from published results over all types,
         # which already fold them in (and with many cores no one type's kernel holds memory back).
@@ -367,15 +382,10 @@ def estimate(shapes: ModelShapes, weights: WeightPlan, runtime: Runtime, backend
         decode_s = kv_s + sum(max(b / (read_rate * (k.stream if measured else 1.0)), 2 * n / (flops * k.decode))
                               for k, n, b in kernels)
         prompt_s = sum(2 * n / (flops * k.prompt) for k, n, _ in kernels) + attn * plen / 2 / (flops * CPU_ATTENTION[1])
-        threads_log2 = math.log2(max(1, threads or profile.compute.cpu_cores.value))
-        if runtime is Runtime.ONNXRUNTIME:
-            per_layer_s = ONNX_CPU_LAYER_S + ONNX_CPU_SYNC_S * threads_log2
-            gen_tps = 1 / (decode_s + ONNX_CPU_TOKEN_S + n_layers * per_layer_s)
-            prompt_tps = 1 / (prompt_s + n_layers * ONNX_CPU_PROMPT_LAYER_S)
-        else:
-            per_layer_s = CPU_LAYER_S[0] + CPU_SYNC_S * threads_log2
-            gen_tps = 1 / (decode_s + CPU_TOKEN_S + n_layers * per_layer_s)
-            prompt_tps = 1 / (prompt_s + n_layers * CPU_LAYER_S[1])
+        fixed = CPU_OVERHEADS[runtime]
+        per_layer_s = fixed.layer_s + fixed.sync_s * math.log2(max(1, threads or profile.compute.cpu_cores.value))
+        gen_tps = 1 / (decode_s + fixed.token_s + n_layers * per_layer_s)
+        prompt_tps = 1 / (prompt_s + n_layers * fixed.prompt_layer_s)
     peak = weights.total_bytes + kv + buffers + overhead
     if runtime is Runtime.LLAMA_CPP and cpu:
         peak += extra_buffer_bytes(shapes, weights.types, profile.compute.isa)

@@ -23,6 +23,7 @@ MoE and imatrix-dependent rules are not modelled (edgekit converts dense models 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,10 +45,7 @@ class TensorShape:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.ne:
-            n *= d
-        return n
+        return math.prod(self.ne)
 
     @property
     def is_matrix(self) -> bool:
@@ -73,6 +71,11 @@ class ModelShapes:
     def matmul_params(self) -> int:
         """Parameters multiplied per generated token (everything but the embedding lookup)."""
         return sum(t.numel for t in self.tensors if t.name != "token_embd.weight" or not self.has_output)
+
+    def decode_matrices(self) -> list[TensorShape]:
+        """The weight matrices a generated token multiplies by: all but a separate embedding
+        (a tied one is the LM head too)."""
+        return [t for t in self.tensors if t.is_matrix and (t.name != "token_embd.weight" or not self.has_output)]
 
 
 def model_shapes(config: dict[str, Any]) -> ModelShapes:

@@ -465,18 +465,18 @@ def test_profile_fit_recovers_runs_the_cost_model_made_and_restores_the_table(tm
         path.write_text(json.dumps({"calibration": cal.to_dict(), "settings": settings, "results": results}))
         runs.append(str(path))
     (tmp_path / "t1.bench.json").write_text("[]")  # profile_check's raw file beside it: skipped
-    before = (dict(costs.CPU_KERNELS[costs.KernelFamily.X86_AVX512]), costs.CPU_LAYER_S, costs.CACHE_FOOTPRINT)
+    before = (dict(costs.CPU_KERNELS[costs.KernelFamily.X86_AVX512]), dict(costs.CPU_OVERHEADS), costs.CACHE_FOOTPRINT)
 
     assert _load_profile_fit().main([*runs, str(tmp_path / "t1.bench.json")]) == 0
     out = capsys.readouterr().out
     rms = float(out.split("rms ")[1].split("%")[0])
     assert rms < 3.0, out
     assert "'Q4_K': CpuKernel(" in out and "barrier" in out  # pasteable rows; 2-thread runs fit the barrier
-    assert (dict(costs.CPU_KERNELS[costs.KernelFamily.X86_AVX512]), costs.CPU_LAYER_S, costs.CACHE_FOOTPRINT) == before
+    assert (dict(costs.CPU_KERNELS[costs.KernelFamily.X86_AVX512]), dict(costs.CPU_OVERHEADS), costs.CACHE_FOOTPRINT) == before
     assert _load_profile_fit().main([*runs, "--metric", "prompt"]) == 0
     out = capsys.readouterr().out
     assert float(out.split("rms ")[1].split("%")[0]) < 3.0, out
-    assert (dict(costs.CPU_KERNELS[costs.KernelFamily.X86_AVX512]), costs.CPU_LAYER_S, costs.CACHE_FOOTPRINT) == before
+    assert (dict(costs.CPU_KERNELS[costs.KernelFamily.X86_AVX512]), dict(costs.CPU_OVERHEADS), costs.CACHE_FOOTPRINT) == before
 
 
 def test_profile_fit_without_usable_runs_says_so(tmp_path: Path) -> None:
