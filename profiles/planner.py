@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit._compat import StrEnum
+from edgekit.converters.registry import Format  # the formats edgekit converts to; GPTQ is not planned for
 from edgekit.errors import CorruptFileError
 from edgekit.manifest import MANIFEST_NAME, Manifest, load_manifest
 
@@ -24,11 +25,6 @@ from .schema import Backend, OnnxPrecision, Profile, Runtime, SourceKind
 from .shapes import gguf_weights, model_shapes, onnx_weights
 
 log = logging.getLogger(__name__)
-
-
-class Format(StrEnum):
-    GGUF = "gguf"
-    ONNX = "onnx"
 
 
 class QualitySource(StrEnum):
@@ -154,7 +150,7 @@ def read_measured_quality(model_dir: Path) -> dict[tuple[Format, str], tuple[Qua
             continue  # converted with --no-verify
         try:
             fmt = Format(a.format.lower())
-        except ValueError:  # gptq and other formats nothing here plans for
+        except ValueError:  # a format this edgekit does not know
             continue
         q = Quality(float(v["mean_kl"]), float(v["top1"]), float(v.get("ppl_delta_pct") or 0.0), QualitySource.MEASURED)
         out[(fmt, a.quant.lower())] = (q, a.file)
