@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     from edgekit.profiles.costs import GIB, estimate
     from edgekit.profiles.detect import usable_cores
     from edgekit.profiles.schema import Backend, OnnxPrecision, Runtime
-    from edgekit.profiles.shapes import gguf_weights, model_shapes, onnx_weights
+    from edgekit.profiles.shapes import model_shapes, weight_plan
     from edgekit.ui import format_table
 
     if args.synthetic:
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         precision = OnnxPrecision(r.quant) if runtime is Runtime.ONNXRUNTIME else None
         config = _config_for(directory, Path(r.path), r.kind)
         shapes = model_shapes(config)
-        weights = gguf_weights(shapes, r.quant) if precision is None else onnx_weights(shapes, precision, Backend.CPU)
+        weights = weight_plan(shapes, r.quant, precision, Backend.CPU)
         # tg decodes from a one-token prompt: on average gen/2 positions are cached
         pred = estimate(shapes, weights, runtime, Backend.CPU, profile, ctx=ctx, kv_fill=max(1, args.gen // 2),
                         prompt_len=args.prompt, onnx_precision=precision, threads=threads)

@@ -46,7 +46,7 @@ def load_runs(paths: list[Path]) -> list[dict[str, Any]]:
     from edgekit.profiles.calibrate import Calibration, calibrated_profile
     from edgekit.profiles.detect import detect_host
     from edgekit.profiles.schema import Backend, OnnxPrecision
-    from edgekit.profiles.shapes import gguf_weights, model_shapes, onnx_weights
+    from edgekit.profiles.shapes import model_shapes, weight_plan
 
     host, rows = detect_host(), []
     for path in paths:
@@ -69,8 +69,7 @@ def load_runs(paths: list[Path]) -> list[dict[str, Any]]:
             runtime = Runtime.LLAMA_CPP if r["format"] == "gguf" else Runtime.ONNXRUNTIME
             precision = OnnxPrecision(r["quant"]) if runtime is Runtime.ONNXRUNTIME else None
             shapes = model_shapes(r["config"])
-            weights = gguf_weights(shapes, r["quant"]) if precision is None else \
-                onnx_weights(shapes, precision, Backend.CPU)
+            weights = weight_plan(shapes, r["quant"], precision, Backend.CPU)
             rows.append({"name": f"{path.stem}/{r['artifact']}", "profile": profile, "shapes": shapes,
                          "weights": weights, "runtime": runtime, "precision": precision, "settings": s,
                          "gen_tps": r["measured"]["gen_tps"], "prompt_tps": r["measured"]["prompt_tps"]})

@@ -22,7 +22,7 @@ from edgekit.manifest import MANIFEST_NAME, Manifest, load_manifest
 
 from .costs import GIB, Cost, estimate
 from .schema import Backend, OnnxPrecision, Profile, Runtime, SourceKind
-from .shapes import gguf_weights, model_shapes, onnx_weights
+from .shapes import model_shapes, weight_plan
 
 log = logging.getLogger(__name__)
 
@@ -209,10 +209,7 @@ def plan(model_dir: Path, profile: Profile, *, ctx: int = DEFAULT_CTX, mode: str
 
     cands: list[Candidate] = []
     for fmt, q, runtime, backend, precision in _candidates(profile):
-        if precision is None:
-            weights = gguf_weights(shapes, q)
-        else:
-            weights = onnx_weights(shapes, precision, backend)
+        weights = weight_plan(shapes, q, precision, backend)
         cost = estimate(shapes, weights, runtime, backend, profile, ctx=ctx, mode=power.name, onnx_precision=precision)
         quality, artifact = measured.get((fmt, q), (QUALITY_TABLE[(fmt, q)], ""))
         cands.append(Candidate(fmt, q, runtime, backend, cost, quality, fits=cost.total_bytes <= budget,

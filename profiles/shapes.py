@@ -291,6 +291,12 @@ def onnx_weights(shapes: ModelShapes, precision: OnnxPrecision, backend: Backend
     return WeightPlan(total + rope, per_token, types)
 
 
+def weight_plan(shapes: ModelShapes, quant_name: str, precision: OnnxPrecision | None,
+                backend: Backend) -> WeightPlan:
+    """An artifact's weights: a GGUF quant type, or (``precision`` given) an ONNX export."""
+    return gguf_weights(shapes, quant_name) if precision is None else onnx_weights(shapes, precision, backend)
+
+
 def kv_cache_bytes(shapes: ModelShapes, ctx: int, dtype_bytes: int = 2) -> int:
     """K and V for every layer: layers x kv_heads x head_dim x 2 x ctx x dtype bytes.
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from edgekit.errors import CorruptFileError, ModelNotFoundError
 
-from .onnx_proto import ProtoError, model_tensors
+from .onnx_proto import model_tensors
 
 GENAI_CONFIG = "genai_config.json"
 # CPU and GPU builds both provide the `onnxruntime` module: one or the other per environment.
@@ -80,7 +80,7 @@ def check_onnx_dir(path: Path) -> OnnxModelInfo:
         raise CorruptFileError(decoder, "missing or empty", hint="the copy is incomplete; copy the whole directory")
     try:
         tensors = model_tensors(decoder)
-    except (ProtoError, OSError, ValueError) as e:  # mmap of an odd file raises OSError/ValueError
+    except (OSError, ValueError) as e:  # ProtoError is a ValueError; mmap of an odd file raises either
         raise CorruptFileError(decoder, f"not a valid ONNX model ({e})",
                                hint="the file is truncated or corrupt; re-export or re-copy it") from e
     sizes: dict[Path, int] = {}
