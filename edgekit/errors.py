@@ -79,6 +79,19 @@ class VerificationError(EdgekitError):
         self.check = check
 
 
+class VocabularyMismatchError(InputError):
+    """An artifact's logits cover another vocabulary than its reference's: built from another model."""
+
+    def __init__(self, reference_vocab: int, artifact_vocab: int) -> None:
+        super().__init__(
+            f"the artifact has a vocabulary of {artifact_vocab} tokens, its reference {reference_vocab}",
+            hint="the artifact was built from another model: compare it with the model it was converted from "
+                 "(--reference / reference=)",
+        )
+        self.reference_vocab = reference_vocab
+        self.artifact_vocab = artifact_vocab
+
+
 class RuntimeLoadError(EdgekitError):
     """A runtime could not load or run an artifact."""
 
