@@ -208,12 +208,12 @@ def convert_gptq(
     with timer.step("check gptq inputs"):
         check_group_size(inputs.source, group_size, bits)
         check_window(samples, seq_len, inputs.source.config.get("max_position_embeddings"))
-        text, text_source = read_calibration_text(calibration)
-        require_llmcompressor()
-    with timer.step("calibration text"):
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)  # chat JSONL renders through its template
+        text, text_source = read_calibration_text(calibration, tokenizer)
+        require_llmcompressor()
+    with timer.step("calibration text"):
         calib = calibration_windows(tokenizer, text, text_source, samples, seq_len)
         del text
     report(progress, "calibration", f"{samples} x {seq_len} tokens from {text_source} "
