@@ -40,9 +40,8 @@ def main() -> int:
 
     from edgekit.converters.gguf.convert import convert_gguf
     from edgekit.converters.gptq.convert import convert_gptq
-    from edgekit.converters.gptq.evaluate import heldout_metrics, heldout_windows
+    from edgekit.converters.gptq.evaluate import Reference, heldout_metrics, heldout_windows
     from edgekit.converters.onnx.convert import convert_onnx
-    from edgekit.converters.verify import Reference
     from edgekit.demo import demo_model_dir
     from edgekit.runtimes.llamacpp import LlamaCppSession
     from edgekit.runtimes.onnx import OnnxSession

@@ -8,19 +8,25 @@ right after each rename -- lives here so GGUF, ONNX and GPTQ cannot drift apart.
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import VerificationError
+from edgekit.errors import QualityGateError, VerificationError
 from edgekit.fsutil import clean_stale_temps, ensure_writable_dir, sha256_file
 from edgekit.manifest import ArtifactEntry, Manifest, open_or_new
 from edgekit.progress import ProgressFn, StepTimer, report
 
 from .lora import LoraAdapter
+from .quality import QualityReport, QualitySettings, ScoreFn, score_artifact
+from .reference import ArtifactTensor, SourceReference
 from .source import SourceModel, open_source
-from .verify import LogitsFn, Precision, Reference, TokenizeFn, VerificationReport, verify
+from .verify import LogitsFn, TokenizeFn, VerificationReport, verify
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -31,6 +37,10 @@ class Conversion:
     manifest: Manifest
     artifacts: list[ArtifactEntry] = field(default_factory=list)
     reports: list[VerificationReport] = field(default_factory=list)
+    quality: list[QualityReport] = field(default_factory=list)
+    # artifacts a quality gate refused (not written): {"artifact", "quant", "reasons", "verification"}
+    refused: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     timer: StepTimer = field(default_factory=StepTimer)
 
 
@@ -42,16 +52,18 @@ class Inputs:
     adapter: LoraAdapter | None
     adapter_dir: Path | None
     source_info: dict[str, Any]
+    quality: QualitySettings = field(default_factory=QualitySettings)
     # the transformers reference, computed on first use and shared by every format converted
-    # from these inputs (one model load and one set of probe forwards per run)
-    reference: Reference | None = None
+    # from these inputs (one model load and one pass over the evaluation set per run)
+    reference: SourceReference | None = None
 
 
 def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "model"
 
 
-def open_inputs(model_dir: Path, adapter_dir: Path | None, timer: StepTimer, prepared: Inputs | None = None) -> Inputs:
+def open_inputs(model_dir: Path, adapter_dir: Path | None, timer: StepTimer, prepared: Inputs | None = None,
+                quality: QualitySettings | None = None) -> Inputs:
     """Validate the source, its architecture and the adapter before anything is written.
 
     ``prepared``: inputs another format of the same run already opened (and hashed) are reused."""
@@ -74,7 +86,7 @@ def open_inputs(model_dir: Path, adapter_dir: Path | None, timer: StepTimer, pre
             "adapter": None if adapter is None else {"path": str(adapter.path.resolve()),
                                                      "sha256": sha256_file(adapter.file.path)},
         }
-    return Inputs(model_dir, source, spec.name, adapter, adapter_dir, source_info)
+    return Inputs(model_dir, source, spec.name, adapter, adapter_dir, source_info, quality or QualitySettings())
 
 
 def start_output(out_dir: Path, inputs: Inputs, timer: StepTimer) -> Conversion:
@@ -84,33 +96,67 @@ def start_output(out_dir: Path, inputs: Inputs, timer: StepTimer) -> Conversion:
 
 
 class Verifier:
-    """Runs the shared verifier; the transformers reference is computed once per inputs, on first use."""
+    """Correctness (refuse what is broken) then quality (measure what is lossy) for each artifact.
 
-    def __init__(self, inputs: Inputs, result: Conversion, progress: ProgressFn | None) -> None:
-        self.inputs, self.result, self.progress = inputs, result, progress
+    The transformers reference is loaded once per inputs, on first use, and scores the
+    evaluation set once for every artifact of the run."""
+
+    def __init__(self, inputs: Inputs, result: Conversion, progress: ProgressFn | None,
+                 threads: int | None = None) -> None:
+        self.inputs, self.result, self.progress, self.threads = inputs, result, progress, threads
 
     @property
-    def reference(self) -> Reference:
+    def reference(self) -> SourceReference:
         if self.inputs.reference is None:
             with self.result.timer.step("reference (transformers)"):
-                report(self.progress, "reference", "running the source model in transformers")
-                self.inputs.reference = Reference(self.inputs.model_dir, self.inputs.adapter_dir)
+                report(self.progress, "reference", "loading the source model in transformers")
+                self.inputs.reference = SourceReference(
+                    self.inputs.model_dir, self.inputs.source, self.inputs.adapter, self.inputs.adapter_dir,
+                    self.inputs.quality.eval, threads=self.threads, progress=self.progress)
+                self.inputs.reference.scores  # noqa: B018 -- the one pass over the evaluation set, timed here
         return self.inputs.reference
 
-    def check(self, label: str, quant: str, precision: Precision, tokenize: TokenizeFn,
-              logits: LogitsFn) -> dict[str, Any]:
-        """Verify one artifact; raise VerificationError (artifact not kept) when it fails."""
+    def expected(self, name: str) -> Any:
+        """The source tensor an artifact's ``name`` must match (LoRA merged)."""
+        data = self.inputs.source.float32(name)
+        return self.inputs.adapter.merge(name, data) if self.inputs.adapter is not None else data
+
+    def check(self, label: str, quant: str, precision: str, tokenize: TokenizeFn, logits: LogitsFn,
+              score: ScoreFn, weights: Iterable[ArtifactTensor]) -> dict[str, Any]:
+        """Verify one artifact and measure its quality.
+
+        Raises VerificationError (broken: not kept, the run stops) or QualityGateError (over
+        the user's gate: not kept, the caller goes on with the next artifact)."""
         ref = self.reference
         with self.result.timer.step(f"verify {quant}"):
-            rep = verify(ref, label, precision, tokenize, logits)
+            rep = verify(ref, label, precision, tokenize, logits, weights, self.expected)
         self.result.reports.append(rep)
         if not rep.passed:
             raise VerificationError(label, rep.failures[0].split(":")[0], "; ".join(rep.failures))
+        with self.result.timer.step(f"quality {quant}"):
+            report(self.progress, f"quality {quant}", f"{ref.windows.n_scored} evaluation tokens")
+            metrics = score_artifact(ref.scores, ref.windows, score)
+        gate = self.inputs.quality.gate
+        q = QualityReport(metrics, ref.windows.describe(), gate, gate.failures(metrics), metrics.warning(label, quant))
+        self.result.quality.append(q)
         m = rep.metrics
         assert m is not None
         report(self.progress, f"verify {quant}",
-               f"pass (KL {m.mean_kl:.2e}, top-1 {m.top1:.3f}, ppl {m.ppl:.3f} vs {m.ppl_ref:.3f})")
-        return rep.to_dict()
+               f"correct (rel. error {m.rel_err:.2g} vs its own weights); quality: KL {metrics.mean_kl:.3g}, "
+               f"top-1 {metrics.top1 * 100:.1f}%, ppl {metrics.ppl_delta_pct:+.2f}%")
+        if q.warning:
+            log.warning("%s", q.warning)
+            self.result.warnings.append(q.warning)
+        out = {"passed": True, **q.to_dict(), "correctness": rep.to_dict()}
+        if q.gate_failures:
+            raise QualityGateError(label, q.gate_failures, out)
+        return out
+
+    def refuse(self, err: QualityGateError, quant: str) -> None:
+        """Record an artifact the gate refused; the run goes on."""
+        log.warning("%s", err.one_line())
+        self.result.refused.append({"artifact": err.artifact, "quant": quant, "reasons": err.reasons,
+                                    "verification": err.verification})
 
 
 def record(result: Conversion, entry: ArtifactEntry) -> None:

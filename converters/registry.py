@@ -5,10 +5,13 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgekit._compat import StrEnum
 from edgekit.errors import UnknownChoiceError
+
+if TYPE_CHECKING:
+    from .options import ConversionPlan
 
 
 class Format(StrEnum):
@@ -79,28 +82,37 @@ def split_quants(formats: list[Format], quants: str | None,
     return {f: ",".join(q for q in names if q in known[f]) or defaults[f] for f in formats}
 
 
-def convert_formats(model_dir: Path, out_dir: Path, quants: dict[Format, str], *,
-                    adapter_dir: Path | None = None, options: dict[Format, dict[str, Any]] | None = None,
-                    names: dict[Format, str] | None = None, name: str | None = None, **common: Any) -> list[Any]:
-    """Several formats from one source in one run.
+def convert_formats(model_dir: Path, out_dir: Path, plan: ConversionPlan) -> list[Any]:
+    """Run a plan (:mod:`.options`): several formats from one source in one run.
 
     The source is read, checked and hashed once, and the transformers reference is computed
     once, for every format. GPTQ runs first when ONNX is also asked for, and ONNX is then built
-    from the new GPTQ checkpoint (its calibrated weights)."""
+    from the new GPTQ checkpoint (its calibrated weights), named after it."""
     from edgekit.progress import StepTimer
 
-    from .pipeline import open_inputs
+    from .gptq.checkpoint import checkpoint_name
+    from .options import ONNXOptions
+    from .pipeline import open_inputs, slug
 
-    options = {f: dict(o) for f, o in (options or {}).items()}
-    order = sorted(quants, key=lambda f: f is not Format.GPTQ)  # stable: GPTQ first, the rest as given
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    common = plan.common.converter_kwargs()
     timer = StepTimer()
-    prepared = open_inputs(Path(model_dir), adapter_dir, timer)
+    prepared = open_inputs(model_dir, plan.common.adapter, timer)
     results: list[Any] = []
-    for fmt in order:
-        result = converter(fmt)(Path(model_dir), Path(out_dir), quants[fmt], adapter_dir=adapter_dir,
-                                name=(names or {}).get(fmt, name), timer=timer if not results else None,
-                                prepared=prepared, **common, **options.get(fmt, {}))
+    gptq_dir: Path | None = None
+    for record in plan.formats:  # in run order (GPTQ first)
+        kwargs = {**common, **record.converter_kwargs()}
+        if isinstance(record, ONNXOptions) and record.from_gptq is not None:
+            kwargs["name"] = slug(record.from_gptq.resolve().name)
+        elif isinstance(record, ONNXOptions) and plan.chained:
+            assert gptq_dir is not None  # GPTQ ran first, and raises rather than write nothing
+            gptq = plan.get(Format.GPTQ)
+            kwargs["source_override"] = gptq_dir
+            kwargs["name"] = checkpoint_name(slug(plan.common.name or model_dir.resolve().name),
+                                             gptq.bits, gptq.group_size)
+        result = converter(record.format)(model_dir, out_dir, ",".join(record.quant_names),
+                                          timer=timer if not results else None, prepared=prepared, **kwargs)
         results.append(result)
-        if fmt is Format.GPTQ and Format.ONNX in quants and result.artifacts:
-            options.setdefault(Format.ONNX, {})["source_override"] = Path(out_dir) / result.artifacts[0].file
+        if record.format is Format.GPTQ and result.artifacts:
+            gptq_dir = out_dir / result.artifacts[0].file
     return results

@@ -20,7 +20,10 @@ if TYPE_CHECKING:
 def load(path: str | Path, *, quant: str | None = None, **options: Any) -> Session:
     """Open an artifact (GGUF file, ONNX dir, or an output dir with edgekit.json) for generation.
 
-    Options go to the runtime: ``n_ctx``, ``n_threads``, ``n_gpu_layers`` for llama.cpp.
+    Options go to the runtime: ``n_ctx`` (0: the trained context), ``n_threads``, ``device``
+    (cpu|cuda|metal for GGUF, cpu|cuda|tensorrt for ONNX), ``n_gpu_layers`` (GGUF),
+    ``graph_optimization`` (ONNX), ``logits_all``. Generation options (``max_tokens``,
+    ``temperature``, ``top_p``, ``top_k``, ``seed``, ``stop``) go to ``generate``/``stream``.
     """
     from edgekit.runtimes.registry import load as _load
 
@@ -28,18 +31,22 @@ def load(path: str | Path, *, quant: str | None = None, **options: Any) -> Sessi
 
 
 def convert(model_dir: str | Path, out_dir: str | Path, *, to: str = "gguf", **options: Any) -> Any:
-    """Convert a Hugging Face model directory; every artifact is verified unless ``verify_artifacts=False``.
+    """Convert a Hugging Face model directory; every artifact is verified unless ``verify=False``.
 
-    ``to`` may name several formats (``"gguf,onnx"``): ``quants`` is then split by format (their
-    names are disjoint), the source is read and the reference computed once, and a list of
-    results is returned."""
-    from edgekit.converters.registry import convert_formats, converter, parse_formats, split_quants
+    Takes what ``edgekit convert`` takes, by the flags' names with underscores: ``quants``,
+    ``adapter``, ``name``, ``verify``, ``threads``, ``progress``; ONNX: ``target``,
+    ``block_size``, ``int4_algo``, ``from_gptq``; GPTQ: ``bits``, ``group_size``, ``act_order``,
+    ``calibration``, ``samples``, ``seq_len``, ``compressed_tensors``; GGUF: ``pre_tokenizer``
+    (the records in :mod:`edgekit.converters.options` document each). ``to`` may name several
+    formats (``"gguf,onnx"``): ``quants`` is then split by format (their names are disjoint),
+    each option goes to the format it belongs to (an option of a format not in ``to`` is an
+    error), the source is read and the reference computed once, and a list of results is
+    returned; one format returns its result alone."""
+    from edgekit.converters.options import plan_conversion
+    from edgekit.converters.registry import convert_formats
 
-    formats = parse_formats(to)
-    if len(formats) == 1:
-        return converter(formats[0])(Path(model_dir), Path(out_dir), **options)
-    quants = split_quants(formats, options.pop("quants", None))
-    return convert_formats(Path(model_dir), Path(out_dir), quants, **options)
+    results = convert_formats(Path(model_dir), Path(out_dir), plan_conversion(to, **options))
+    return results[0] if len(results) == 1 else results
 
 
 def inspect(path: str | Path) -> dict[str, Any]:

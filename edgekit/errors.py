@@ -73,7 +73,7 @@ class VerificationError(EdgekitError):
     def __init__(self, artifact: str, check: str, detail: str) -> None:
         super().__init__(
             f"verification failed for {artifact}: {detail}",
-            hint="the artifact was not kept; rerun with --no-verify to keep it anyway (not recommended)",
+            hint="the artifact was not kept; to keep it anyway (not recommended) pass --no-verify / verify=False",
         )
         self.artifact = artifact
         self.check = check

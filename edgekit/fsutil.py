@@ -50,9 +50,10 @@ def ensure_writable_dir(path: Path) -> Path:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputError(f"cannot create output directory {path}: {e.strerror}",
-                          hint="choose a writable location with -o") from e
+                          hint="choose a writable location with -o / out_dir") from e
     if not os.access(path, os.W_OK | os.X_OK):
-        raise OutputError(f"output directory {path} is not writable", hint="choose a writable location with -o")
+        raise OutputError(f"output directory {path} is not writable",
+                          hint="choose a writable location with -o / out_dir")
     return path
 
 
@@ -60,9 +61,9 @@ def output_error(e: OSError, target: Path) -> OutputError:
     """Turn an OSError while writing into a one-line error naming the cause."""
     if e.errno == errno.ENOSPC or _nearly_full(target.parent):
         # numpy's tofile reports a short write without errno: ask the filesystem instead
-        return OutputError(f"disk full while writing {target}", hint="free space or choose another -o")
+        return OutputError(f"disk full while writing {target}", hint="free space or choose another -o / out_dir")
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return OutputError(f"cannot write {target}: {e.strerror}", hint="choose a writable location with -o")
+        return OutputError(f"cannot write {target}: {e.strerror}", hint="choose a writable location with -o / out_dir")
     return OutputError(f"cannot write {target}: {e.strerror or e}")
 
 

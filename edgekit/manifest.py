@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import CorruptFileError
+from .errors import CorruptFileError, InputError
 from .fsutil import write_json_atomic
 
 MANIFEST_NAME = "edgekit.json"
@@ -59,24 +59,52 @@ def load_manifest(path: Path) -> Manifest:
     p = path / MANIFEST_NAME if path.is_dir() else path
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or not isinstance(data.get("source"), dict) \
+                or not isinstance(data.get("artifacts", []), list):
+            raise TypeError("expected an object with a source object and an artifacts list")
         arts = [ArtifactEntry(**a) for a in data.get("artifacts", [])]
         return Manifest(source=data["source"], artifacts=arts, edgekit_version=data.get("edgekit_version", "?"),
                         schema=int(data.get("schema", SCHEMA)))
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError) as e:  # ValueError: JSON syntax, not UTF-8, a bad schema number
         raise CorruptFileError(p, f"not a valid edgekit manifest ({type(e).__name__}: {e})",
-                               hint="delete it and convert again") from e
+                               hint="repair it, or move it away (the artifacts it lists then lose their "
+                                    "records) and convert again") from e
+    except OSError as e:
+        raise CorruptFileError(p, f"cannot be read ({e.strerror or e})", hint="check its permissions") from e
 
 
 def open_or_new(directory: Path, source: dict[str, Any]) -> Manifest:
-    """The directory's manifest if it describes the same source weights, else a fresh one."""
+    """The directory's manifest if it describes the same source weights, else a fresh one.
+
+    A manifest is the only record of its artifacts' hashes and verification figures, and the
+    next save replaces it, so it is never silently dropped. A corrupt one is refused, not moved
+    aside: a moved-aside file is one nobody looks at, while the artifacts it described would
+    sit in the directory with a new manifest that does not list them; refusing keeps the
+    decision (repair, move away, other directory) with the user. A manifest of another source
+    is refused while any artifact it lists is still on disk (one manifest describes one source).
+    """
     p = directory / MANIFEST_NAME
-    if p.is_file():
-        try:
-            m = load_manifest(p)
-            if m.source.get("weights_sha256") == source.get("weights_sha256") and \
-                    m.source.get("adapter") == source.get("adapter"):
-                m.source = source
-                return m
-        except CorruptFileError:
-            pass
-    return Manifest(source=source)
+    if not p.is_file():
+        return Manifest(source=source)
+    m = load_manifest(p)  # CorruptFileError, naming the file, when it cannot be read
+    if same_source(m.source, source):
+        m.source = source
+        return m
+    kept = [a.file for a in m.artifacts if (directory / a.file).exists()]
+    if kept:
+        old = m.source.get("path") or "another model"
+        raise InputError(
+            f"{p} records {len(kept)} artifact(s) of another source ({old}, weights sha256 "
+            f"{str(m.source.get('weights_sha256'))[:12]}{', with an adapter' if m.source.get('adapter') else ''}): "
+            f"{', '.join(kept[:3])}{' ...' if len(kept) > 3 else ''}",
+            hint="convert into another output directory (-o / out_dir), or delete those artifacts and the manifest")
+    return Manifest(source=source)  # it lists no file that still exists: nothing is lost
+
+
+def same_source(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Same weights and the same adapter file (or none): the artifacts describe one model
+    (where the adapter directory lives does not matter)."""
+    def adapter(s: dict[str, Any]) -> Any:
+        return (s.get("adapter") or {}).get("sha256")
+
+    return bool(a.get("weights_sha256") == b.get("weights_sha256") and adapter(a) == adapter(b))

@@ -190,9 +190,9 @@ def plan(model_dir: Path, profile: Profile, *, ctx: int = DEFAULT_CTX, mode: str
     from edgekit.errors import InputError
 
     if ctx < 1:
-        raise InputError(f"--ctx must be positive, got {ctx}")
+        raise InputError(f"--ctx / ctx= must be positive, got {ctx}")
     if max_memory_gb is not None and max_memory_gb <= 0:
-        raise InputError(f"--max-memory must be positive, got {max_memory_gb}")
+        raise InputError(f"--max-memory / max_memory_gb= must be positive, got {max_memory_gb}")
     model_dir = Path(model_dir)
     shapes = model_shapes(load_config(source_config_dir(model_dir)))
     power = profile.mode(mode)
@@ -243,7 +243,7 @@ def _reason(pick: Candidate | None, cands: list[Candidate], profile: Profile, mo
     if not fitting:
         small = min(cands, key=lambda c: c.cost.total_bytes)
         return (f"Nothing fits: the smallest candidate, {small.label}, needs {_gib(small.cost.total_bytes)} at ctx {ctx}, "
-                f"more than the {_gib(budget)} available on {where}; use a shorter --ctx, a smaller model or a "
+                f"more than the {_gib(budget)} available on {where}; use a shorter --ctx / ctx=, a smaller model or a "
                 f"bigger device.")
     if pick is None:
         fast = max(fitting, key=lambda c: c.cost.gen_tps)

@@ -9,6 +9,7 @@ sessions behave identically.
 from __future__ import annotations
 
 import codecs
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
@@ -135,7 +136,8 @@ class Session(ABC):
             from edgekit.errors import InputError
 
             raise InputError(f"prompt ({len(ids)} tokens) + max_tokens ({cfg.max_tokens}) exceeds the context "
-                             f"length {self.context_length}", hint="shorten the prompt, lower max_tokens or raise --ctx")
+                             f"length {self.context_length}",
+                             hint="shorten the prompt, lower --max-tokens / max_tokens=, or raise --ctx / n_ctx=")
         stats = GenerationStats(prompt_tokens=len(ids))
         self.last_stats, self.last_finish_reason = stats, "length"
         # Holds back the bytes of a character split across tokens; invalid bytes become U+FFFD
@@ -197,13 +199,45 @@ class Session(ABC):
         return self.generate(self.chat_ids(messages), **options)
 
 
+# what each generation option must be, said once for the error and its fix (CLI flag / keyword)
+_SAMPLING_RULES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
+    "max_tokens": (lambda v: _is_int(v) and v >= 1, "an integer >= 1", "--max-tokens / max_tokens=256"),
+    "temperature": (lambda v: _is_number(v) and v >= 0, "a number >= 0 (0 = greedy)", "--temperature / temperature=0"),
+    "top_p": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]", "--top-p / top_p=1.0 (off)"),
+    "top_k": (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0 = off)", "top_k=0 (off)"),
+    "seed": (lambda v: v is None or (_is_int(v) and 0 <= v < 2**32), "an integer in [0, 2**32) or None",
+             "--seed / seed=0, or leave it out"),
+    "stop": (lambda v: isinstance(v, tuple) and all(isinstance(s, str) and s for s in v), "non-empty strings",
+             "--stop / stop= with non-empty text, or leave it out"),
+    "ignore_eos": (lambda v: isinstance(v, bool), "True or False", "ignore_eos=False"),
+}
+SAMPLING_OPTIONS: tuple[str, ...] = tuple(_SAMPLING_RULES)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def _config(options: Mapping[str, Any]) -> SamplingConfig:
+    """The generation options of stream/generate/chat, checked: a bad value is an InputError
+    (one line naming the option and a valid value), never a ValueError from deep inside."""
+    from edgekit.errors import InputError, UnknownChoiceError
+
     opts = dict(options)
+    for name in opts:
+        if name not in _SAMPLING_RULES:
+            raise UnknownChoiceError("generation option", name, SAMPLING_OPTIONS)
     stop = opts.pop("stop", ()) or ()
-    cfg = SamplingConfig(stop=(stop,) if isinstance(stop, str) else tuple(stop), **opts)
-    if cfg.max_tokens < 1:
-        raise ValueError("max_tokens must be >= 1")
-    return cfg
+    opts["stop"] = (stop,) if isinstance(stop, str) else tuple(stop) if isinstance(stop, list | tuple) else stop
+    for name, value in opts.items():
+        ok, must, fix = _SAMPLING_RULES[name]
+        if not ok(value):
+            raise InputError(f"{name} must be {must}, not {value!r}", hint=f"pass {fix}")
+    return SamplingConfig(**opts)
 
 
 def _find_stop(text: str, stops: tuple[str, ...], start: int) -> int | None:

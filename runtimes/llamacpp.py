@@ -24,7 +24,7 @@ class LlamaCppSession(Session):
                  graph_optimization: str | None = None, **llama_kwargs: Any) -> None:
         super().__init__(path)
         if graph_optimization is not None:  # llama.cpp would silently ignore an unknown keyword
-            raise RuntimeLoadError("--graph-opt applies to ONNX artifacts",
+            raise RuntimeLoadError("--graph-opt / graph_optimization= applies to ONNX artifacts",
                                    hint="llama.cpp has no graph optimization levels; drop the option")
         n_gpu_layers = _gpu_layers(device, n_gpu_layers)
         summary = read_gguf(self.path)  # untrusted input: validate before llama.cpp parses it
@@ -110,7 +110,7 @@ def _gpu_layers(device: str, n_gpu_layers: int) -> int:
     if device not in ("cuda", "gpu", "metal"):
         raise UnknownChoiceError("device for GGUF artifacts", device, ["cpu", "cuda", "metal"])
     if not llama_cpp.llama_supports_gpu_offload():
-        raise RuntimeLoadError(f"this llama-cpp-python build has no GPU offload for --device {device}",
+        raise RuntimeLoadError(f"this llama-cpp-python build has no GPU offload for --device / device={device}",
                                hint="available devices: cpu; reinstall llama-cpp-python with "
                                     "CMAKE_ARGS='-DGGML_CUDA=on' (or Metal on macOS)")
     return n_gpu_layers or -1

@@ -111,8 +111,8 @@ class OnnxSession(Session):
         # position's logits anyway. graph_optimization None means ONNX Runtime's full level.
         super().__init__(path)
         if n_gpu_layers:
-            raise RuntimeLoadError("--n-gpu-layers applies to GGUF (llama.cpp) artifacts",
-                                   hint="for ONNX artifacts choose the device with --device cuda|tensorrt")
+            raise RuntimeLoadError("--n-gpu-layers / n_gpu_layers= applies to GGUF (llama.cpp) artifacts",
+                                   hint="for ONNX artifacts choose the device with --device / device= cuda|tensorrt")
         self.info = check_onnx_dir(self.path)  # untrusted input: validate before native code parses it
         self.device = _parse(Device, "device", device)
         level = _parse(GraphOptimization, "graph optimization level", graph_optimization or GraphOptimization.ALL)
@@ -125,7 +125,7 @@ class OnnxSession(Session):
                    "both, then install one" if len(clash) > 1 else
                    "for GPUs install 'edgekit[onnx-gpu]' (see README: Jetson)")
             raise RuntimeLoadError(
-                f"ONNX Runtime here has no {DEVICES[self.device][1]} for --device {self.device.value}",
+                f"ONNX Runtime here has no {DEVICES[self.device][1]} for --device / device={self.device.value}",
                 hint=f"available devices: {', '.join(d.value for d in available)}; {fix}")
         og = _import_og()
         trained = self.info.context_length or n_ctx

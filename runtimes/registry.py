@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,29 @@ def detect(path: Path, quant: str | None = None) -> tuple[ArtifactKind, Path]:
                      hint="pass the .gguf file itself, or a directory with an edgekit.json manifest")
 
 
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# load options every runtime shares: what each must be, and the fix (CLI flag / keyword)
+_LOAD_RULES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
+    "n_ctx": (lambda v: _int(v) and v >= 0, "an integer >= 0 (0: the model's trained context)",
+              "--ctx / n_ctx=4096"),
+    "n_threads": (lambda v: v is None or (_int(v) and v >= 1), "an integer >= 1 or None (all cores)",
+                  "--threads / n_threads=4, or leave it out for all cores"),
+    "n_gpu_layers": (lambda v: _int(v) and v >= -1, "an integer >= -1 (-1: all layers)",
+                     "--n-gpu-layers / n_gpu_layers=-1 (all) or 0 (none)"),
+}
+
+
+def check_load_options(options: dict[str, Any]) -> None:
+    for name, (ok, must, fix) in _LOAD_RULES.items():
+        if name in options and not ok(options[name]):
+            raise InputError(f"{name} must be {must}, not {options[name]!r}", hint=f"pass {fix}")
+
+
 def load(path: str | Path, *, quant: str | None = None, **options: Any) -> Session:
+    check_load_options(options)
     kind, artifact = detect(Path(path), quant)  # only kinds with a registered runtime
     module, cls = RUNTIMES[kind]
     session_cls = getattr(importlib.import_module(module), cls)
@@ -67,5 +90,6 @@ def load(path: str | Path, *, quant: str | None = None, **options: Any) -> Sessi
         if "unexpected keyword argument" not in str(e):
             raise
         raise InputError(f"{str(e).split('argument', 1)[-1].strip()} is not an option for {kind.value} artifacts",
-                         hint="see `edgekit run --help` for which options apply to which format") from e
+                         hint="see `edgekit run --help` (or edgekit.load's docstring) for which options apply to which "
+                              "format") from e
     return session

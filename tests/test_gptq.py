@@ -140,10 +140,11 @@ def _cli(*args: str) -> tuple[int, str]:
 
 @pytest.mark.parametrize("extra,needle", [
     (["--bits", "3"], "4 or 8 bits"),
-    (["--group-size", "96"], "not a multiple of --group-size 96"),
+    (["--group-size", "96"], "not a multiple of the group size 96"),
     (["--samples", "100000"], "too short"),
-    (["-q", "int4", "--bits", "8"], "--quant int4 and --bits 8 disagree"),  # was silently int4
-    (["-q", "int4", "--bits", "8", "--to", "gptq,onnx"], "--quant int4 and --bits 8 disagree"),
+    (["-q", "int4", "--bits", "8"], "--quant / quants= int4 and --bits / bits=8 disagree"),  # was silently int4
+    (["-q", "int4", "--bits", "8", "--to", "gptq,onnx"], "--quant / quants= int4 and --bits / bits=8 disagree"),
+    (["-q", "int8", "--bits", "4"], "--quant / quants= int8 and --bits / bits=4 disagree"),  # an explicit 4 too
 ])
 def test_bad_options_exit_1_and_write_nothing(tmp_path: Path, extra: list[str], needle: str) -> None:
     out = tmp_path / "out"
@@ -179,3 +180,24 @@ def test_missing_llmcompressor_is_a_dependency_error(tmp_path: Path, monkeypatch
     code, text = _cli("convert", str(demo_model_dir()), "--to", "gptq", "-o", str(tmp_path / "o"))
     assert code == 1 and "llmcompressor is needed" in text and "pip install" in text
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("calibrated,evaluated", [("code", "prose"), ("prose", "code")])
+def test_gptq_beats_symmetric_rtn_across_domains(tmp_path: Path, calibrated: str, evaluated: str) -> None:
+    """GPTQ with the default settings, calibrated on one domain of the packaged calibration mix and
+    scored on another domain of the (disjoint) evaluation mix, still beats round-to-nearest on the
+    same grid: what the method guarantees is a lower error than rounding, not a given figure.
+    (benchmarks/gptq_domains.py: GPTQ's KL is 0.3-0.5x RTN's here, so the order is not marginal.)"""
+    from edgekit.converters import textsets
+
+    cal = tmp_path / f"{calibrated}.txt"
+    cal.write_text(textsets.packaged("calibration", calibrated).text(), encoding="utf-8")
+    out = tmp_path / "out"
+    convert_gptq(demo_model_dir(), out, name="demo", calibration=cal, heldout_text=textsets.eval_text(evaluated),
+                 **SMALL)
+    m = json.loads((out / "edgekit.json").read_text())
+    entry = next(a for a in m["artifacts"] if a["format"] == "gptq")
+    g, r = entry["extra"]["gptq"], entry["extra"]["rtn"]
+    assert entry["extra"]["calibration"]["source"] == str(cal)
+    assert g["n_tokens"] == r["n_tokens"] >= 1000
+    assert g["mean_kl"] < r["mean_kl"]

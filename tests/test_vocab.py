@@ -278,7 +278,7 @@ def test_unsupported_structure_is_an_input_error_naming_the_supported_ones(
     line = excinfo.value.one_line()
     assert found in line
     assert all(name in line for name in supported_names())
-    assert "pre_override" in line
+    assert "--pre-tokenizer NAME / pre_tokenizer=NAME" in line  # the fix, for CLI and Python callers
     assert "\n" not in line
 
 

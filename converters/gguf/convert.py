@@ -8,16 +8,23 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from edgekit.errors import QualityGateError
 from edgekit.fsutil import atomic_output, sha256_file, temp_path_for
 from edgekit.manifest import ArtifactEntry
 from edgekit.progress import ProgressFn, StepTimer, report
 
 from ..pipeline import Conversion, Inputs, Verifier, open_inputs, record, slug, start_output
+from ..quality import QualitySettings
+from ..source import SourceModel
 from .archs import ArchSpec, spec_for
-from .quantize import quantize_file
+from .dequant import GGUFWeights
+from .quantize import artifact_types, quantize_file
 from .quants import FLOAT_QUANTS, GGUFQuant, parse_quants
 from .writer import write_float_gguf
 
@@ -49,16 +56,17 @@ def convert_gguf(
     progress: ProgressFn | None = None,
     timer: StepTimer | None = None,
     prepared: Inputs | None = None,
+    quality: QualitySettings | None = None,
 ) -> Conversion:
     """Convert, quantize and verify. ``spec``/``pre_override`` exist to test the verifier."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     wanted: list[GGUFQuant] = parse_quants(quants)
     timer = timer or StepTimer()
-    inputs = open_inputs(model_dir, adapter_dir, timer, prepared)
+    inputs = open_inputs(model_dir, adapter_dir, timer, prepared, quality)
     source, adapter = inputs.source, inputs.adapter
     spec = spec or spec_for(source.config)
     result = start_output(out_dir, inputs, timer)
-    verifier = Verifier(inputs, result, progress)
+    verifier = Verifier(inputs, result, progress, threads)
     stem = slug(name or model_dir.resolve().name)
     report(progress, "source", f"{spec.name}, {len(source.names())} tensors, "
                                f"{source.weights_bytes / 2**20:.1f} MiB{' + LoRA' if adapter else ''}")
@@ -70,34 +78,40 @@ def convert_gguf(
     ordered = ([base_q] if base_q else []) + [q for q in wanted if q is not base_q]
     base_path: Path | None = None
     base_tmp: Path | None = None
-    try:
-        if base_q is None and any(q.name not in FLOAT_QUANTS for q in wanted):
-            base_tmp = base_path = temp_path_for(out_dir / f"{stem}-{base_type}.gguf")
-            with timer.step(f"write {base_type} (base for quantization)"):
-                report(progress, f"write {base_type}", "streaming tensors (base for quantization)")
-                write_float_gguf(source, base_tmp, spec=spec, out_type=base_type, adapter=adapter, name=name,
-                                 pre_override=pre_override, progress=progress)
 
+    def write(q_name: str, path: Path, note: str) -> None:
+        with timer.step(f"write {q_name}{' (base for quantization)' if note else ''}"):
+            report(progress, f"write {q_name}", f"streaming tensors{note}")
+            write_float_gguf(source, path, spec=spec, out_type=q_name, adapter=adapter, name=name,
+                             pre_override=pre_override, progress=progress)
+
+    try:
         for q in ordered:
+            if q.name not in FLOAT_QUANTS and base_path is None:
+                base_tmp = base_path = temp_path_for(out_dir / f"{stem}-{base_type}.gguf")
+                write(base_type, base_tmp, " (base for quantization)")
             final = out_dir / f"{stem}-{q.name}.gguf"
             t0 = time.perf_counter()
-            with atomic_output(final) as tmp:
-                if q.name in FLOAT_QUANTS:
-                    with timer.step(f"write {q.name}"):
-                        report(progress, f"write {q.name}", "streaming tensors")
-                        write_float_gguf(source, tmp, spec=spec, out_type=q.name, adapter=adapter, name=name,
-                                         pre_override=pre_override, progress=progress)
-                else:
-                    assert base_path is not None
-                    with timer.step(f"quantize {q.name}"):
-                        report(progress, f"quantize {q.name}", "llama.cpp quantizer")
-                        quantize_file(base_path, tmp, q, threads=threads)
-                verification = None
-                if verify_artifacts:
-                    verification = verify_gguf(tmp, final.name, q, verifier, threads=threads)
-                entry = ArtifactEntry(file=final.name, format="gguf", quant=q.name, precision=q.precision.value,
-                                      size_bytes=tmp.stat().st_size, sha256=sha256_file(tmp),
-                                      verification=verification, seconds=round(time.perf_counter() - t0, 3))
+            try:
+                with atomic_output(final) as tmp:
+                    if q.name in FLOAT_QUANTS:
+                        write(q.name, tmp, "")
+                    else:
+                        assert base_path is not None
+                        with timer.step(f"quantize {q.name}"):
+                            report(progress, f"quantize {q.name}", "llama.cpp quantizer")
+                            quantize_file(base_path, tmp, q, threads=threads)
+                    types = artifact_types(tmp, q, final.name)  # read from the file; warns on fallbacks
+                    verification = None
+                    if verify_artifacts:
+                        verification = verify_gguf(tmp, final.name, q, verifier, source, spec, threads=threads)
+                    entry = ArtifactEntry(file=final.name, format="gguf", quant=q.name, precision=q.precision.value,
+                                          size_bytes=tmp.stat().st_size, sha256=sha256_file(tmp),
+                                          verification=verification, seconds=round(time.perf_counter() - t0, 3),
+                                          extra=types)
+            except QualityGateError as e:
+                verifier.refuse(e, q.name)
+                continue
             if q is base_q:
                 base_path = final
             record(result, entry)
@@ -107,11 +121,45 @@ def convert_gguf(
     return result
 
 
-def verify_gguf(path: Path, label: str, q: GGUFQuant, verifier: Verifier, *,
-                threads: int | None = None) -> dict[str, Any]:
+def verify_gguf(path: Path, label: str, q: GGUFQuant, verifier: Verifier, source: SourceModel, spec: ArchSpec,
+                *, threads: int | None = None) -> dict[str, Any]:
+    """Correctness against the file's own weights (dequantized), then quality on the evaluation set."""
     from edgekit.runtimes.llamacpp import LlamaCppSession
+    from edgekit.runtimes.llamacpp_score import score_positions
 
     ref = verifier.reference
-    n_ctx = max(64, max(len(ids) for ids in [*ref.logit_ids, ref.ppl_ids]) + 8)
-    with LlamaCppSession(path, n_ctx=n_ctx, n_batch=n_ctx, n_threads=threads, logits_all=True) as s:
-        return verifier.check(label, q.name, q.precision, s.tokenize, s.logits)
+    windows = ref.windows
+    probe_len = max(len(ids) for ids in ref.logit_ids)
+    # contexts sized to what is evaluated; logits only where scored (runtimes.llamacpp_score)
+    n_ctx = max(64, probe_len, len(windows.windows[0]))
+    weights = GGUFWeights(path, source, spec, label)
+    with LlamaCppSession(path, n_ctx=n_ctx, n_batch=min(n_ctx, 512), n_threads=threads) as s:
+        def logits(ids: list[int]) -> np.ndarray:
+            return np.concatenate(list(score_positions(s, ids, 0)))
+
+        def score(ids: list[int], start: int) -> Iterator[np.ndarray]:
+            return score_positions(s, ids, start)
+
+        return verifier.check(label, q.name, q.precision, s.tokenize, logits, score, weights)
+
+
+def check_gguf(model_dir: Path, path: Path, *, adapter_dir: Path | None = None, quality: QualitySettings | None = None,
+               threads: int | None = None, progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Verify an existing GGUF (made by edgekit or not) against the model it was converted from.
+
+    Returns the verification record a conversion would store; raises VerificationError when
+    the file is broken and QualityGateError when it is over ``quality``'s gate."""
+    from edgekit.manifest import Manifest
+
+    from .inspect import read_gguf
+    from .quants import names_by_file_type, quant
+
+    path = Path(path)
+    summary = read_gguf(path)  # untrusted: validated before llama.cpp or gguf-py's reader maps it
+    ftype = summary.metadata.get("general.file_type")
+    q = quant(names_by_file_type().get(int(ftype), "f16") if isinstance(ftype, int) else "f16")
+    timer = StepTimer()
+    inputs = open_inputs(Path(model_dir), adapter_dir, timer, quality=quality)
+    result = Conversion(path.parent, Manifest(source=inputs.source_info), timer=timer)
+    verifier = Verifier(inputs, result, progress, threads)
+    return verify_gguf(path, path.name, q, verifier, inputs.source, spec_for(inputs.source.config), threads=threads)

@@ -22,6 +22,7 @@ Equivalences used when deriving the list (all are what llama.cpp itself relies o
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -205,13 +206,14 @@ def _canonical(regexes: Iterable[str]) -> tuple[str, ...]:
     return tuple(canonical_regex(r) for r in regexes)
 
 
-def _split_regex(node: Mapping[str, Any]) -> str:
-    pattern = node.get("pattern") or {}
-    if "Regex" in pattern:
+def _split_regex(node: Mapping[str, Any]) -> str | None:
+    """The regex a Split node splits on; None when it has none (a malformed tokenizer.json)."""
+    pattern = node.get("pattern")
+    if isinstance(pattern, Mapping) and isinstance(pattern.get("Regex"), str):
         return str(pattern["Regex"])
-    if "String" in pattern:
+    if isinstance(pattern, Mapping) and isinstance(pattern.get("String"), str):
         return re.escape(str(pattern["String"]))
-    raise ValueError(f"Split without a pattern: {node!r}")
+    return None
 
 
 def _flatten(pre_tokenizer: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
@@ -236,7 +238,7 @@ def describe_pre_tokenizer(tokenizer_json: Mapping[str, Any]) -> str:
     for node in _flatten(tokenizer_json.get("pre_tokenizer")):
         kind = str(node.get("type"))
         if kind == "Split":
-            regex = "".join(_LITERAL_ESCAPES.get(ch, ch) for ch in _split_regex(node))
+            regex = "".join(_LITERAL_ESCAPES.get(ch, ch) for ch in _split_regex(node) or "<no pattern>")
             short = regex if len(regex) <= 60 else regex[:57] + "..."
             parts.append(f"Split(/{short}/, {node.get('behavior')}{', invert' if node.get('invert') else ''})")
         elif kind == "ByteLevel":
@@ -256,7 +258,8 @@ def _unsupported(tokenizer_json: Mapping[str, Any], why: str) -> InputError:
     return InputError(
         f"tokenizer.json pre-tokenizer not supported by llama.cpp ({why}): {describe_pre_tokenizer(tokenizer_json)}",
         hint=f"supported pre-tokenizers: {', '.join(supported_names())}; "
-        "if you know one of them splits text identically, force it with pre_override",
+        "if you know one of them splits text identically, force it with --pre-tokenizer NAME / "
+        "pre_tokenizer=NAME",
     )
 
 
@@ -265,7 +268,13 @@ def _node_regexes(node: Mapping[str, Any], is_last: bool, tokenizer_json: Mappin
     if kind == "Split":
         if node.get("behavior") != "Isolated" or node.get("invert"):
             raise _unsupported(tokenizer_json, "only Split(behavior=Isolated, invert=false) maps to a llama.cpp regex")
-        return [_split_regex(node)]
+        regex = _split_regex(node)
+        if regex is None:
+            raise InputError(f"tokenizer.json: a Split pre-tokenizer has no pattern (expected "
+                             f'{{"Regex": ...}} or {{"String": ...}}, got {json.dumps(node.get("pattern"))[:80]})',
+                             hint="the file is malformed: re-save the tokenizer with transformers or tokenizers "
+                                  "(tokenizer.save_pretrained(DIR))")
+        return [regex]
     if kind == "Digits":
         return [r"\p{N}" if node.get("individual_digits") else r"\p{N}+"]
     if kind == "ByteLevel":

@@ -44,13 +44,13 @@ class CalibrationSet:
 
 def check_window(samples: int, seq_len: int, max_positions: int | None) -> None:
     if samples < 1:
-        raise InputError(f"--samples must be at least 1 (got {samples})", hint="128 is a good default")
+        raise InputError(f"--samples / samples= must be at least 1 (got {samples})", hint="128 is a good default")
     if seq_len < MIN_SEQ_LEN:
-        raise InputError(f"--seq-len must be at least {MIN_SEQ_LEN} tokens (got {seq_len})",
+        raise InputError(f"--seq-len / seq_len= must be at least {MIN_SEQ_LEN} tokens (got {seq_len})",
                          hint=f"{DEFAULT_SEQ_LEN} is a good default")
     if max_positions and seq_len > max_positions:
-        raise InputError(f"--seq-len {seq_len} exceeds the model's context of {max_positions} tokens",
-                         hint=f"pass --seq-len {max_positions} or less")
+        raise InputError(f"--seq-len / seq_len= {seq_len} exceeds the model's context of {max_positions} tokens",
+                         hint=f"pass --seq-len / seq_len= {max_positions} or less")
 
 
 def read_calibration_text(source: Path | None, tokenizer: Any | None = None) -> tuple[str, str]:
@@ -72,8 +72,9 @@ def calibration_windows(tokenizer: Any, text: str, source: str, samples: int, se
         raise InputError(
             f"calibration text {source} has {len(ids)} tokens, too short for {samples} samples of "
             f"{seq_len} tokens ({need} needed)",
-            hint=(f"pass more text with --calibration, or lower --samples to {fit} or less"
-                  if fit else f"pass more text with --calibration, or lower --seq-len below {len(ids)}"))
+            hint=(f"pass more text with --calibration / calibration=, or lower --samples / samples= to {fit} or less"
+                  if fit else f"pass more text with --calibration / calibration=, or lower --seq-len / seq_len= "
+                              f"below {len(ids)}"))
     # evenly spaced, non-overlapping starts (need <= len(ids) guarantees the spacing >= body)
     step = (len(ids) - body) / max(samples - 1, 1)
     windows = []

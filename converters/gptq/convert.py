@@ -15,6 +15,7 @@ import contextlib
 import logging
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import InputError, VerificationError
+from edgekit.errors import InputError, QualityGateError, VerificationError
 from edgekit.fsutil import artifact_digest, atomic_output_dir
 from edgekit.manifest import ArtifactEntry
 from edgekit.progress import ProgressFn, StepTimer, report
@@ -30,8 +31,9 @@ from edgekit.progress import ProgressFn, StepTimer, report
 from ..gguf.quants import Precision
 from ..lora import LoraAdapter
 from ..pipeline import Conversion, Inputs, Verifier, open_inputs, record, slug, start_output
+from ..quality import QualitySettings
+from ..reference import torch_logits
 from ..source import SourceModel
-from ..verify import torch_logits
 from .calibration import (
     DEFAULT_SAMPLES,
     DEFAULT_SEQ_LEN,
@@ -49,8 +51,7 @@ from .checkpoint import (
     write_checkpoint,
 )
 from .engine import GPTQSettings, quantized_linear_names, quiet_llmcompressor, require_llmcompressor, run_gptq
-from .evaluate import heldout_metrics, heldout_windows, reference_metrics
-from .pack import check_bits, unpack_linear, unpack_rows
+from .pack import check_bits, check_group_value, unpack_linear, unpack_rows
 from .rtn import QuantizedLinear, rtn_quantize
 
 log = logging.getLogger(__name__)
@@ -83,18 +84,16 @@ def resolve_bits(quants: str | list[str] | None, bits: int) -> int:
         check_bits(int(names[0].removeprefix("int")))  # "GPTQ supports 4 or 8 bits, not 3"
     if len(names) != 1 or names[0].removeprefix("int") not in ("4", "8"):
         raise InputError(f"GPTQ output types are int4 or int8, not {','.join(names)!r}",
-                         hint="use --bits 4 or --bits 8 (and drop -q)")
+                         hint="use --bits 4 / bits=4 or --bits 8 / bits=8 (and drop -q / quants=)")
     named = int(names[0].removeprefix("int"))
     if named != bits and bits != 4:  # 4 is the default: only an explicit other width conflicts
-        raise InputError(f"--quant int{named} and --bits {bits} disagree", hint="pass one of them")
+        raise InputError(f"--quant / quants= int{named} and --bits / bits={bits} disagree", hint="pass one of them")
     return named
 
 
 def check_group_size(source: SourceModel, group_size: int, bits: int) -> None:
     """Every quantized Linear needs in % group == 0 and (for packing) in, out % (32/bits) == 0."""
-    if group_size == 0 or group_size < -1:
-        raise InputError(f"--group-size must be a positive number or -1 (per row), not {group_size}",
-                         hint="128 is the usual choice")
+    check_group_value(group_size)
     per_word = 32 // bits
     bad: list[str] = []
     widths: list[int] = []
@@ -111,9 +110,9 @@ def check_group_size(source: SourceModel, group_size: int, bits: int) -> None:
         for w in widths:
             g = np.gcd(g, w)
         fit = max((p for p in (128, 64, 32, 16, 8) if g % p == 0), default=None)
-        hint = (f"use --group-size {fit} (divides every width), or --group-size -1 (one group per row)"
-                if fit else "use --group-size -1 (one group per row), or keep this model in GGUF")
-        raise InputError(f"{len(bad)} layers have widths that are not a multiple of --group-size {group_size}"
+        hint = (f"use --group-size {fit} / group_size={fit} (divides every width), or -1 (one group per row)"
+                if fit else "use --group-size -1 / group_size=-1 (one group per row), or keep this model in GGUF")
+        raise InputError(f"{len(bad)} layers have widths that are not a multiple of the group size {group_size}"
                          f" (or of {per_word} for {bits}-bit packing): {', '.join(bad[:4])}"
                          f"{' ...' if len(bad) > 4 else ''}", hint=hint)
 
@@ -192,6 +191,7 @@ def convert_gptq(
     seq_len: int = DEFAULT_SEQ_LEN,
     compressed_tensors: bool = False,
     heldout_text: str | None = None,
+    quality: QualitySettings | None = None,
 ) -> Conversion:
     """Quantize with GPTQ, write a classic GPTQ checkpoint directory, verify it, compare with RTN."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -204,7 +204,7 @@ def convert_gptq(
         torch.set_num_threads(threads)
 
     # Everything that can be wrong with the input is found before anything is written.
-    inputs = open_inputs(model_dir, adapter_dir, timer, prepared)
+    inputs = open_inputs(model_dir, adapter_dir, timer, prepared, quality)
     with timer.step("check gptq inputs"):
         check_group_size(inputs.source, group_size, bits)
         check_window(samples, seq_len, inputs.source.config.get("max_position_embeddings"))
@@ -226,43 +226,48 @@ def convert_gptq(
     ct_final = out_dir / f"{final.name}-compressed-tensors"
     t0 = time.perf_counter()
     entries: list[ArtifactEntry] = []
-    with contextlib.ExitStack() as stack:
-        with timer.step("load model"):
-            report(progress, "load", "source model in float32" + (" + LoRA merge" if inputs.adapter else ""))
-            model = _load_float_model(model_dir, inputs.adapter)
-        float_tensors = _float_tensors(model, quantized_linear_names(model))
-        with timer.step("gptq"):
-            report(progress, "gptq", f"{scheme}, act-order {'on' if act_order else 'off'}, llmcompressor")
-            quantized = run_gptq(model, calib.windows, settings, progress)
-        base_extra: dict[str, Any] = {"scheme": scheme, "bits": bits, "group_size": group_size, "sym": True,
-                                      "act_order": act_order, "calibration": calib.describe()}
-        if compressed_tensors:
-            ct_tmp = stack.enter_context(atomic_output_dir(ct_final))
-            with timer.step("write compressed-tensors"):
-                _write_compressed_tensors(model, ct_tmp, model_dir, progress)
-                check_compressed_tensors(ct_tmp, quantized, ct_final.name)
-            size, digest = artifact_digest(ct_tmp)
-            entries.append(ArtifactEntry(file=ct_final.name, format="compressed-tensors", quant=scheme,
-                                         precision=PRECISION[bits].value, size_bytes=size, sha256=digest,
-                                         verification=None, extra={"same_codes_as": final.name, **base_extra}))
-        del model  # GPTQ's in-memory model is not needed any more: bound peak memory
+    verifier = Verifier(inputs, result, progress, threads)
+    try:
+        with contextlib.ExitStack() as stack:
+            with timer.step("load model"):
+                report(progress, "load", "source model in float32" + (" + LoRA merge" if inputs.adapter else ""))
+                model = _load_float_model(model_dir, inputs.adapter)
+            float_tensors = _float_tensors(model, quantized_linear_names(model))
+            with timer.step("gptq"):
+                report(progress, "gptq", f"{scheme}, act-order {'on' if act_order else 'off'}, llmcompressor")
+                quantized = run_gptq(model, calib.windows, settings, progress)
+            base_extra: dict[str, Any] = {"scheme": scheme, "bits": bits, "group_size": group_size, "sym": True,
+                                          "act_order": act_order, "calibration": calib.describe()}
+            if compressed_tensors:
+                ct_tmp = stack.enter_context(atomic_output_dir(ct_final))
+                with timer.step("write compressed-tensors"):
+                    _write_compressed_tensors(model, ct_tmp, model_dir, progress)
+                    check_compressed_tensors(ct_tmp, quantized, ct_final.name)
+                size, digest = artifact_digest(ct_tmp)
+                entries.append(ArtifactEntry(file=ct_final.name, format="compressed-tensors", quant=scheme,
+                                             precision=PRECISION[bits].value, size_bytes=size, sha256=digest,
+                                             verification=None, extra={"same_codes_as": final.name, **base_extra}))
+            del model  # GPTQ's in-memory model is not needed any more: bound peak memory
 
-        tmp = stack.enter_context(atomic_output_dir(final))
-        with timer.step("write gptq"):
-            report(progress, "write", final.name)
-            write_checkpoint(tmp, model_dir, inputs.source.config, float_tensors, pack_all(quantized), settings)
-        with timer.step("read back"):
-            ckpt = GPTQCheckpoint(tmp)
-            check_roundtrip(ckpt, quantized, final.name)
-        verification, extra = None, dict(base_extra)
-        if verify_artifacts:
-            verification, metrics = _verify_and_compare(ckpt, tmp, Verifier(inputs, result, progress), settings,
-                                                        final.name, scheme, heldout_text, progress)
-            extra.update(metrics)
-        size, digest = artifact_digest(tmp)
-        entries.insert(0, ArtifactEntry(file=final.name, format="gptq", quant=scheme, precision=PRECISION[bits].value,
-                                        size_bytes=size, sha256=digest, verification=verification,
-                                        seconds=round(time.perf_counter() - t0, 3), extra=extra))
+            tmp = stack.enter_context(atomic_output_dir(final))
+            with timer.step("write gptq"):
+                report(progress, "write", final.name)
+                write_checkpoint(tmp, model_dir, inputs.source.config, float_tensors, pack_all(quantized), settings)
+            with timer.step("read back"):
+                ckpt = GPTQCheckpoint(tmp)
+                check_roundtrip(ckpt, quantized, final.name)
+            verification, extra = None, dict(base_extra)
+            if verify_artifacts:
+                verification, metrics = _verify_and_compare(ckpt, tmp, verifier, settings,
+                                                            final.name, scheme, heldout_text, progress)
+                extra.update(metrics)
+            size, digest = artifact_digest(tmp)
+            entries.insert(0, ArtifactEntry(file=final.name, format="gptq", quant=scheme, precision=PRECISION[bits].value,
+                                            size_bytes=size, sha256=digest, verification=verification,
+                                            seconds=round(time.perf_counter() - t0, 3), extra=extra))
+    except QualityGateError as gated:  # nothing of it was kept; the other formats of the run go on
+        verifier.refuse(gated, scheme)
+        return result
     for e in entries:  # both directories are renamed now: the manifest never lists a missing one
         record(result, e)
     return result
@@ -281,32 +286,64 @@ def _write_compressed_tensors(model: Any, out: Path, model_dir: Path, progress: 
 def _verify_and_compare(ckpt: GPTQCheckpoint, ckpt_dir: Path, verifier: Verifier, settings: GPTQSettings,
                         label: str, scheme: str, heldout_text: str | None,
                         progress: ProgressFn | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Probe-set verification of the read-back checkpoint, then held-out GPTQ vs RTN vs fp32."""
+    """Correctness and quality of the read-back checkpoint, then GPTQ vs RTN on the same evaluation text."""
     from transformers import AutoTokenizer
+
+    from ..quality import make_windows, score_artifact
+    from ..reference import ArtifactTensor
 
     tokenizer = AutoTokenizer.from_pretrained(ckpt_dir)  # the checkpoint's own copy of the tokenizer
 
     def tokenize(text: str, add_special: bool) -> list[int]:
         return list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
 
+    gs = settings.group_size if settings.group_size > 0 else 0
+    stored = f"int{settings.bits}/g{settings.group_size}"
+    bits = settings.bits + (16 / gs if gs else 0.0)  # fp16 scale per group
+    weights = [ArtifactTensor(f"{p}.weight", ckpt.dequantized_one(p), stored, bits) for p in ckpt.quantized]
     gptq_model = ckpt.float_model()
     verification = verifier.check(label, f"gptq-{scheme}", PRECISION[settings.bits], tokenize,
-                                  partial(torch_logits, gptq_model))
-    reference = verifier.reference
-    windows = heldout_windows(reference, heldout_text)
+                                  partial(torch_logits, gptq_model), _model_score(gptq_model), weights)
+    ref = verifier.reference
+    windows, scores = ref.windows, ref.scores
+    if heldout_text is not None:  # another text than the run's evaluation set (cross-domain studies)
+        head = ref.encode("", True)
+        windows = make_windows(ref.encode(heldout_text, False), head, n_ctx=ref.windows.first_scored * 2,
+                               eval_tokens=ref.eval_settings.tokens, source="given held-out text")
+        scores = ref.scores_on(windows, verifier.expected)
     with verifier.result.timer.step("held-out gptq vs rtn"):
-        report(progress, "held-out", f"GPTQ vs round-to-nearest vs fp32 on {sum(len(w) - 1 for w in windows)} tokens")
-        gptq = heldout_metrics(reference, windows, partial(torch_logits, gptq_model))
+        report(progress, "held-out", f"GPTQ vs round-to-nearest vs fp32 on {windows.n_scored} tokens")
+        gptq = score_artifact(scores, windows, _model_score(gptq_model)) if heldout_text is not None else None
         del gptq_model
         rtn_model = _rtn_model(verifier.inputs.source, verifier.inputs.adapter, ckpt, settings)
-        rtn = heldout_metrics(reference, windows, partial(torch_logits, rtn_model))
+        rtn = score_artifact(scores, windows, _model_score(rtn_model))
         del rtn_model
-        fp32 = reference_metrics(reference, windows)
-    gain = {"kl_reduction_pct": round((rtn.mean_kl - gptq.mean_kl) / max(rtn.mean_kl, 1e-30) * 100, 2),
-            "ppl_delta_vs_rtn": round(gptq.ppl - rtn.ppl, 4)}
-    metrics = {"gptq": gptq.to_dict(), "rtn": rtn.to_dict(), "fp32": fp32.to_dict(), "gain": gain}
+
+    def brief(m: Any) -> dict[str, Any]:
+        return {"ppl": round(m.ppl, 4), "mean_kl": float(f"{m.mean_kl:.6g}"), "top1": round(m.top1, 6),
+                "n_tokens": m.n_positions}
+
+    g = brief(gptq) if gptq is not None else {k: verification[k] for k in ("ppl", "mean_kl", "top1")} | {
+        "n_tokens": verification["n_positions"]}
+    r = brief(rtn)
+    gain = {"kl_reduction_pct": round((r["mean_kl"] - g["mean_kl"]) / max(r["mean_kl"], 1e-30) * 100, 2),
+            "ppl_delta_vs_rtn": round(g["ppl"] - r["ppl"], 4)}
+    fp32 = {"ppl": round(rtn.ppl_ref, 4), "mean_kl": 0.0, "top1": 1.0, "n_tokens": rtn.n_positions}
+    metrics = {"gptq": g, "rtn": r, "fp32": fp32, "gain": gain, "eval_set": windows.describe()}
     report(progress, "gptq vs rtn", gain_line(metrics | {"scheme": scheme}))
     return verification, metrics
+
+
+def _model_score(model: Any) -> Any:
+    """A ScoreFn over a transformers model: logits of the scored positions only."""
+    import torch
+
+    def score(ids: list[int], start: int) -> Iterator[np.ndarray]:
+        with torch.inference_mode():
+            out = model(input_ids=torch.tensor([ids], dtype=torch.long), logits_to_keep=len(ids) - start)
+        yield out.logits[0].float().numpy()
+
+    return score
 
 
 def _rtn_model(source: SourceModel, adapter: LoraAdapter | None, ckpt: GPTQCheckpoint, settings: GPTQSettings) -> Any:
@@ -320,7 +357,8 @@ def _rtn_model(source: SourceModel, adapter: LoraAdapter | None, ckpt: GPTQCheck
         if not source.has(name):
             raise InputError(f"the source has no tensor {name!r} (transformers names it differently), so the "
                              f"round-to-nearest baseline cannot be built",
-                             hint="rerun with --no-verify to skip verification and the GPTQ-vs-RTN comparison")
+                             hint="skip verification and the GPTQ-vs-RTN comparison with --no-verify / "
+                                  "verify=False")
         w = source.float32(name)
         if adapter is not None:
             w = adapter.merge(name, w)

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import DependencyError
+from edgekit.errors import DependencyError, EdgekitError, InputError
 from edgekit.progress import ProgressFn, report
 
 from .rtn import QuantizedLinear, on_grid
@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 INSTALL = 'pip install "edgekit[gptq]"  (or: pip install llmcompressor==0.14.0.1 torch==2.13.0 transformers==5.17.0)'
 IGNORE = ["lm_head"]  # the output head stays float, as in every GPTQ checkpoint
 DAMPENING = 0.01  # fraction of the mean Hessian diagonal added before inversion (GPTQ default)
+# what extract() checks holds for the llmcompressor edgekit is tested with; another version may differ
+_VERSION_HINT = f"edgekit is tested with llmcompressor 0.14.0.1; install that version: {INSTALL}"
 
 
 @dataclass(frozen=True)
@@ -157,12 +159,22 @@ def extract(model: Any, names: list[str], settings: GPTQSettings) -> dict[str, Q
         m = modules[name]
         scale = getattr(m, "weight_scale", None)
         if scale is None:
-            raise RuntimeError(f"llmcompressor left {name} unquantized")
+            raise EdgekitError(f"llmcompressor left {name} unquantized", hint=_VERSION_HINT)
         w = m.weight.detach().float().cpu().numpy()
         s = scale.detach().float().cpu().numpy().reshape(w.shape[0], -1)
+        if not (np.isfinite(w).all() and np.isfinite(s).all()):
+            # NaN/inf in the source weights (or activations that overflowed on the calibration
+            # text) make every scale of the row NaN: say which layer, not "off the grid"
+            raise InputError(f"GPTQ produced non-finite weights for {name}: the source's {name}.weight or its "
+                             f"calibration activations hold NaN/inf values",
+                             hint="check the source checkpoint (e.g. a failed fine-tune or merge); it cannot be "
+                                  "quantized as it is")
         gs = w.shape[1] // s.shape[1]
         g_idx = getattr(m, "weight_g_idx", None)
         g = (g_idx.detach().cpu().numpy().astype(np.int32) if g_idx is not None
              else (np.arange(w.shape[1]) // gs).astype(np.int32))
-        out[name] = on_grid(w, s, g, settings.bits)
+        try:
+            out[name] = on_grid(w, s, g, settings.bits)
+        except ValueError as e:  # llmcompressor rounded against other scales than it stored
+            raise EdgekitError(f"{name}: {e}", hint=_VERSION_HINT) from e
     return out

@@ -10,14 +10,33 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..verify import LogitsFn, Reference, kl_from_log_probs, log_softmax, round_metric, token_nll
+from ..reference import torch_logits
+from ..verify import LogitsFn, kl_from_log_probs, log_softmax, round_metric, token_nll
 
 HELDOUT_TOKENS = 2048  # positions evaluated
 WINDOW = 256  # tokens per forward pass
+
+
+class Reference:
+    """A float32 transformers model and its tokenizer (benchmarks compare artifacts with it directly)."""
+
+    def __init__(self, model_dir: Path) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+    def encode(self, text: str, add_special: bool) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=add_special, verbose=False)["input_ids"])
+
+    def forward(self, ids: list[int]) -> np.ndarray:
+        return torch_logits(self.model, ids)
 
 
 @dataclass

@@ -40,8 +40,16 @@ LINEAR_TENSORS = ("qweight", "qzeros", "scales", "g_idx")  # per quantized Linea
 def check_bits(bits: int) -> int:
     if bits not in SUPPORTED_BITS:
         raise InputError(f"GPTQ supports 4 or 8 bits, not {bits}",
-                         hint="pass --bits 4 (int4, the usual choice) or --bits 8")
+                         hint="pass --bits 4 / bits=4 (int4, the usual choice) or --bits 8 / bits=8")
     return bits
+
+
+def check_group_value(group_size: int) -> int:
+    """A group size in itself (whether it divides the model's widths is checked on the model)."""
+    if group_size == 0 or group_size < -1:
+        raise InputError(f"--group-size / group_size= must be a positive number or -1 (per row), not {group_size}",
+                         hint="128 is the usual choice")
+    return group_size
 
 
 def _per_word(bits: int) -> int:

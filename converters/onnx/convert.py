@@ -11,15 +11,20 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from edgekit.errors import QualityGateError
 from edgekit.fsutil import artifact_digest, atomic_output_dir
 from edgekit.manifest import ArtifactEntry
 from edgekit.progress import ProgressFn, StepTimer, report
 
 from ..merged_source import write_merged_source
 from ..pipeline import Conversion, Inputs, Verifier, open_inputs, record, slug, start_output
+from ..quality import QualitySettings
 from .builder import check_builder_available, run_builder
 from .quants import (
     DEFAULT_BLOCK_SIZE,
@@ -82,6 +87,7 @@ def convert_onnx(
     prepared: Inputs | None = None,
     builder_extra: dict[str, str] | None = None,
     source_override: Path | None = None,
+    quality: QualitySettings | None = None,
 ) -> Conversion:
     """Export, verify and record ONNX variants.
 
@@ -95,9 +101,9 @@ def convert_onnx(
     tgt, algo, block_size = parse_target(target), parse_algo(int4_algo), check_block_size(block_size)
     check_builder_available()
     timer = timer or StepTimer()
-    inputs = open_inputs(model_dir, adapter_dir, timer, prepared)
+    inputs = open_inputs(model_dir, adapter_dir, timer, prepared, quality)
     result = start_output(out_dir, inputs, timer)
-    verifier = Verifier(inputs, result, progress)
+    verifier = Verifier(inputs, result, progress, threads)
     stem = slug(name or model_dir.resolve().name)
     cfg = inputs.source.config
     n_layers = int(cfg.get("num_hidden_layers") or cfg.get("text_config", {}).get("num_hidden_layers") or 0)
@@ -119,32 +125,43 @@ def convert_onnx(
             opts = {**builder_options(q, block_size=block_size, algo=algo, tied=tied, from_gptq=from_gptq),
                     **(builder_extra or {})}
             t0 = time.perf_counter()
-            with atomic_output_dir(final) as tmp:
-                with timer.step(f"build {q.name}"):
-                    report(progress, f"build {q.name}", f"ONNX Runtime GenAI builder (-p {q.builder_precision} "
-                                                       f"-e {ep}{', block ' + str(block_size) if 'block_size' in opts else ''})")
-                    run_builder(src, tmp, precision=q.builder_precision, ep=ep, cache_dir=Path(scratch) / "cache",
-                                extra_options=opts, n_layers=n_layers, progress=progress, label=f"build {q.name}")
-                verification = None
-                if verify_artifacts:
-                    verification = verify_onnx(tmp, final.name, q, verifier, threads=threads)
-                size, digest = artifact_digest(tmp)
-                extra: dict[str, Any] = {"target": tgt.value, "builder_ep": ep, "verified_on": "cpu",
-                                         "builder_options": opts, **_versions()}
-                if source_override is not None:
-                    extra["built_from"] = str(Path(source_override).resolve())
-                entry = ArtifactEntry(file=final.name, format="onnx", quant=label, precision=q.precision.value,
-                                      size_bytes=size, sha256=digest, verification=verification,
-                                      seconds=round(time.perf_counter() - t0, 3), extra=extra)
+            try:
+                with atomic_output_dir(final) as tmp:
+                    with timer.step(f"build {q.name}"):
+                        report(progress, f"build {q.name}", f"ONNX Runtime GenAI builder (-p {q.builder_precision} "
+                                                           f"-e {ep}{', block ' + str(block_size) if 'block_size' in opts else ''})")
+                        run_builder(src, tmp, precision=q.builder_precision, ep=ep, cache_dir=Path(scratch) / "cache",
+                                    extra_options=opts, n_layers=n_layers, progress=progress, label=f"build {q.name}")
+                    verification = None
+                    if verify_artifacts:
+                        verification = verify_onnx(tmp, final.name, q, verifier, threads=threads)
+                    size, digest = artifact_digest(tmp)
+                    extra: dict[str, Any] = {"target": tgt.value, "builder_ep": ep, "verified_on": "cpu",
+                                             "builder_options": opts, **_versions()}
+                    if source_override is not None:
+                        extra["built_from"] = str(Path(source_override).resolve())
+                    entry = ArtifactEntry(file=final.name, format="onnx", quant=label, precision=q.precision.value,
+                                          size_bytes=size, sha256=digest, verification=verification,
+                                          seconds=round(time.perf_counter() - t0, 3), extra=extra)
+            except QualityGateError as e:
+                verifier.refuse(e, label)
+                continue
             record(result, entry)
     return result
 
 
 def verify_onnx(path: Path, label: str, q: OnnxQuant, verifier: Verifier, *, threads: int | None = None) -> dict[str, Any]:
+    """Correctness against the model's own (dequantized) matrices, then quality on the evaluation set."""
     from edgekit.runtimes.onnx import OnnxSession
 
+    from .dequant import OnnxWeights
+
+    weights = OnnxWeights(path, verifier.inputs.source)
     with OnnxSession(path, n_ctx=0, n_threads=threads, device="cpu") as s:
-        return verifier.check(label, q.name, q.precision, s.tokenize, s.logits)
+        def score(ids: list[int], start: int) -> Iterator[np.ndarray]:
+            yield s.logits(ids)[start:]
+
+        return verifier.check(label, q.name, q.precision, s.tokenize, s.logits, score, weights)
 
 
 def _versions() -> dict[str, str]:
@@ -157,3 +174,20 @@ def _versions() -> dict[str, str]:
         except PackageNotFoundError:
             continue
     return out
+
+
+def check_onnx(model_dir: Path, path: Path, *, adapter_dir: Path | None = None, quality: QualitySettings | None = None,
+               threads: int | None = None, progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Verify an existing ONNX Runtime GenAI model directory against the model it was converted from."""
+    from edgekit.manifest import Manifest
+    from edgekit.runtimes.onnx_check import check_onnx_dir
+
+    from .quants import QUANTS
+
+    path = Path(path)
+    check_onnx_dir(path)  # untrusted: config, graph and external data checked before ONNX Runtime opens it
+    inputs = open_inputs(Path(model_dir), adapter_dir, StepTimer(), quality=quality)
+    result = Conversion(path.parent, Manifest(source=inputs.source_info))
+    verifier = Verifier(inputs, result, progress, threads)
+    q = next((x for x in QUANTS if path.name.endswith(f"-{x.name}")), QUANTS[0])
+    return verify_onnx(path, path.name, q, verifier, threads=threads)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.converters.verify import kl_from_log_probs, log_softmax, torch_logits
-from edgekit.errors import InputError
+from edgekit.errors import InputError, VocabularyMismatchError
 from edgekit.progress import ProgressFn, report
 
 # Percentiles of per-token KL that llama-perplexity prints.
@@ -70,6 +70,9 @@ class _ArtifactLogits:
     def __call__(self, ids: list[int]) -> np.ndarray:
         return self.session.logits(ids)
 
+    def vocab_size(self) -> int:
+        return int(self.session.logits([0]).shape[-1])  # token 0 exists in every vocabulary
+
     def close(self) -> None:
         self.session.close()
 
@@ -86,6 +89,9 @@ class _TransformersLogits:
     def __call__(self, ids: list[int]) -> np.ndarray:
         return torch_logits(self.model, ids)
 
+    def vocab_size(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
     def close(self) -> None:
         self.model = None
 
@@ -93,7 +99,8 @@ class _TransformersLogits:
 def _open_reference(ref: Path, n_ctx: int, n_threads: int | None) -> _ArtifactLogits | _TransformersLogits:
     if not ref.exists():
         raise InputError(f"reference {ref} does not exist",
-                         hint="pass the source Hugging Face model directory or an f16 artifact")
+                         hint="pass the source Hugging Face model directory or an f16 artifact (--reference / "
+                              "reference=)")
     if ref.is_dir() and (ref / "config.json").is_file() and any(ref.glob("*.safetensors")):
         return _TransformersLogits(ref)
     return _ArtifactLogits(ref, n_ctx, n_threads)
@@ -102,11 +109,11 @@ def _open_reference(ref: Path, n_ctx: int, n_threads: int | None) -> _ArtifactLo
 def chunk_ids(head: list[int], body: list[int], n_ctx: int, max_chunks: int | None) -> list[list[int]]:
     step = n_ctx - len(head)
     if step < 2:
-        raise InputError(f"context {n_ctx} is too short to score anything", hint="raise --ctx")
+        raise InputError(f"context {n_ctx} is too short to score anything", hint="raise --ctx / n_ctx=")
     chunks = [head + body[i:i + step] for i in range(0, len(body) - step + 1, step)]
     if not chunks:
         raise InputError(f"the text has {len(body)} tokens, fewer than one chunk of {step}",
-                         hint="give a longer --text or a smaller --ctx")
+                         hint="give a longer --text / text= or a smaller --ctx / n_ctx=")
     return chunks[:max_chunks] if max_chunks else chunks
 
 
@@ -116,11 +123,11 @@ def evaluate(artifact: Path, text: Path, *, reference: Path | None = None, n_ctx
     """Perplexity of ``artifact`` on ``text``; with ``reference``, KL statistics against it."""
     artifact, text = Path(artifact), Path(text)
     if not text.is_file():
-        raise InputError(f"text file {text} does not exist", hint="pass a UTF-8 text file with --text")
+        raise InputError(f"text file {text} does not exist", hint="pass a UTF-8 text file with --text / text=")
     try:
         content = text.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise InputError(f"{text} is not UTF-8 text", hint="pass a UTF-8 text file with --text") from e
+        raise InputError(f"{text} is not UTF-8 text", hint="pass a UTF-8 text file with --text / text=") from e
     report(progress, "load", artifact.name)
     model = _ArtifactLogits(artifact, n_ctx, n_threads)
     ref = None
@@ -131,6 +138,9 @@ def evaluate(artifact: Path, text: Path, *, reference: Path | None = None, n_ctx
         if reference is not None:
             report(progress, "load reference", Path(reference).name)
             ref = _open_reference(Path(reference), n_ctx, n_threads)
+            # before any forward: ids past a smaller reference vocabulary would fail inside it
+            if (ref_vocab := ref.vocab_size()) != (vocab := model.vocab_size()):
+                raise VocabularyMismatchError(ref_vocab, vocab)
         nll, nll_ref, kls, top1, dp = [], [], [], [], []
         for i, ids in enumerate(chunks):
             first = len(ids) // 2  # score the second half (llama-perplexity)
@@ -139,11 +149,7 @@ def evaluate(artifact: Path, text: Path, *, reference: Path | None = None, n_ctx
             lp = log_softmax(logits)
             nll.append(-lp[np.arange(len(target)), target])
             if ref is not None:
-                ref_logits = ref(ids)
-                if ref_logits.shape[-1] != lp.shape[-1]:
-                    raise InputError(f"the reference has a vocabulary of {ref_logits.shape[-1]}, the artifact "
-                                     f"{lp.shape[-1]}", hint="compare artifacts of the same model")
-                rl = ref_logits[first - 1:-1]
+                rl = ref(ids)[first - 1:-1]
                 lr = log_softmax(rl)
                 nll_ref.append(-lr[np.arange(len(target)), target])
                 kls.append(kl_from_log_probs(lr, lp))

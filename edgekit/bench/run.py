@@ -120,7 +120,7 @@ def run_bench(paths: list[Path], settings: BenchSettings, *, output: Path | None
 
         text = heldout_path()
     if not Path(text).is_file():
-        raise InputError(f"prompt text {text} does not exist", hint="pass a UTF-8 text file with --text")
+        raise InputError(f"prompt text {text} does not exist", hint="pass a UTF-8 text file with --text / text=")
     artifacts, skipped = resolve_artifacts(paths)
     threads = settings.threads or (usable_cores(),)
     settings = BenchSettings(**{**asdict(settings), "threads": tuple(threads)})

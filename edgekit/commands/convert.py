@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
+from edgekit.converters.options import GPTQOptions, ONNXOptions
 from edgekit.ui import StepPrinter, emit_json, format_table, human_bytes
 
 DEMO_QUANTS = "f16,q8_0,q4_k_m"
@@ -14,30 +16,39 @@ DEMO_QUANTS = "f16,q8_0,q4_k_m"
 DEMO_DEFAULTS = {"gguf": DEMO_QUANTS, "onnx": "fp32,fp16,int4", "gptq": "int4"}
 
 
+# Defaults shown by --help come from the option records (one place); only the flags a user
+# gives are passed on, so the records' own defaults and checks apply, and a flag of a format
+# the run does not produce is an error rather than silently ignored.
+_O, _Q = ONNXOptions, GPTQOptions
+
+
 @click.command()
 @click.argument("model_dir", required=False, type=click.Path(path_type=Path))
 @click.option("--to", "to", default="gguf", show_default=True,
               help="Output format(s), comma-separated: gguf, onnx, gptq (e.g. --to gguf,onnx or --to gptq,onnx).")
 @click.option("--quant", "-q", "quants", default=None,
-              help="Comma-separated types, e.g. f16,q8_0,q4_k_m (GGUF) or fp32,fp16,int4 (ONNX). "
-                   "Default: f16 (GGUF), fp32,int4 (ONNX).")
+              help="Comma-separated types, e.g. f16,q8_0,q4_k_m (GGUF), fp32,fp16,int4 (ONNX) or int4|int8 (GPTQ). "
+                   "Default: f16 (GGUF), fp32,int4 (ONNX), int4 (GPTQ).")
 @click.option("--adapter", type=click.Path(path_type=Path), default=None, help="PEFT LoRA adapter dir to merge.")
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=Path("edgekit-out"),
               show_default=True, help="Output directory.")
 @click.option("--name", default=None, help="Base name of the output files (default: the model dir's name).")
-@click.option("--target", default="cpu", show_default=True,
+@click.option("--pre-tokenizer", default=None,
+              help="GGUF: llama.cpp pre-tokenizer name, when it cannot be derived from tokenizer.json.")
+@click.option("--target", default=str(_O.target), show_default=True,
               help="ONNX: where it will run, cpu|cuda|jetson (decides the graph the builder emits).")
-@click.option("--block-size", type=int, default=32, show_default=True,
+@click.option("--block-size", type=int, default=_O.block_size, show_default=True,
               help="ONNX int4/int8: weights per quantization block (16/32/64/128/256).")
-@click.option("--int4-algo", default="k_quant", show_default=True, help="ONNX int4/int8: rtn|k_quant|k_quant_mixed.")
-@click.option("--bits", type=int, default=4, show_default=True, help="GPTQ: weight bits (4 or 8).")
-@click.option("--group-size", type=int, default=128, show_default=True,
+@click.option("--int4-algo", default=str(_O.int4_algo), show_default=True,
+              help="ONNX int4/int8: rtn|k_quant|k_quant_mixed.")
+@click.option("--bits", type=int, default=_Q.bits, show_default=True, help="GPTQ: weight bits (4 or 8).")
+@click.option("--group-size", type=int, default=_Q.group_size, show_default=True,
               help="GPTQ: input columns per scale (-1: one group per row).")
 @click.option("--act-order", is_flag=True, help="GPTQ: process columns by activation size (better, same format).")
 @click.option("--calibration", type=click.Path(path_type=Path), default=None,
               help="GPTQ: calibration text file or directory (default: the packaged corpus).")
-@click.option("--samples", type=int, default=128, show_default=True, help="GPTQ: calibration windows.")
-@click.option("--seq-len", type=int, default=512, show_default=True, help="GPTQ: tokens per calibration window.")
+@click.option("--samples", type=int, default=_Q.samples, show_default=True, help="GPTQ: calibration windows.")
+@click.option("--seq-len", type=int, default=_Q.seq_len, show_default=True, help="GPTQ: tokens per calibration window.")
 @click.option("--compressed-tensors", is_flag=True,
               help="GPTQ: also write llmcompressor's compressed-tensors checkpoint.")
 @click.option("--from-gptq", type=click.Path(path_type=Path), default=None,
@@ -47,46 +58,32 @@ DEMO_DEFAULTS = {"gguf": DEMO_QUANTS, "onnx": "fp32,fp16,int4", "gptq": "int4"}
 @click.option("--demo", is_flag=True, help="Convert the packaged demo model (no download needed).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
-def convert(model_dir: Path | None, to: str, quants: str | None, adapter: Path | None, out_dir: Path,
-            name: str | None, target: str, block_size: int, int4_algo: str, bits: int, group_size: int,
-            act_order: bool, calibration: Path | None, samples: int, seq_len: int, compressed_tensors: bool,
-            from_gptq: Path | None, no_verify: bool, threads: int | None, demo: bool, as_json: bool,
-            quiet: bool) -> None:
+def convert(model_dir: Path | None, to: str, out_dir: Path, demo: bool, as_json: bool, quiet: bool,
+            **flags: Any) -> None:
     """Convert MODEL_DIR (a Hugging Face model directory) and verify every artifact against it."""
-    from edgekit.converters.registry import (
-        DEFAULT_QUANTS,
-        Format,
-        convert_formats,
-        parse_formats,
-        split_quants,
-    )
+    from edgekit.converters.gptq.chain import gain_lines
+    from edgekit.converters.options import plan_conversion
+    from edgekit.converters.registry import Format, convert_formats
     from edgekit.errors import InputError
 
-    defaults = DEFAULT_QUANTS
+    ctx = click.get_current_context()
+    # the flags given, by their keyword names (--no-verify is verify=False)
+    given = {k: v for k, v in flags.items() if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
+    if given.pop("no_verify", False):
+        given["verify"] = False
+    defaults = None
     if demo:
         from edgekit.demo import demo_model_dir
 
         if model_dir is not None:
             raise InputError("--demo converts the packaged demo model; drop MODEL_DIR or --demo")
-        model_dir, name = demo_model_dir(), name or "edgekit-demo"
+        model_dir = demo_model_dir()
+        given.setdefault("name", "edgekit-demo")
         defaults = {Format(f): q for f, q in DEMO_DEFAULTS.items()}
     if model_dir is None:
         raise InputError("missing MODEL_DIR", hint="pass a Hugging Face model directory, or --demo")
-    formats = parse_formats(to)
-    per_format = split_quants(formats, quants, defaults)
-    # options that only one format understands
-    specific: dict[Format, dict[str, Any]] = {
-        Format.ONNX: {"target": target, "block_size": block_size, "int4_algo": int4_algo},
-        Format.GPTQ: {"bits": bits, "group_size": group_size, "act_order": act_order, "calibration": calibration,
-                      "samples": samples, "seq_len": seq_len, "compressed_tensors": compressed_tensors},
-    }
-    from edgekit.converters.gptq.chain import chain_onnx, gain_lines
-
-    formats, per_format, names = chain_onnx(formats, per_format, quants, from_gptq, specific, name, model_dir)
-    results = convert_formats(model_dir, out_dir, {f: per_format[f] for f in formats}, adapter_dir=adapter,
-                              options={f: specific[f] for f in formats if f in specific}, names=names, name=name,
-                              verify_artifacts=not no_verify, threads=threads,
-                              progress=StepPrinter(quiet=quiet or as_json))
+    plan = plan_conversion(to, defaults=defaults, progress=StepPrinter(quiet=quiet or as_json), **given)
+    results = convert_formats(model_dir, out_dir, plan)
     if as_json:
         emit_json({"out_dir": str(out_dir), "manifest": results[-1].manifest.to_dict(),
                    "steps": [s for r in results for s in r.timer.as_dict()]})

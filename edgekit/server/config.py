@@ -34,7 +34,7 @@ class ServerConfig:
         if self.queue_timeout_s <= 0 or self.shutdown_timeout_s < 0:
             raise InputError("queue_timeout_s must be > 0 and shutdown_timeout_s >= 0")
         if self.api_key is not None and not self.api_key.strip():
-            raise InputError("the API key is empty", hint="pass a non-empty --api-key or leave it out")
+            raise InputError("the API key is empty", hint="pass a non-empty --api-key / api_key= or leave it out")
 
     @property
     def loopback(self) -> bool:

@@ -68,7 +68,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind(address)
     except OSError as e:
         raise InputError(f"cannot listen on {host}:{port}: {e.strerror or e}",
-                         hint="pick another --port (0 picks a free one) or stop the program using it") from e
+                         hint="pick another --port / port= (0 picks a free one) or stop the program using it") from e
     sock.set_inheritable(True)
     return sock
 

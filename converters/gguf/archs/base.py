@@ -173,6 +173,17 @@ class ArchSpec:
             data = data + np.float32(self.norm_shift)
         return data
 
+    def untransform(self, hf_name: str, data: np.ndarray, c: TextConfig) -> np.ndarray:
+        """The inverse of :meth:`transform`: an artifact's tensor back in HF's layout (for verification)."""
+        if self.norm_shift and hf_name.endswith("norm.weight"):
+            data = data - np.float32(self.norm_shift)
+        if self.permute_qk:
+            if hf_name.endswith("q_proj.weight") or hf_name.endswith("q_proj.bias"):
+                data = unpermute_rope(data, c.num_heads)
+            elif hf_name.endswith("k_proj.weight") or hf_name.endswith("k_proj.bias"):
+                data = unpermute_rope(data, c.num_kv_heads)
+        return data
+
     def skip(self, hf_name: str, c: TextConfig) -> bool:
         if any(hf_name.endswith(s) for s in self.skip_suffixes):
             return True
@@ -183,3 +194,8 @@ class ArchSpec:
 def permute_rope(w: np.ndarray, n_head: int) -> np.ndarray:
     """Reorder each head's rows from HF's [first half | second half] to interleaved pairs."""
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def unpermute_rope(w: np.ndarray, n_head: int) -> np.ndarray:
+    """The inverse of :func:`permute_rope`: interleaved pairs back to [first half | second half]."""
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)

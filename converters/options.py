@@ -1,0 +1,336 @@
+"""Conversion options as typed records, in one place: what the CLI and the Python API accept.
+
+* :class:`CommonOptions` -- what every format takes (adapter, name, verify, threads, progress);
+* :class:`GGUFOptions`, :class:`ONNXOptions`, :class:`GPTQOptions` -- what only that format
+  understands, one frozen record each;
+* :class:`ConversionPlan` -- the records of one run, in the order the formats run (GPTQ
+  before an ONNX build that reads its checkpoint).
+
+Each record checks its own values when it is built and raises :class:`InputError` naming
+the option both ways (``--block-size / block_size=``), so a bad value is refused before
+anything is read or written, whichever way it came in. ``edgekit convert`` builds the records
+from the flags the user gave and :func:`edgekit.convert` from its keyword arguments, both
+through :func:`plan_conversion`, and :func:`edgekit.converters.registry.convert_formats`
+runs a plan.
+
+Routing keywords: every keyword is the field name of exactly one record (``quants`` aside:
+it is split by format, since the type names of GGUF and ONNX are disjoint and GPTQ's
+int4/int8 name its bits). A keyword of a format the run does not produce is an error, not
+silently dropped: ``to="gguf", target="cuda"`` most likely means the caller forgot ``onnx``
+in ``to``, and a dropped option would convert something other than what was asked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from edgekit.errors import InputError, UnknownChoiceError
+from edgekit.progress import ProgressFn
+
+from .gptq.calibration import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN
+from .onnx.quants import DEFAULT_BLOCK_SIZE, Int4Algo, Target
+from .registry import DEFAULT_QUANTS, Format, parse_formats, split_quants
+
+GPTQ_ONNX_QUANT = "int4"  # the builder precision that keeps GPTQ's prequantized weights as MatMulNBits
+
+# keywords whose CLI spelling is not ``--`` + the keyword with dashes
+_CLI_SPELLING = {"quants": "--quant"}
+# names the converter functions of 0.1 use, accepted by edgekit.convert for the same option
+ALIASES = {"verify_artifacts": "verify", "adapter_dir": "adapter"}
+
+
+def opt(name: str, value: str = "") -> str:
+    """An option named for both audiences: ``--block-size / block_size=`` (``value`` appended)."""
+    if name == "verify":
+        return "--no-verify / verify=False"
+    flag = _CLI_SPELLING.get(name, "--" + name.replace("_", "-"))
+    return f"{flag}{' ' + value if value else ''} / {name}={value}"
+
+
+def _names(value: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    if value is not None and not isinstance(value, str | list | tuple):
+        raise InputError(f"{opt('quants')} must be a comma-separated string or a list of names, not {value!r}",
+                         hint=f"pass {opt('quants', 'f16,q8_0')}")
+    items = value.split(",") if isinstance(value, str) else list(value or ())
+    out: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise InputError(f"quant types must be strings, not {item!r}", hint=f"pass {opt('quants', 'f16,q8_0')}")
+        if item.strip() and item.strip().lower() not in out:
+            out.append(item.strip().lower())
+    return tuple(out)
+
+
+def _int(name: str, value: Any, ok: Callable[[int], bool], must: str, fix: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not ok(value):
+        raise InputError(f"{opt(name)} must be {must}, not {value!r}", hint=f"pass {opt(name, fix)}")
+
+
+def _any(value: int) -> bool:
+    return True
+
+
+def _bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise InputError(f"{name}= must be True or False, not {value!r}", hint=f"pass {name}=True or {name}=False")
+
+
+def _path(record: Any, name: str) -> Path | None:
+    value = getattr(record, name)
+    if value is None:
+        return None
+    if not isinstance(value, str | Path):
+        raise InputError(f"{opt(name)} must be a path, not {value!r}", hint=f"pass {opt(name, 'DIR')}")
+    object.__setattr__(record, name, Path(value))
+    return Path(value)
+
+
+@dataclass(frozen=True)
+class CommonOptions:
+    """What every format takes."""
+
+    adapter: Path | None = None  # PEFT LoRA adapter directory, merged before converting
+    name: str | None = None  # base name of the outputs (default: the model directory's name)
+    verify: bool = True  # verify every artifact against the source (an artifact that fails is not kept)
+    threads: int | None = None  # quantization and verification threads (None: all cores)
+    progress: ProgressFn | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        _path(self, "adapter")
+        if self.name is not None and (not isinstance(self.name, str) or not self.name.strip()):
+            raise InputError(f"{opt('name')} must be a non-empty string, not {self.name!r}",
+                             hint="pass a base name for the output files, or leave it out")
+        _bool("verify", self.verify)
+        if self.threads is not None:
+            _int("threads", self.threads, lambda v: v >= 1, "an integer >= 1 (or unset: all cores)", "4")
+        if self.progress is not None and not callable(self.progress):
+            raise InputError(f"progress must be a callable taking a ProgressEvent, not {self.progress!r}")
+
+    def converter_kwargs(self) -> dict[str, Any]:
+        """The keyword names the converter functions take."""
+        return {"adapter_dir": self.adapter, "name": self.name, "verify_artifacts": self.verify,
+                "threads": self.threads, "progress": self.progress}
+
+
+@dataclass(frozen=True)
+class GGUFOptions:
+    """``--to gguf``: llama.cpp types."""
+
+    format: ClassVar[Format] = Format.GGUF
+    quants: tuple[str, ...] | None = None  # None: f16
+    pre_tokenizer: str | None = None  # llama.cpp pre-tokenizer name, when detection cannot tell
+
+    def __post_init__(self) -> None:
+        from .gguf.pretokenizers import PRE_TOKENIZERS
+        from .gguf.quants import parse_quants
+
+        if self.quants is not None:
+            object.__setattr__(self, "quants", tuple(q.name for q in parse_quants(_names(self.quants))))
+        # any llama.cpp name is accepted (the converter trusts names outside edgekit's table)
+        if self.pre_tokenizer is not None and (not isinstance(self.pre_tokenizer, str)
+                                               or not self.pre_tokenizer.strip() or " " in self.pre_tokenizer):
+            raise InputError(f"{opt('pre_tokenizer')} must be a llama.cpp pre-tokenizer name, not "
+                             f"{self.pre_tokenizer!r}", hint=f"edgekit's table: {', '.join(PRE_TOKENIZERS)}")
+
+    @property
+    def quant_names(self) -> tuple[str, ...]:
+        return self.quants or _names(DEFAULT_QUANTS[Format.GGUF])
+
+    def converter_kwargs(self) -> dict[str, Any]:
+        return {"pre_override": self.pre_tokenizer}
+
+
+@dataclass(frozen=True)
+class ONNXOptions:
+    """``--to onnx``: ONNX Runtime GenAI builds."""
+
+    format: ClassVar[Format] = Format.ONNX
+    quants: tuple[str, ...] | None = None  # None: fp32,int4 (int4 when built from a GPTQ checkpoint)
+    target: Target = Target.CPU  # decides the graph the builder emits
+    block_size: int = DEFAULT_BLOCK_SIZE  # int4/int8: weights per scale
+    int4_algo: Int4Algo = Int4Algo.K_QUANT
+    from_gptq: Path | None = None  # build from this GPTQ checkpoint (its calibrated int4 weights)
+
+    def __post_init__(self) -> None:
+        from .onnx.quants import check_block_size, parse_algo, parse_onnx_quants, parse_target
+
+        if self.quants is not None:
+            object.__setattr__(self, "quants", tuple(q.name for q in parse_onnx_quants(list(_names(self.quants)))))
+        object.__setattr__(self, "target", parse_target(self.target))
+        object.__setattr__(self, "int4_algo", parse_algo(self.int4_algo))
+        _int("block_size", self.block_size, _any, "an integer", str(DEFAULT_BLOCK_SIZE))
+        check_block_size(self.block_size)
+        if (src := _path(self, "from_gptq")) is not None:
+            from .gptq.checkpoint import read_layout
+
+            read_layout(src)  # a clear error now (config + header, no tensor read), not a builder traceback later
+            object.__setattr__(self, "quants", gptq_onnx_quants(self.quants, f"{opt('from_gptq')} {src}"))
+
+    @property
+    def quant_names(self) -> tuple[str, ...]:
+        return self.quants or _names(DEFAULT_QUANTS[Format.ONNX])
+
+    def converter_kwargs(self) -> dict[str, Any]:
+        return {"target": self.target, "block_size": self.block_size, "int4_algo": self.int4_algo,
+                "source_override": self.from_gptq}
+
+
+@dataclass(frozen=True)
+class GPTQOptions:
+    """``--to gptq``: calibrated GPTQ checkpoints (llmcompressor)."""
+
+    format: ClassVar[Format] = Format.GPTQ
+    bits: int = 4
+    group_size: int = 128  # input columns per scale; -1: one group per row
+    act_order: bool = False
+    calibration: Path | None = None  # text file or directory (None: the packaged corpus)
+    samples: int = DEFAULT_SAMPLES
+    seq_len: int = DEFAULT_SEQ_LEN
+    compressed_tensors: bool = False  # also write llmcompressor's compressed-tensors checkpoint
+
+    def __post_init__(self) -> None:
+        from .gptq.calibration import check_window
+        from .gptq.pack import check_bits, check_group_value
+
+        _int("bits", self.bits, _any, "4 or 8", "4")
+        check_bits(self.bits)
+        _int("group_size", self.group_size, _any, "an integer", "128")
+        check_group_value(self.group_size)
+        _bool("act_order", self.act_order)
+        _bool("compressed_tensors", self.compressed_tensors)
+        _int("samples", self.samples, _any, "an integer", str(DEFAULT_SAMPLES))
+        _int("seq_len", self.seq_len, _any, "an integer", str(DEFAULT_SEQ_LEN))
+        check_window(self.samples, self.seq_len, None)  # the model's context is checked once it is read
+        if (cal := _path(self, "calibration")) is not None and not cal.exists():
+            raise InputError(f"calibration text {cal} does not exist",
+                             hint=f"pass a UTF-8 text file or a directory of .txt files with {opt('calibration')}")
+
+    @property
+    def quant_names(self) -> tuple[str, ...]:
+        return (f"int{self.bits}",)
+
+    def converter_kwargs(self) -> dict[str, Any]:
+        return {"bits": self.bits, "group_size": self.group_size, "act_order": self.act_order,
+                "calibration": self.calibration, "samples": self.samples, "seq_len": self.seq_len,
+                "compressed_tensors": self.compressed_tensors}
+
+
+FormatOptions = GGUFOptions | ONNXOptions | GPTQOptions
+RECORDS: dict[Format, type[GGUFOptions] | type[ONNXOptions] | type[GPTQOptions]] = {
+    Format.GGUF: GGUFOptions, Format.ONNX: ONNXOptions, Format.GPTQ: GPTQOptions}
+
+
+def _fields(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+# keyword -> the format whose record has it (None: common); ``quants`` is split by format
+OWNER: dict[str, Format | None] = {**{n: None for n in _fields(CommonOptions)},
+                                   **{n: fmt for fmt, cls in RECORDS.items() for n in _fields(cls) if n != "quants"}}
+assert len(OWNER) == len(_fields(CommonOptions)) + sum(len(_fields(c)) - ("quants" in _fields(c))
+                                                       for c in RECORDS.values()), "a keyword in two records"
+KEYWORDS: tuple[str, ...] = ("quants", *sorted(OWNER))
+
+
+def gptq_onnx_quants(asked: tuple[str, ...] | None, source: str) -> tuple[str, ...]:
+    """ONNX built from a GPTQ checkpoint keeps its int4 codes: int4 is the one type it can be."""
+    if asked and set(asked) - {GPTQ_ONNX_QUANT}:
+        raise InputError(f"ONNX built from a GPTQ checkpoint ({source}) is {GPTQ_ONNX_QUANT} only, not "
+                         f"{','.join(q for q in asked if q != GPTQ_ONNX_QUANT)}",
+                         hint="drop the other ONNX types, or build them from the model directory in a separate run")
+    return (GPTQ_ONNX_QUANT,)
+
+
+@dataclass(frozen=True)
+class ConversionPlan:
+    """The formats of one run with their options, in the order they run."""
+
+    formats: tuple[FormatOptions, ...]
+    common: CommonOptions = field(default_factory=CommonOptions)
+
+    def __post_init__(self) -> None:
+        seen = [f.format for f in self.formats]
+        if not seen or len(set(seen)) != len(seen):
+            raise InputError(f"a plan needs each format once, got {[f.value for f in seen]}",
+                             hint="pass one record per format")
+        onnx, gptq = self.get(Format.ONNX), self.get(Format.GPTQ)
+        if onnx is not None and gptq is not None:
+            if onnx.from_gptq is not None:
+                raise InputError(f"{opt('from_gptq')} builds ONNX from an existing GPTQ checkpoint, but this run also "
+                                 f"quantizes with GPTQ", hint="use --to gptq,onnx / to='gptq,onnx' without it (ONNX "
+                                                              "is then built from the new checkpoint), or --to onnx")
+            onnx = dataclasses.replace(onnx, quants=gptq_onnx_quants(onnx.quants, "--to gptq,onnx"))
+        # GPTQ first: ONNX reads its checkpoint; the rest in the order given
+        ordered = sorted((onnx if f.format is Format.ONNX and onnx is not None else f for f in self.formats),
+                         key=lambda f: f.format is not Format.GPTQ)
+        object.__setattr__(self, "formats", tuple(ordered))
+
+    def get(self, fmt: Format) -> Any:
+        """The record of ``fmt`` (typed by the caller), or None when the run does not produce it."""
+        return next((f for f in self.formats if f.format is fmt), None)
+
+    @property
+    def chained(self) -> bool:
+        """ONNX is built from this run's GPTQ checkpoint."""
+        return self.get(Format.GPTQ) is not None and self.get(Format.ONNX) is not None
+
+
+def plan_conversion(to: str | list[str] | tuple[str, ...] = "gguf", *,
+                    defaults: dict[Format, str] | None = None, **keywords: Any) -> ConversionPlan:
+    """Route keyword options (the CLI's flags by their keyword names) to the records they belong to.
+
+    ``quants`` names types of every requested format (``"q4_k_m,int4"``); a format none of the
+    names belongs to gets its default (``defaults`` replaces the built-in ones, e.g. ``--demo``).
+    Unknown keywords and keywords of formats not in ``to`` are InputErrors."""
+    formats = parse_formats(",".join(to) if isinstance(to, list | tuple) else str(to))
+    for alias, real in ALIASES.items():
+        if alias in keywords:
+            if real in keywords:
+                raise InputError(f"{alias}= and {real}= name the same option", hint=f"pass only {real}=")
+            keywords[real] = keywords.pop(alias)
+    per_format: dict[Format, dict[str, Any]] = {f: {} for f in formats}
+    common: dict[str, Any] = {}
+    for key, value in keywords.items():
+        if key == "quants":
+            continue
+        if key not in OWNER:
+            raise UnknownChoiceError("convert option", key, KEYWORDS)
+        owner = OWNER[key]
+        if owner is None:
+            common[key] = value
+        elif owner not in per_format:
+            raise InputError(f"{opt(key)} applies to {owner.value} only, but this run converts to "
+                             f"{','.join(f.value for f in formats)}",
+                             hint=f"add {owner.value} to --to / to=, or drop {key}")
+        else:
+            per_format[owner][key] = value
+    asked = _names(keywords.get("quants"))
+    split = split_quants(formats, ",".join(asked) or None, {f: "" for f in formats})
+    for fmt in formats:
+        names = _names(split[fmt])
+        if fmt is Format.GPTQ:
+            if names:
+                per_format[fmt]["bits"] = _bits_from_names(names, per_format[fmt].get("bits"))
+        elif names:
+            per_format[fmt]["quants"] = names
+        elif defaults and fmt in defaults and not (fmt is Format.ONNX and (
+                Format.GPTQ in formats or per_format[fmt].get("from_gptq") is not None)):
+            per_format[fmt]["quants"] = _names(defaults[fmt])  # ONNX from GPTQ: int4, whatever the defaults
+    records = tuple(RECORDS[fmt](**per_format[fmt]) for fmt in formats)
+    return ConversionPlan(records, CommonOptions(**common))
+
+
+def _bits_from_names(names: tuple[str, ...], bits: Any) -> int:
+    """``-q int4`` / ``-q int8`` say GPTQ's width, as ``--bits`` does; they must agree."""
+    from .gptq.convert import resolve_bits
+
+    if bits is not None and (isinstance(bits, bool) or not isinstance(bits, int)):
+        return bits  # GPTQOptions says what --bits must be
+    named = resolve_bits(list(names), 4)  # checks the names; an explicit --bits 4 must agree too
+    if bits is not None and bits != named:
+        raise InputError(f"--quant / quants= {names[0]} and --bits / bits={bits} disagree", hint="pass one of them")
+    return named
