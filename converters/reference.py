@@ -20,6 +20,7 @@ edgekit's merged tensors are compared with PEFT's once, so a wrong merge is a br
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _PPL_MAX_TOKENS = 256  # the correctness probe set's longer text
+LONG_VERIFY_S = 180.0  # verification longer than this is announced with the flag that shortens it
 
 
 @dataclass(frozen=True)
@@ -109,8 +111,16 @@ class SourceReference:
             # PEFT's own merge, independent of edgekit's (which the artifacts were written with)
             model = PeftModel.from_pretrained(model, self.adapter_dir).merge_and_unload()
         model.eval()
+        if self.dtype != torch.float32:
+            _float32_head(model)
         self.model = model
         self._params = _named_tensors(model)
+        # tied weights appear under several names; the source checkpoint stores one of them
+        by_id: dict[int, list[str]] = {}
+        for name, t in self._params.items():
+            by_id.setdefault(id(t), []).append(name)
+        self._stored = {n: next((m for m in names if self.source.has(m)), n)
+                        for names in by_id.values() for n in names}
         if self.adapter is not None:
             self._check_merge()
         self.token_probes = dict(TOKENIZER_PROBES)
@@ -166,8 +176,19 @@ class SourceReference:
             report(self.progress, "reference", f"source model on {w.n_scored} evaluation tokens "
                                                f"({len(w.windows)} windows of {len(w.windows[0])})")
 
+            t0 = time.perf_counter()
+
             def tick(done: int, total: int) -> None:
                 report(self.progress, "reference", done=done, total=total)
+                if done == 1 and total > 1:
+                    # Say up front when verification will take minutes: each artifact scores the
+                    # same windows again, at roughly the reference's speed.
+                    per_window = time.perf_counter() - t0
+                    eta = per_window * total * 2
+                    if eta > LONG_VERIFY_S:
+                        log.warning("verification will take about %d min per artifact on this CPU (%d evaluation "
+                                    "windows of %.0f s); --eval-tokens / eval_tokens=%d would take a quarter of that",
+                                    round(eta / 60), total, per_window, max(256, w.n_scored // 4))
 
             self._scores = ReferenceScores.collect(w, self.score, self.vocab, tick)
         return self._scores
@@ -196,11 +217,11 @@ class SourceReference:
             if tuple(param.shape) != t.data.shape:
                 check.errors[t.hf_name] = (float("inf"), t.stored_as, t.bits)
                 continue
-            want = expected(t.hf_name)
+            want = expected(self._stored[t.hf_name])
             check.add(t, want)
             with torch.no_grad():
                 param.copy_(torch.from_numpy(np.array(t.data, dtype=np.float32)))
-            seen.add(t.hf_name)
+            seen.add(self._stored[t.hf_name])
         self._restore(self._dirty - seen, expected)
         self._dirty = seen
         check.n_tensors = len(seen)
@@ -228,6 +249,30 @@ class SourceReference:
         if worst > 1e-2:
             raise VerificationError("the LoRA merge", "merge", f"edgekit's merge of {where} differs from PEFT's "
                                                                f"(relative error {worst:.3g})")
+
+
+def _float32_head(model: Any) -> None:
+    """Logits in float32 from a bf16/f16 model: the LM head multiplies in float32, a slice of rows at a time.
+
+    A bf16 logit carries 3 significant digits: too coarse for KL figures of 1e-3. Upcasting
+    16k rows of the head at a time bounds the extra memory (16k x 4096 x 4 B = 256 MiB)."""
+    import types
+
+    import torch
+
+    head = model.get_output_embeddings()
+
+    def forward(self: Any, h: Any) -> Any:
+        x = h.float()
+        w = self.weight
+        out = torch.empty((*x.shape[:-1], w.shape[0]), dtype=torch.float32)
+        for i in range(0, w.shape[0], 16384):
+            out[..., i:i + 16384] = x @ w[i:i + 16384].float().T
+        if getattr(self, "bias", None) is not None:
+            out += self.bias.float()
+        return out
+
+    head.forward = types.MethodType(forward, head)
 
 
 def _named_tensors(model: Any) -> dict[str, Any]:

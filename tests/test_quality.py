@@ -138,3 +138,24 @@ def test_eval_settings_are_checked() -> None:
         make_windows(list(range(100)), [], eval_tokens=0)
     with pytest.raises(InputError, match="fewer than one window"):
         make_windows(list(range(100)), [1], n_ctx=512)
+
+
+def test_onnx_int4_reading_another_layers_weights_is_broken(tmp_path: Path) -> None:
+    import onnx
+
+    from edgekit.converters.onnx.convert import check_onnx, convert_onnx
+
+    res = convert_onnx(demo_model_dir(), tmp_path / "ok", "int4", name="demo", quality=FAST)
+    good = tmp_path / "ok" / res.artifacts[0].file
+    assert res.artifacts[0].verification["correctness"]["passed"]  # type: ignore[index]
+    bad = tmp_path / "bad" / good.name
+    import shutil
+
+    shutil.copytree(good, bad)
+    m = onnx.load(str(bad / "model.onnx"), load_external_data=False)
+    node = next(n for n in m.graph.node if n.name == "/model/layers.1/mlp/up_proj/MatMul_Q4")
+    wrong = "model.layers.1.mlp.gate_proj.MatMul.weight"
+    node.input[1:4] = [f"{wrong}_Q4G32", f"{wrong}_scale", f"{wrong}_zp"][: len(node.input) - 1]
+    onnx.save(m, str(bad / "model.onnx"))  # the external data file is untouched
+    with pytest.raises(VerificationError, match="logits"):
+        check_onnx(demo_model_dir(), bad, quality=FAST)
