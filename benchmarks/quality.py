@@ -63,7 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     n_params = sum(math.prod(i.shape) for i in inputs.source.iter_infos())
     common: dict[str, Any] = {"name": "q", "threads": args.threads, "prepared": inputs, "timer": timer}
     t0 = time.perf_counter()
-    results: list[Any] = []
     runs: list[tuple[str, str, Any]] = []  # (family, label, Conversion)
 
     from edgekit.converters.gguf.convert import convert_gguf
