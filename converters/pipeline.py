@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import QualityGateError, VerificationError
+from edgekit.errors import InputError, QualityGateError, VerificationError
 from edgekit.fsutil import clean_stale_temps, ensure_writable_dir, sha256_file
 from edgekit.manifest import ArtifactEntry, Manifest, open_or_new
 from edgekit.progress import ProgressFn, StepTimer, report
@@ -71,7 +71,9 @@ def open_inputs(model_dir: Path, adapter_dir: Path | None, timer: StepTimer, pre
 
     if prepared is not None:
         if (prepared.model_dir.resolve(), prepared.adapter_dir) != (Path(model_dir).resolve(), adapter_dir):
-            raise ValueError("prepared inputs belong to another model or adapter")
+            raise InputError(f"prepared= holds the inputs of {prepared.model_dir} (adapter {prepared.adapter_dir}), "
+                             f"not of {model_dir} (adapter {adapter_dir})",
+                             hint="pass the inputs open_inputs() returned for this model, or leave prepared= out")
         return prepared
 
     with timer.step("read source"):

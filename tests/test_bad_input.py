@@ -364,3 +364,29 @@ def test_manifest_of_another_source_is_kept(llama_bpe: Path, tmp_path: Path) -> 
     res = edgekit.convert(other, out, quants="q8_0", verify=False)
     assert [a.quant for a in load_manifest(out).artifacts] == ["q8_0"] and res.manifest.source["path"] == str(
         other.resolve())
+
+
+def test_gptq_of_a_model_with_nan_weights(tmp_path: Path) -> None:
+    import torch
+    import transformers
+
+    from edgekit.converters.gptq.convert import convert_gptq
+    from edgekit.demo import demo_model_dir
+    from edgekit.errors import InputError
+
+    src = demo_model_dir()
+    model = transformers.AutoModelForCausalLM.from_pretrained(src)
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[3, 5] = float("nan")  # a diverged fine-tune
+    m = tmp_path / "m"
+    model.save_pretrained(m)
+    for f in src.iterdir():
+        if f.is_file() and not f.name.endswith(".safetensors") and f.name != "config.json":
+            shutil.copy(f, m / f.name)
+    out = tmp_path / "o"
+    code, text = _run("convert", str(m), "--to", "gptq", "--samples", "4", "--seq-len", "64", "-o", str(out))
+    line = _one_line_exit_1(text, code)
+    assert "NaN/inf" in line and "model.layers.0.mlp.up_proj.weight" in line
+    with pytest.raises(InputError, match="NaN/inf"):  # was a checkpoint of NaN scales, "verified" or not
+        convert_gptq(m, out, samples=4, seq_len=64, verify_artifacts=False)
+    assert not out.exists() or not any(out.iterdir())

@@ -129,6 +129,13 @@ def _load_float_model(model_dir: Path, adapter: LoraAdapter | None) -> Any:
             for name in adapter.target_tensors:
                 p = params[name]
                 p.copy_(torch.from_numpy(adapter.merge(name, p.detach().numpy().copy())))
+    # NaN/inf weights (a diverged fine-tune, a broken merge) would turn their rows' scales into
+    # NaN after the whole GPTQ run: refuse them now, naming the tensors
+    bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise InputError(f"the source model holds NaN/inf values in {len(bad)} tensor(s): {', '.join(bad[:3])}"
+                         f"{' ...' if len(bad) > 3 else ''}",
+                         hint="check the checkpoint (a diverged fine-tune or a broken merge?); it cannot be quantized")
     model.eval()
     return model
 
