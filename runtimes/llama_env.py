@@ -2,7 +2,11 @@
 
 Logs: llama-cpp-python installs a callback that prints to stderr; library code must not
 print, so we replace it once with one that logs to ``edgekit.llama_cpp``. llama.cpp is
-chatty: its INFO goes to DEBUG (shown with -vv) and its WARN to INFO (-v).
+chatty: its INFO goes to INFO (shown with -v), its DEBUG and ERROR lines to DEBUG (-vv;
+a failing call raises edgekit's own error) and its WARN to WARNING -- except the
+quantizer's per-tensor fallback warnings, which go to DEBUG: the quantizer reads the types
+back from the file and warns once per artifact instead
+(:func:`edgekit.converters.gguf.quantize.artifact_types`).
 
 AMX: on Sapphire Rapids hosts llama.cpp (GGML_NATIVE builds) moves q4_0/q8_0/k-quant
 weights into AMX "extra buffers"; in virtual machines seen here those kernels segfault on
@@ -17,6 +21,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import re
 import threading
 from collections.abc import Iterator
 from functools import lru_cache
@@ -24,6 +29,10 @@ from typing import Any
 
 _log = logging.getLogger("edgekit.llama_cpp")
 _LEVELS = {0: logging.DEBUG, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.DEBUG, 5: logging.DEBUG}
+# llama_model_quantize, per tensor: "warning: blk.0.attn_q.weight - ncols 576 not divisible by
+# 256 (required for type q4_K)", "-> falling back to q5_0", then "N of M tensor(s) required
+# fallback quantization". Matched to pick a level only; nothing is counted from log text.
+_FALLBACK_LINES = re.compile(r"not divisible by \d+|falling back to|required fallback quantization")
 _callback: Any = None  # keep a reference: ctypes would free the trampoline otherwise
 _patch_lock = threading.Lock()
 
@@ -37,8 +46,14 @@ def route_llama_logs() -> None:
     @llama_cpp.llama_log_callback  # type: ignore[misc]
     def _cb(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
         lvl = _LEVELS.get(level, logging.DEBUG)
-        if _log.isEnabledFor(lvl):
-            _log.log(lvl, text.decode("utf-8", errors="replace").rstrip())
+        if not _log.isEnabledFor(lvl):
+            return
+        line = text.decode("utf-8", errors="replace").rstrip()
+        if lvl == logging.WARNING and _FALLBACK_LINES.search(line):
+            lvl = logging.DEBUG
+            if not _log.isEnabledFor(lvl):
+                return
+        _log.log(lvl, line)
 
     _callback = _cb
     llama_cpp.llama_log_set(_cb, ctypes.c_void_p(0))

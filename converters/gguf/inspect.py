@@ -7,7 +7,9 @@ inside the file before loading, and report a one-line error otherwise.
 
 from __future__ import annotations
 
+import math
 import struct
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,9 +26,42 @@ MAX_KV = 100_000
 @dataclass
 class TensorRow:
     name: str
-    type: str
-    shape: list[int]
+    type: str  # gguf.GGMLQuantizationType member name: Q4_K, F32
+    shape: list[int]  # ggml order: shape[0] is the row length (ne0)
     nbytes: int
+
+    @property
+    def n_elements(self) -> int:
+        return math.prod(self.shape)
+
+
+def ggml_type_name(member: str) -> str:
+    """GGMLQuantizationType member -> the name llama.cpp prints (ggml_type_name): Q4_K -> q4_K, F32 -> f32."""
+    low = member.lower()
+    return low[:-2] + "_K" if low.endswith("_k") else low
+
+
+@dataclass(frozen=True)
+class WeightTypes:
+    """What a GGUF file's tensor data is stored as, read from the file itself."""
+
+    tensor_types: dict[str, int]  # ggml type name -> number of tensors, most tensors first
+    n_weights: int
+    data_bytes: int
+
+    @property
+    def bits_per_weight(self) -> float:
+        """All tensor data in bits over all weights: block scales and the float tensors included."""
+        return 8 * self.data_bytes / self.n_weights if self.n_weights else 0.0
+
+    def to_extra(self) -> dict[str, Any]:
+        """The manifest entry's record (``ArtifactEntry.extra``)."""
+        return {"tensor_types": self.tensor_types, "bits_per_weight": round(self.bits_per_weight, 4)}
+
+
+def weight_types(tensors: list[TensorRow]) -> WeightTypes:
+    counts = Counter(ggml_type_name(t.type) for t in tensors)
+    return WeightTypes(dict(counts.most_common()), sum(t.n_elements for t in tensors), sum(t.nbytes for t in tensors))
 
 
 @dataclass
@@ -41,10 +76,13 @@ class GGUFSummary:
     def architecture(self) -> str:
         return str(self.metadata.get("general.architecture", "?"))
 
+    def weight_types(self) -> WeightTypes:
+        return weight_types(self.tensors)
+
     def to_dict(self, with_tensors: bool = True) -> dict[str, Any]:
         d: dict[str, Any] = {"path": str(self.path), "version": self.version, "size_bytes": self.size_bytes,
                              "architecture": self.architecture, "metadata": self.metadata,
-                             "n_tensors": len(self.tensors)}
+                             "n_tensors": len(self.tensors), **self.weight_types().to_extra()}
         if with_tensors:
             d["tensors"] = [t.__dict__ for t in self.tensors]
         return d

@@ -1,14 +1,27 @@
-"""In-process quantization with llama.cpp's own quantizer (llama_model_quantize)."""
+"""In-process quantization with llama.cpp's own quantizer (llama_model_quantize).
+
+llama.cpp quantizes a matrix whose rows are not a multiple of the type's block (256 weights
+for k-quants) with a fallback type instead (q4_K -> q5_0, q2_K -> q4_0, ...), and warns once
+per tensor; a model with hidden size 576 gets hundreds of such lines. Those go to the debug
+log (:mod:`edgekit.runtimes.llama_env`); what the file really holds is read back from it
+(:func:`artifact_types`), recorded in the manifest and summarised in one warning.
+"""
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from edgekit.errors import EdgekitError
 
+from .inspect import TensorRow, ggml_type_name, read_gguf, weight_types
 from .quants import GGUFQuant
+
+log = logging.getLogger(__name__)
 
 
 def quantize_file(src: Path, dst: Path, q: GGUFQuant, *, threads: int | None = None) -> None:
@@ -25,3 +38,39 @@ def quantize_file(src: Path, dst: Path, q: GGUFQuant, *, threads: int | None = N
     if rc != 0:
         raise EdgekitError(f"llama.cpp failed to quantize to {q.name} (code {rc})",
                            hint="run with -vv to see llama.cpp's log")
+
+
+def block_size(type_name: str) -> int:
+    """Weights per block of a GGMLQuantizationType member (F16: 1, Q8_0: 32, Q4_K: 256)."""
+    import gguf
+
+    return int(gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[type_name]][0])
+
+
+def fallback_tensors(tensors: list[TensorRow], q: GGUFQuant) -> list[TensorRow]:
+    """Matrices stored in another type than ``q``'s because their rows (ne0) are not a multiple
+    of its block. Vectors (norms) are never quantized; F32 matrices were not meant to be."""
+    block = block_size(q.main_type)
+    return [t for t in tensors if len(t.shape) >= 2 and t.shape[0] % block != 0
+            and t.type not in (q.main_type, "F32")]
+
+
+def artifact_types(path: Path, q: GGUFQuant, label: str) -> dict[str, Any]:
+    """The manifest's record of what ``path`` holds: tensors per type and bits per weight.
+
+    When llama.cpp fell back to other types, one warning says how many tensors and why: a
+    "q2_k" whose matrices are mostly q4_0 has the size and quality of q4_0."""
+    tensors = read_gguf(path).tensors
+    types = weight_types(tensors)
+    extra = types.to_extra()
+    fell = fallback_tensors(tensors, q)
+    if fell:
+        extra["fallback_tensors"] = len(fell)
+        fallback = Counter(ggml_type_name(t.type) for t in fell)
+        rows = sorted({t.shape[0] for t in fell})
+        log.warning("%s: %d of %d tensors fell back to %s: rows of %s are not multiples of %d "
+                    "(%.2f bits per weight; %s is nominally %.2f)", label, len(fell), len(tensors),
+                    "/".join(k for k, _ in fallback.most_common()), ", ".join(map(str, rows)),
+                    block_size(q.main_type), types.bits_per_weight, q.name, q.bpw)
+    return extra
+
