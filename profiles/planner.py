@@ -3,9 +3,11 @@
 The pick is the best quality that fits the memory budget and meets the speed floor. Quality
 is the mean KL divergence to the source model (nats, lower is better): measured when the
 model directory's ``edgekit.json`` has a verified artifact of that kind, else an estimate per
-quant type (marked as such). Candidates whose quality is within ``QUALITY_TIE_KL`` of the
-best are treated as equal and the fastest of them wins, so a near-lossless 8-bit model beats
-f16 that is twice as slow for no visible gain.
+quant type from published figures, scaled to the types the manifest measured
+(:mod:`.quality`; marked as such). Candidates tied with the best (:func:`.quality.tie_kl`:
+within 2 standard errors of the measured KL, or within ``QUALITY_TIE_KL``) are treated as
+equal and the fastest of them wins, so a near-lossless 8-bit model beats f16 that is twice as
+slow for no visible gain.
 """
 
 from __future__ import annotations
@@ -15,58 +17,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit._compat import StrEnum
 from edgekit.converters.registry import Format  # the formats edgekit converts to; GPTQ is not planned for
 from edgekit.errors import CorruptFileError
 from edgekit.manifest import MANIFEST_NAME, Manifest, load_manifest
 
 from .costs import GIB, Cost, estimate
+from .quality import QUALITY_TIE_KL, Quality, QualitySource, from_verification, tie_kl
+from .quality import estimate as estimate_quality
 from .schema import Backend, OnnxPrecision, Profile, Runtime, SourceKind
 from .shapes import model_shapes, weight_plan
 
 log = logging.getLogger(__name__)
 
 
-class QualitySource(StrEnum):
-    MEASURED = "measured"
-    ESTIMATED = "estimated"
-
-
-@dataclass(frozen=True)
-class Quality:
-    mean_kl: float  # nats vs the source model, lower is better
-    top1: float  # fraction of positions whose argmax agrees
-    ppl_delta_pct: float
-    source: QualitySource = QualitySource.ESTIMATED
-
-
 # Default GGUF candidates: one per precision step that llama.cpp makes without an imatrix.
 GGUF_CANDIDATES = ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", "q3_k_m", "q2_k")
-
-# Estimated quality per quant type, for when nothing was measured. Perplexity deltas are
-# llama.cpp's k-quants results on LLaMA-7B (wikitext, PR #1684: q8_0 +0.01%, q6_k +0.07%,
-# q5_k_m +0.24%, q4_k_m +0.9%, q4_0 +4.2%, q3_k_m +4.1%, q2_k +14.7%), rounded; KL and top-1
-# follow the same ordering at magnitudes typical of llama.cpp's KL-divergence runs on 7-8B
-# models. Small models lose more per bit, so treat these as a ranking, not a promise. ONNX
-# int4 is round-to-nearest, block 32, symmetric: close to q4_0.
-QUALITY_TABLE: dict[tuple[Format, str], Quality] = {
-    (Format.GGUF, "f32"): Quality(0.0, 1.0, 0.0),
-    (Format.GGUF, "f16"): Quality(0.00001, 0.999, 0.0),
-    (Format.GGUF, "bf16"): Quality(0.00001, 0.999, 0.0),
-    (Format.GGUF, "q8_0"): Quality(0.0005, 0.993, 0.01),
-    (Format.GGUF, "q6_k"): Quality(0.0018, 0.985, 0.07),
-    (Format.GGUF, "q5_k_m"): Quality(0.005, 0.975, 0.24),
-    (Format.GGUF, "q5_k_s"): Quality(0.007, 0.972, 0.6),
-    (Format.GGUF, "q4_k_m"): Quality(0.02, 0.955, 0.9),
-    (Format.GGUF, "q4_k_s"): Quality(0.03, 0.948, 1.9),
-    (Format.GGUF, "q4_0"): Quality(0.06, 0.935, 4.2),
-    (Format.GGUF, "q3_k_m"): Quality(0.08, 0.915, 4.1),
-    (Format.GGUF, "q2_k"): Quality(0.35, 0.83, 14.7),
-    (Format.ONNX, "fp32"): Quality(0.0, 1.0, 0.0),
-    (Format.ONNX, "fp16"): Quality(0.00001, 0.999, 0.0),
-    (Format.ONNX, "int4"): Quality(0.05, 0.94, 3.5),
-}
-QUALITY_TIE_KL = 0.002  # nats: below what the verification step can tell apart on short probes
 DEFAULT_CTX = 4096
 
 
@@ -99,10 +64,19 @@ class Candidate:
             "meets_speed": self.meets_speed, "efficiency": {"decode": c.efficiency.decode,
                                                             "prefill": c.efficiency.prefill,
                                                             "ref": c.efficiency.ref},
-            "quality": {"mean_kl": self.quality.mean_kl, "top1": self.quality.top1,
-                        "ppl_delta_pct": self.quality.ppl_delta_pct, "source": self.quality.source.value},
+            "quality": _quality_dict(self.quality),
             "pareto": self.pareto, "pick": self.pick,
         }
+
+
+def _quality_dict(q: Quality) -> dict[str, Any]:
+    out: dict[str, Any] = {"mean_kl": q.mean_kl, "top1": q.top1, "ppl_delta_pct": q.ppl_delta_pct,
+                           "source": q.source.value, "basis": q.basis}
+    if q.source is QualitySource.MEASURED:
+        out.update(kl_stderr=q.kl_stderr, p99_kl=q.p99_kl, n_positions=q.n_positions, warning=q.warning)
+    else:
+        out["scaled_to"] = q.scaled_to
+    return out
 
 
 @dataclass
@@ -145,14 +119,13 @@ def read_measured_quality(model_dir: Path) -> dict[tuple[Format, str], tuple[Qua
         return {}
     out: dict[tuple[Format, str], tuple[Quality, str]] = {}
     for a in manifest.artifacts:
-        v = a.verification
-        if not isinstance(v, dict) or not all(isinstance(v.get(k), int | float) for k in ("mean_kl", "top1")):
+        q = from_verification(a.verification)
+        if q is None:
             continue  # converted with --no-verify
         try:
             fmt = Format(a.format.lower())
-        except ValueError:  # a format this edgekit does not know
+        except ValueError:  # a format this edgekit does not know (compressed-tensors: a GPTQ twin)
             continue
-        q = Quality(float(v["mean_kl"]), float(v["top1"]), float(v.get("ppl_delta_pct") or 0.0), QualitySource.MEASURED)
         out[(fmt, a.quant.lower())] = (q, a.file)
     return out
 
@@ -199,6 +172,7 @@ def plan(model_dir: Path, profile: Profile, *, ctx: int = DEFAULT_CTX, mode: str
     usable = profile.usable_memory_gb.value
     budget = int((usable if max_memory_gb is None else min(max_memory_gb, usable)) * GIB)
     measured = read_measured_quality(model_dir)
+    measured_quality = {k: q for k, (q, _) in measured.items()}
     notes: list[str] = []
     if ctx > shapes.config.max_position:
         notes.append(f"ctx {ctx} exceeds the model's max_position_embeddings ({shapes.config.max_position})")
@@ -211,7 +185,8 @@ def plan(model_dir: Path, profile: Profile, *, ctx: int = DEFAULT_CTX, mode: str
     for fmt, q, runtime, backend, precision in _candidates(profile):
         weights = weight_plan(shapes, q, precision, backend)
         cost = estimate(shapes, weights, runtime, backend, profile, ctx=ctx, mode=power.name, onnx_precision=precision)
-        quality, artifact = measured.get((fmt, q), (QUALITY_TABLE[(fmt, q)], ""))
+        quality = estimate_quality((fmt, q), measured_quality)
+        artifact = measured[(fmt, q)][1] if (fmt, q) in measured else ""
         cands.append(Candidate(fmt, q, runtime, backend, cost, quality, fits=cost.total_bytes <= budget,
                                meets_speed=min_tps is None or cost.gen_tps >= min_tps, artifact=artifact))
     fitting = [c for c in cands if c.fits]
@@ -220,9 +195,17 @@ def plan(model_dir: Path, profile: Profile, *, ctx: int = DEFAULT_CTX, mode: str
     feasible = [c for c in fitting if c.meets_speed]
     pick: Candidate | None = None
     if feasible:
-        best_kl = min(c.quality.mean_kl for c in feasible)
-        pick = max((c for c in feasible if c.quality.mean_kl <= best_kl + QUALITY_TIE_KL), key=lambda c: c.cost.gen_tps)
+        best = min(feasible, key=lambda c: c.quality.mean_kl)
+        pick = max((c for c in feasible if c.quality.mean_kl - best.quality.mean_kl <= tie_kl(c.quality, best.quality)),
+                   key=lambda c: c.cost.gen_tps)
         pick.pick = True
+        if pick.quality.warning:
+            notes.append(pick.quality.warning)
+    scaled = max((c.quality.scaled_to for c in cands), default=0)
+    if scaled:
+        types = f"{scaled} type{'s' if scaled > 1 else ''}"
+        notes.append(f"estimated quality is llama.cpp's published Llama-3-8B figures, scaled to the {types} measured "
+                     f"on this model (profiles/quality.py)")
     ranked = sorted(cands, key=lambda c: (not c.pick, not c.fits, not c.meets_speed,
                                           c.quality.mean_kl if c.fits else c.cost.total_bytes, -c.cost.gen_tps))
     reason = _reason(pick, cands, profile, power.name, ctx, budget, min_tps)
@@ -253,10 +236,12 @@ def _reason(pick: Candidate | None, cands: list[Candidate], profile: Profile, mo
     best = min((c for c in fitting if c.meets_speed), key=lambda c: c.quality.mean_kl)
     floor = f" and reaches {min_tps:g} tokens/s" if min_tps else ""
     predicted = (f"(predicted {_gib(pick.cost.total_bytes)}, {pick.cost.gen_tps:.1f} tokens/s, "
-                 f"quality {pick.quality.source.value})")
+                 f"quality {pick.quality.basis})")
     head = f"{pick.label} on {pick.runtime.value}/{pick.backend.value}"
     if best is pick:
         return f"{head} is the most accurate candidate that fits {_gib(budget)} on {where}{floor} {predicted}."
-    return (f"{head} is as accurate as {best.label} (within {QUALITY_TIE_KL} nats KL) but "
+    tie = tie_kl(pick.quality, best.quality)
+    why = "2 standard errors of the measurements" if tie > QUALITY_TIE_KL else "no visible difference"
+    return (f"{head} is as accurate as {best.label} (within {tie:.2g} nats KL: {why}) but "
             f"{pick.cost.gen_tps / best.cost.gen_tps:.1f}x faster, and fits {_gib(budget)} on {where}{floor} "
             f"{predicted}.")

@@ -15,7 +15,7 @@ from edgekit import cli
 from edgekit._compat import tomllib
 from edgekit.errors import EdgekitError, ModelNotFoundError
 from edgekit.manifest import ArtifactEntry, Manifest
-from edgekit.profiles import calibrate, costs, detect, planner, schema, shapes, store
+from edgekit.profiles import calibrate, costs, detect, planner, quality, schema, shapes, store
 
 # The tiny model of tests/conftest.py: dimensions that differ from each other.
 TINY = {"architectures": ["LlamaForCausalLM"], "hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 2,
@@ -175,6 +175,84 @@ def test_recommend_uses_measured_quality_from_manifest(tmp_path: Path) -> None:
     q4 = next(c for c in p.candidates if c.quant == "q4_k_m")
     assert q4.quality.source is planner.QualitySource.MEASURED and q4.quality.mean_kl == 0.0001
     assert q4.artifact == "m-q4_k_m.gguf"
+
+
+def measured_manifest(d: Path, figures: dict[str, tuple[float, float, float, float]]) -> None:
+    """An edgekit.json whose GGUF entries carry quality figures: quant -> (mean KL, its stderr, top-1, ppl %)."""
+    Manifest(source={}, artifacts=[ArtifactEntry(
+        file=f"m-{q}.gguf", format="gguf", quant=q, precision="x", size_bytes=1, sha256="0" * 64,
+        verification={"passed": True, "mean_kl": kl, "kl_stderr": se, "p99_kl": 8 * kl, "top1": top1,
+                      "ppl_delta_pct": ppl, "n_positions": 8192, "kl_method": "full", "warning": None})
+        for q, (kl, se, top1, ppl) in figures.items()]).save(d)
+
+
+def floor_between_f16_and_q8_0(d: Path, profile: schema.Profile) -> float:
+    """A speed floor that f16 misses and q8_0 meets: the pick is then between quantized types."""
+    tps = {c.label: c.cost.gen_tps for c in planner.plan(d, profile, ctx=1024).candidates}
+    assert tps["gguf f16"] < tps["gguf q8_0"] < tps["gguf q6_k"]
+    return (tps["gguf f16"] + tps["gguf q8_0"]) / 2
+
+
+# A small, quantization-sensitive model: it loses several times more than Llama-3-8B at each
+# type, by a factor that differs per type (test input, not a copied result).
+SENSITIVE = {"f16": (3e-6, 1e-7, 0.999, 0.0), "q8_0": (0.008, 2e-4, 0.97, 0.4),
+             "q4_k_m": (0.12, 3e-3, 0.85, 18.0), "q2_k": (1.1, 2e-2, 0.55, 160.0)}
+
+
+def test_unmeasured_types_are_scaled_to_the_measured_ones(tmp_path: Path) -> None:
+    d = model_dir(tmp_path)
+    measured_manifest(d, SENSITIVE)
+    table = quality.QUALITY_TABLE
+    # the published figure alone would rank q6_k above this model's measured q8_0
+    assert table[(planner.Format.GGUF, "q6_k")].quality.mean_kl < SENSITIVE["q8_0"][0]
+    profile = store.get_profile("raspberry-pi-5-8gb")
+    p = planner.plan(d, profile, ctx=1024, min_tps=floor_between_f16_and_q8_0(d, profile))
+    gguf = {c.quant: c for c in p.candidates if c.format is planner.Format.GGUF}
+    q8, q6, q4 = gguf["q8_0"].quality, gguf["q6_k"].quality, gguf["q4_k_m"].quality
+    assert q8.source is planner.QualitySource.MEASURED and q8.kl_stderr == SENSITIVE["q8_0"][1]
+    assert q6.basis == "estimated (scaled to 3 measured types)"  # f16 is rounding, not a scale
+    assert q8.mean_kl < q6.mean_kl < q4.mean_kl and q8.top1 > q6.top1 > q4.top1
+    # no unmeasured type looks better than a measured one with more bits and a better published figure
+    measured = [c for c in p.candidates if c.quality.source is planner.QualitySource.MEASURED]
+    for u in p.candidates:
+        if u.quality.source is planner.QualitySource.ESTIMATED:
+            row = quality.table_row((u.format, u.quant))
+            assert row is not None
+            for m in measured:
+                mrow = quality.table_row((m.format, m.quant))
+                assert mrow is not None
+                if m.format is u.format and mrow.bpw >= row.bpw and mrow.quality.mean_kl <= row.quality.mean_kl:
+                    assert u.quality.mean_kl >= m.quality.mean_kl, (u.label, m.label)
+    # the pick is as accurate as the most accurate candidate that qualifies: q6_k is picked over
+    # the measured q8_0 only if the two are tied
+    pick, fast = p.pick, [c for c in p.candidates if c.fits and c.meets_speed]
+    assert pick is not None and gguf["q8_0"] in fast and gguf["q6_k"] in fast
+    best = min(fast, key=lambda c: c.quality.mean_kl)
+    assert pick.quality.mean_kl - best.quality.mean_kl <= quality.tie_kl(pick.quality, best.quality)
+    if pick is gguf["q6_k"]:
+        assert q6.mean_kl - q8.mean_kl <= quality.tie_kl(q6, q8)
+    # without measurements every GGUF type is the table's, unscaled
+    bare = planner.plan(model_dir(tmp_path / "bare"), profile, ctx=1024)
+    assert all(c.quality == table[(c.format, c.quant)].quality for c in bare.candidates)
+
+
+@pytest.mark.parametrize(("stderr", "pick"), [(0.008, "q6_k"), (0.0005, "q8_0")])
+def test_measured_candidates_tie_within_two_standard_errors(run_cli, tmp_path: Path, stderr: float,
+                                                            pick: str) -> None:
+    """q6_k measured 0.01 nats worse than q8_0: a tie (the faster q6_k wins) only when that is
+    within 2 standard errors of the difference."""
+    d = model_dir(tmp_path)
+    measured_manifest(d, {"q8_0": (0.010, stderr, 0.96, 1.0), "q6_k": (0.020, stderr, 0.94, 2.0)})
+    profile = store.get_profile("raspberry-pi-5-8gb")
+    p = planner.plan(d, profile, ctx=1024, min_tps=floor_between_f16_and_q8_0(d, profile))
+    assert p.pick is not None and p.pick.quant == pick, p.reason
+    tie = quality.tie_kl(*(c.quality for c in p.candidates if c.quant in ("q8_0", "q6_k")))
+    assert (tie >= 0.010) is (pick == "q6_k")
+    code, out = run_cli("recommend", str(d), "--profile", profile.name, "--ctx", "1024",
+                        "--min-tokens-per-s", str(p.min_tps))
+    assert code == 0, out
+    row = next(line for line in out.splitlines() if "gguf q5_k_m" in line)
+    assert "estimated (scaled to 2 measured types)" in row
 
 
 def test_kv_cache_and_gemma_sliding_window() -> None:
@@ -414,11 +492,13 @@ def test_recommend_uses_measured_onnx_quality_from_an_output_dir(run_cli, demo_o
     int4 = onnx["int4"]
     assert int4.quality.source is planner.QualitySource.MEASURED and int4.artifact == entry["file"]
     assert (int4.quality.mean_kl, int4.quality.top1) == (v["mean_kl"], v["top1"])
-    assert int4.quality != planner.QUALITY_TABLE[(planner.Format.ONNX, "int4")]
+    assert int4.quality.kl_stderr == v["kl_stderr"] and int4.quality.n_positions == v["n_positions"] >= 8192
+    assert int4.quality != quality.QUALITY_TABLE[(planner.Format.ONNX, "int4")].quality
     assert onnx["fp32"].quality.source is planner.QualitySource.ESTIMATED  # not built: from the table
-    # GGUF candidates stay estimated: the manifest has no GGUF entry
-    assert all(c.quality.source is planner.QualitySource.ESTIMATED for c in p.candidates
-               if c.format is planner.Format.GGUF)
+    # GGUF candidates stay estimated (the manifest has no GGUF entry), scaled to the one measured type
+    gguf = {c.quant: c.quality for c in p.candidates if c.format is planner.Format.GGUF}
+    assert all(q.source is planner.QualitySource.ESTIMATED for q in gguf.values())
+    assert gguf["q4_k_m"].scaled_to == 1 and gguf["f16"].scaled_to == 0
     code, out = run_cli("recommend", str(demo_onnx_int4), "--profile", "x86-laptop-ddr5", "--ctx", "1024", "--json")
     assert code == 0, out
     row = next(c for c in json.loads(out)["candidates"] if c["format"] == "onnx" and c["quant"] == "int4")

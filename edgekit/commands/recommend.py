@@ -23,7 +23,8 @@ def recommend(model: Path, profile_name: str, ctx: int, mode: str | None, min_tp
     """Rank every format/quant/runtime the profile supports by predicted memory, speed and quality.
 
     MODEL is a Hugging Face model directory; config.json alone is enough (plan before
-    downloading). If it holds an edgekit.json manifest, measured quality replaces the estimates.
+    downloading). If it holds an edgekit.json manifest, measured quality replaces the estimates,
+    and the estimates of the types it lacks are scaled to the measured ones.
     """
     from edgekit.profiles.planner import plan
     from edgekit.profiles.store import get_profile
@@ -43,7 +44,7 @@ def recommend(model: Path, profile_name: str, ctx: int, mode: str | None, min_tp
         q = c.quality
         rows.append([i, c.label, f"{c.runtime.value}/{c.backend.value}", human_bytes(c.cost.total_bytes),
                      round(c.cost.gen_tps, 1), round(c.cost.prompt_tps), f"{q.mean_kl:.2g}", f"{100 * q.top1:.1f}%",
-                     f"{q.ppl_delta_pct:+.2f}", q.source.value, "*" if c.pareto else "", status])
+                     f"{q.ppl_delta_pct:+.2f}", q.basis, "*" if c.pareto else "", status])
     headers = ["#", "candidate", "runtime", "memory", "gen tok/s", "prompt tok/s", "mean KL", "top-1", "ppl",
                "quality", "pareto", "status"]
     click.echo(format_table(headers, rows))
