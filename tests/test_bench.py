@@ -255,11 +255,34 @@ def test_results_from_another_version_or_malformed_are_refused(results_file: Pat
     assert not (tmp_path / "rep").exists()
 
 
+def _terminal_sigint() -> None:
+    """In the bench's child before exec: SIGINT as a terminal's foreground job has it.
+
+    A suite started in the background of a non-interactive shell (``pytest &``, CI scripts)
+    runs with SIGINT ignored, and a child inherits that: the simulated Ctrl-C was then a
+    no-op and the bench ran on to the timeout, whatever the load."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")  # a zombie has ended; its parent (init, here) reaps it
+
+
 def test_ctrl_c_keeps_the_repetitions_already_measured(demo_out: Path, tmp_path: Path) -> None:
     out = tmp_path / "r.json"
+    pid_file = tmp_path / "tegrastats.pid"  # the worker's own child: Ctrl-C must end it too
+    script = tmp_path / "tegrastats"
+    script.write_text(f"#!{sys.executable}\nimport os, sys, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+                      f"while True:\n    print({samples()['orin-nano']!r}, flush=True)\n    time.sleep(0.1)\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
     proc = subprocess.Popen([sys.executable, "-m", "edgekit", "bench", str(demo_out / "demo-f16.gguf"),
                              str(demo_out / "demo-q8_0.gguf"), "-p", "64", "-n", "32", "-r", "100000", "-t", "1",
-                             "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "-o", str(out), "--tegrastats", str(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=_terminal_sigint)
     deadline = time.monotonic() + 120
     reps = 0
     while time.monotonic() < deadline and reps < 3:
@@ -269,7 +292,9 @@ def test_ctrl_c_keeps_the_repetitions_already_measured(demo_out: Path, tmp_path:
         except (OSError, ValueError, IndexError, KeyError):
             continue
     assert reps >= 3, "the run never got going"
-    proc.send_signal(signal.SIGINT)
+    tegrastats = int(pid_file.read_text())
+    assert _running(tegrastats)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals its foreground process group
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "interrupted: the repetitions measured so far are in" in err
@@ -279,3 +304,7 @@ def test_ctrl_c_keeps_the_repetitions_already_measured(demo_out: Path, tmp_path:
     assert r.status == "interrupted" and len(r.repetitions) >= reps
     assert r.metrics["tg32"]["n"] == len(r.repetitions) and r.metrics["tg32"]["mean"] > 0
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".edgekit-tmp")]
+    deadline = time.monotonic() + 30  # SIGKILLed with the worker's group; dying takes a moment under load
+    while _running(tegrastats) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(tegrastats), "the worker's child outlived the interrupted bench"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STDERR_TAIL = 800  # bytes of a failed worker's stderr kept to find its last line
+_GROUPS = hasattr(os, "killpg") and hasattr(os, "waitid")  # POSIX: the worker leads a process group
 
 
 @dataclass(frozen=True)
@@ -179,11 +181,13 @@ def _measure(r: BenchResult, art: Artifact, threads: int, settings: BenchSetting
             "tegrastats": tegrastats}
     # stderr goes to a file, not a pipe: nothing reads it while stdout is consumed, so a pipe
     # would block the worker once it wrote more than the pipe buffer (64 KiB) of warnings.
-    # Popen as a context manager closes the stdout pipe (a ResourceWarning otherwise)
+    # Popen as a context manager closes the stdout pipe (a ResourceWarning otherwise).
+    # The worker gets a process group of its own: Ctrl-C reaches this process only, which
+    # then ends the whole group (the worker and what it started, e.g. tegrastats) at once.
     error: str | None = None
     with tempfile.TemporaryFile() as stderr_file, subprocess.Popen(
             [sys.executable, "-m", "edgekit.bench.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=stderr_file, text=True) as proc:
+            stderr=stderr_file, text=True, start_new_session=_GROUPS) as proc:
         try:
             assert proc.stdin is not None and proc.stdout is not None
             proc.stdin.write(json.dumps(spec))
@@ -213,11 +217,10 @@ def _measure(r: BenchResult, art: Artifact, threads: int, settings: BenchSetting
                     r.power = ev["power"]
                 elif kind == "error":
                     error = ev["message"]
-            proc.wait()
-        except BaseException:
-            proc.kill()
-            proc.wait()
+        except BaseException:  # Ctrl-C (KeyboardInterrupt) included: end the worker now, keep what it measured
+            _reap(proc, kill=True)
             raise
+        _reap(proc)
         if proc.returncode != 0 and error is None:
             stderr = _tail(stderr_file, STDERR_TAIL)
             crash = " (killed by a signal: the runtime crashed)" if proc.returncode < 0 else ""
@@ -226,6 +229,36 @@ def _measure(r: BenchResult, art: Artifact, threads: int, settings: BenchSetting
         log.warning("%s: %s", r.artifact, error)
     _finish(r, settings, Status.FAILED if error else Status.COMPLETE, error)
     _save(results, output)
+
+
+def _reap(proc: subprocess.Popen[str], kill: bool = False) -> None:
+    """Wait for the worker (SIGKILL it first with ``kill``) and end what it left in its group.
+
+    SIGKILL, not SIGINT: the worker may be inside a native decode call or starved of CPU on a
+    loaded host; the repetitions it finished are saved already, and a kill cannot be ignored.
+    The group is signalled while the exited worker is still a zombie (waitid WNOWAIT), so its
+    pid -- the group's id -- cannot have been reused by then."""
+    if not _GROUPS:
+        if kill:
+            proc.kill()
+        proc.wait()
+        return
+    if kill:
+        _kill_group(proc.pid)
+    try:
+        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+    except ChildProcessError:  # reaped already: its group id may be reused, leave it alone
+        proc.wait()
+        return
+    _kill_group(proc.pid)  # e.g. a tegrastats the worker started and could not stop
+    proc.wait()
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):  # nobody left in the group
+        pass
 
 
 def _tail(f: IO[bytes], n: int) -> str:
