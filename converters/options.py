@@ -33,6 +33,7 @@ from edgekit.progress import ProgressFn
 
 from .gptq.calibration import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN
 from .onnx.quants import DEFAULT_BLOCK_SIZE, Int4Algo, Target
+from .quality import DEFAULT_EVAL_TOKENS, EvalSettings, QualityGate, QualitySettings
 from .registry import DEFAULT_QUANTS, Format, parse_formats, split_quants
 
 GPTQ_ONNX_QUANT = "int4"  # the builder precision that keeps GPTQ's prequantized weights as MatMulNBits
@@ -98,6 +99,11 @@ class CommonOptions:
     verify: bool = True  # verify every artifact against the source (an artifact that fails is not kept)
     threads: int | None = None  # quantization and verification threads (None: all cores)
     progress: ProgressFn | None = field(default=None, compare=False)
+    # quality (converters.quality): what it is measured on, and the opt-in per-artifact gate
+    eval_tokens: int = DEFAULT_EVAL_TOKENS  # scored positions of the evaluation set
+    eval_text: Path | None = None  # UTF-8 text to evaluate on (None: the packaged evaluation mix)
+    max_kl: float | None = None  # refuse an artifact whose mean KL vs the source is above this
+    max_ppl_increase: float | None = None  # ... or whose perplexity rises by more than this many percent
 
     def __post_init__(self) -> None:
         _path(self, "adapter")
@@ -109,11 +115,34 @@ class CommonOptions:
             _int("threads", self.threads, lambda v: v >= 1, "an integer >= 1 (or unset: all cores)", "4")
         if self.progress is not None and not callable(self.progress):
             raise InputError(f"progress must be a callable taking a ProgressEvent, not {self.progress!r}")
+        _int("eval_tokens", self.eval_tokens, lambda v: v >= 1, "an integer >= 1", str(DEFAULT_EVAL_TOKENS))
+        if (text := _path(self, "eval_text")) is not None and not text.is_file():
+            raise InputError(f"evaluation text {text} does not exist",
+                             hint=f"pass a UTF-8 text file with {opt('eval_text', 'FILE')}, or leave it out")
+        for name in ("max_kl", "max_ppl_increase"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0
+                                      or value != value):
+                raise InputError(f"{opt(name)} must be a number >= 0, not {value!r}",
+                                 hint=f"pass e.g. {opt(name, '0.05' if name == 'max_kl' else '10')}")
+
+    def quality(self) -> QualitySettings:
+        text = source = None
+        if self.eval_text is not None:
+            try:
+                text = self.eval_text.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise InputError(f"cannot read the evaluation text {self.eval_text}: {e}",
+                                 hint=f"pass a UTF-8 text file with {opt('eval_text', 'FILE')}") from e
+            source = str(self.eval_text)
+        gate = QualityGate(None if self.max_kl is None else float(self.max_kl),
+                           None if self.max_ppl_increase is None else float(self.max_ppl_increase))
+        return QualitySettings(EvalSettings(text=text, source=source, tokens=self.eval_tokens), gate)
 
     def converter_kwargs(self) -> dict[str, Any]:
         """The keyword names the converter functions take."""
         return {"adapter_dir": self.adapter, "name": self.name, "verify_artifacts": self.verify,
-                "threads": self.threads, "progress": self.progress}
+                "threads": self.threads, "progress": self.progress, "quality": self.quality()}
 
 
 @dataclass(frozen=True)

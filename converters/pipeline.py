@@ -147,16 +147,23 @@ class Verifier:
                f"correct (rel. error {m.rel_err:.2g} vs its own weights); quality: KL {metrics.mean_kl:.3g}, "
                f"top-1 {metrics.top1 * 100:.1f}%, ppl {metrics.ppl_delta_pct:+.2f}%")
         if q.warning:
-            log.warning("%s", q.warning)
             self.result.warnings.append(q.warning)
+            self._warn(q.warning)
         out = {"passed": True, **q.to_dict(), "correctness": rep.to_dict()}
         if q.gate_failures:
             raise QualityGateError(label, q.gate_failures, out)
         return out
 
+    def _warn(self, text: str) -> None:
+        """A progress line for the CLI (which repeats it under the table); a log warning for API callers."""
+        if self.progress is not None:
+            report(self.progress, "warning", text)
+        else:
+            log.warning("%s", text)
+
     def refuse(self, err: QualityGateError, quant: str) -> None:
         """Record an artifact the gate refused; the run goes on."""
-        log.warning("%s", err.one_line())
+        self._warn(err.message)
         self.result.refused.append({"artifact": err.artifact, "quant": quant, "reasons": err.reasons,
                                     "verification": err.verification})
 

@@ -175,9 +175,12 @@ class QualityMetrics:
         """One plain-words line when the loss is large, else None."""
         if self.mean_kl <= WARN_KL and self.ppl_delta_pct <= WARN_PPL_PCT:
             return None
-        return (f"{artifact}: {quant} loses {self.ppl_delta_pct:.1f}% perplexity on this model (mean KL "
-                f"{self.mean_kl:.3g}, top-1 {self.top1 * 100:.1f}%); a higher-bit type (q5_k_m, q6_k), an "
-                f"importance matrix or GPTQ would lose less")
+        what = (f"loses {self.ppl_delta_pct:.1f}% perplexity on this model (mean KL {self.mean_kl:.3g}"
+                if self.ppl_delta_pct > WARN_PPL_PCT else
+                f"departs from the source on this model (mean KL {self.mean_kl:.3g}, perplexity "
+                f"{self.ppl_delta_pct:+.1f}%")
+        return (f"{artifact}: {quant} {what}, top-1 {self.top1 * 100:.1f}%); a higher-bit type (q5_k_m, q6_k), "
+                f"an importance matrix or GPTQ would lose less")
 
 
 def _r(v: float) -> float:

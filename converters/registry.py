@@ -97,7 +97,7 @@ def convert_formats(model_dir: Path, out_dir: Path, plan: ConversionPlan) -> lis
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     common = plan.common.converter_kwargs()
     timer = StepTimer()
-    prepared = open_inputs(model_dir, plan.common.adapter, timer)
+    prepared = open_inputs(model_dir, plan.common.adapter, timer, quality=common["quality"])
     results: list[Any] = []
     gptq_dir: Path | None = None
     for record in plan.formats:  # in run order (GPTQ first)
@@ -105,7 +105,8 @@ def convert_formats(model_dir: Path, out_dir: Path, plan: ConversionPlan) -> lis
         if isinstance(record, ONNXOptions) and record.from_gptq is not None:
             kwargs["name"] = slug(record.from_gptq.resolve().name)
         elif isinstance(record, ONNXOptions) and plan.chained:
-            assert gptq_dir is not None  # GPTQ ran first, and raises rather than write nothing
+            if gptq_dir is None:  # the quality gate refused the GPTQ checkpoint: nothing to build from
+                continue
             gptq = plan.get(Format.GPTQ)
             kwargs["source_override"] = gptq_dir
             kwargs["name"] = checkpoint_name(slug(plan.common.name or model_dir.resolve().name),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -146,6 +147,6 @@ def test_memory_stays_near_one_tensor(tmp_path: Path, bpe_tok: Path, llama_bpe: 
         f"convert_gguf({str(model)!r}, {str(tmp_path / 'out')!r}, 'f16', verify_artifacts=False, timer=t);"
         "print(base, max(s.peak_rss_bytes for s in t.steps))"
     )
-    base, peak = map(int, subprocess.check_output(["python", "-c", code], text=True).split())
+    base, peak = map(int, subprocess.check_output([sys.executable, "-c", code], text=True).split())
     # Loading the checkpoint would add >= 1x the weights; streaming adds about one tensor.
     assert peak - base < 0.25 * weights, (peak - base, weights)

@@ -70,9 +70,13 @@ def test_gptq_beats_rtn_and_is_recorded(gptq_out: Path) -> None:
     assert entry["file"] == "demo-gptq-int4-g128" and entry["precision"] == "int4"
     assert entry["verification"]["passed"]
     g, r, f = entry["extra"]["gptq"], entry["extra"]["rtn"], entry["extra"]["fp32"]
-    assert g["n_tokens"] == r["n_tokens"] >= 1000
-    assert g["mean_kl"] < r["mean_kl"]  # the point of calibration
-    assert f["ppl"] < g["ppl"] and f["mean_kl"] == 0
+    assert g["n_tokens"] == r["n_tokens"] == f["n_tokens"] == entry["verification"]["n_positions"] > 0
+    # What the method guarantees: int4 changes the model (KL > 0), calibration brings it closer to
+    # the source than rounding to nearest on the same scales, and the source against itself is
+    # exact. Not that the source's perplexity is lower: on one text a quantized model may score
+    # a hair lower (21.1247 vs fp32 21.1617 on an AMD EPYC host), with no bug anywhere.
+    assert 0 < g["mean_kl"] < r["mean_kl"]
+    assert f["mean_kl"] == 0 and f["ppl"] > 1 and g["ppl"] > 1
     assert entry["extra"]["calibration"]["samples"] == SMALL["samples"]
     ct = next(a for a in m["artifacts"] if a["format"] == "compressed-tensors")
     ct_cfg = json.loads((gptq_out / ct["file"] / "config.json").read_text())
@@ -155,9 +159,14 @@ def test_bad_options_exit_1_and_write_nothing(tmp_path: Path, extra: list[str], 
 
 
 def test_group_size_error_names_layers_and_a_fix(tmp_path: Path) -> None:
+    cfg = json.loads((demo_model_dir() / "config.json").read_text())
+    hidden, inter = cfg["hidden_size"], cfg["intermediate_size"]
+    # q k v o gate up down per layer; 96 divides none of the demo model's widths (multiples of 256)
+    assert hidden % 96 and inter % 96 and (cfg["num_attention_heads"] * cfg["head_dim"]) % 96
     with pytest.raises(InputError) as e:
         convert_gptq(demo_model_dir(), tmp_path / "o", group_size=96)
-    assert "28 layers" in e.value.message and "model.layers.0.mlp.up_proj (in 256, out 512)" in e.value.message
+    assert f"{7 * cfg['num_hidden_layers']} layers" in e.value.message
+    assert f"model.layers.0.mlp.up_proj (in {hidden}, out {inter})" in e.value.message
     assert "--group-size 128" in (e.value.hint or "")
 
 

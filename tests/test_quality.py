@@ -75,8 +75,9 @@ def test_honest_q2_k_is_correct_and_lossy_and_kept(demo_quants: tuple[Path, obje
     lo, hi = q2["ppl_delta_ci95_pct"]
     assert lo <= q2["ppl_delta_pct"] <= hi
     # the loss is large enough to be said in words, and it is in the manifest
-    assert q2["warning"] and "q2_k loses" in q2["warning"]
-    assert any("q2_k loses" in w for w in res.warnings)  # type: ignore[attr-defined]
+    assert q2["warning"] and "q2_k" in q2["warning"] and "mean KL" in q2["warning"]
+    assert q2["warning"] in res.warnings  # type: ignore[attr-defined]
+    assert q4["warning"] is None or q4["mean_kl"] > 0.1 or q4["ppl_delta_pct"] > 10
 
 
 def test_permuted_tensor_in_q4_k_m_is_broken(demo_quants: tuple[Path, object], tmp_path: Path) -> None:
@@ -159,3 +160,18 @@ def test_onnx_int4_reading_another_layers_weights_is_broken(tmp_path: Path) -> N
     onnx.save(m, str(bad / "model.onnx"))  # the external data file is untouched
     with pytest.raises(VerificationError, match="logits"):
         check_onnx(demo_model_dir(), bad, quality=FAST)
+
+
+def test_cli_gate_keeps_the_others_and_exits_1(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+
+    out = tmp_path / "o"
+    r = CliRunner().invoke(main, ["convert", str(demo_model_dir()), "-q", "q8_0,q2_k", "--max-kl", "0.1",
+                                  "--eval-tokens", "1024", "--threads", "1", "-o", str(out), "--quiet"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "q2_k" in r.output.splitlines()[-1] and "--max-kl" in r.output.splitlines()[-1]
+    assert (out / f"{demo_model_dir().name}-q8_0.gguf").is_file() and not list(out.glob("*q2_k*"))
+    r = CliRunner().invoke(main, ["convert", str(demo_model_dir()), "--max-kl", "-1", "-o", str(tmp_path / "x")])
+    assert r.exit_code == 1 and "--max-kl / max_kl=" in r.output and not (tmp_path / "x").exists()

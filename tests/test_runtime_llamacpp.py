@@ -18,12 +18,14 @@ def test_greedy_generation_equals_raw_llama_cpp(demo_out: Path) -> None:
 
     path = demo_out / "demo-f16.gguf"
     prompt = "The function returns"
-    with edgekit.load(path, n_ctx=512) as s:
+    # the same thread count on both sides: llama-cpp-python's default (half the cores) is not
+    # edgekit's (all), and a different split of the work may round differently
+    with edgekit.load(path, n_ctx=512, n_threads=1) as s:
         ours = s.generate(prompt, max_tokens=24)
     from edgekit.runtimes.llama_env import llama_load_params
 
     with llama_load_params():  # the same load parameters (AMX guard) for the raw library
-        raw = llama_cpp.Llama(model_path=str(path), n_ctx=512, verbose=False)
+        raw = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=1, n_threads_batch=1, verbose=False)
     theirs = raw.create_completion(prompt, max_tokens=24, temperature=0.0)
     raw.close()
     assert ours.text == theirs["choices"][0]["text"]  # type: ignore[index]

@@ -24,7 +24,11 @@ import edgekit
 CTX = 1024  # the demo model's trained context
 EVIL_TEMPLATE = "{{ ''.__class__.__mro__[1].__subclasses__() }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
 CHAT = [{"role": "system", "content": "You document Python."}, {"role": "user", "content": "What does len return?"}]
-LONG_PROMPT = "The function returns"  # the demo model writes 1000 tokens from it without an end token
+# Prompts the long-request tests may use: the first the model continues greedily for LONG_TOKENS
+# tokens without an end token *on this host* is picked at run time (greedy paths depend on the
+# CPU's arithmetic, so which one does is not written down here).
+LONG_CANDIDATES = ("The function returns", "Return a list of", "The following", "This method", "If the")
+LONG_TOKENS = 1000
 
 
 class ServerProcess:
@@ -106,6 +110,17 @@ def session(artifact: Path) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
+def long_prompt(session: Any) -> str:
+    """A prompt the server will answer with LONG_TOKENS tokens (same artifact, threads and context
+    as the server's sessions, so the same greedy path)."""
+    for prompt in LONG_CANDIDATES:
+        r = session.generate(prompt, max_tokens=LONG_TOKENS)
+        if r.finish_reason == "length" and r.stats.completion_tokens == LONG_TOKENS:
+            return prompt
+    raise AssertionError(f"the demo model ends its text within {LONG_TOKENS} tokens after each of {LONG_CANDIDATES}")
+
+
+@pytest.fixture(scope="module")
 def start(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ServerProcess]]:
     started: list[ServerProcess] = []
 
@@ -162,22 +177,22 @@ def test_chat_streams_token_by_token(server: ServerProcess) -> None:
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
 
 
-def test_completions_stop_seed_and_stream(server: ServerProcess, session: Any) -> None:
+def test_completions_stop_seed_and_stream(server: ServerProcess, session: Any, long_prompt: str) -> None:
     client = server.client()
-    ref = session.generate(LONG_PROMPT, max_tokens=30, temperature=1.0, seed=7)
-    r = client.completions.create(model="demo-q8_0", prompt=LONG_PROMPT, max_tokens=30, temperature=1.0, seed=7)
+    ref = session.generate(long_prompt, max_tokens=30, temperature=1.0, seed=7)
+    r = client.completions.create(model="demo-q8_0", prompt=long_prompt, max_tokens=30, temperature=1.0, seed=7)
     assert r.choices[0].text == ref.text  # same seed, same sampler: the same text as in-process
-    again = client.completions.create(model="demo-q8_0", prompt=LONG_PROMPT, max_tokens=30, temperature=1.0, seed=7)
+    again = client.completions.create(model="demo-q8_0", prompt=long_prompt, max_tokens=30, temperature=1.0, seed=7)
     assert again.choices[0].text == r.choices[0].text
-    greedy = session.generate(LONG_PROMPT, max_tokens=30).text
+    greedy = session.generate(long_prompt, max_tokens=30).text
     word = greedy.split()[2]
-    cut = client.completions.create(model="demo-q8_0", prompt=LONG_PROMPT, max_tokens=30, temperature=0, stop=[word])
+    cut = client.completions.create(model="demo-q8_0", prompt=long_prompt, max_tokens=30, temperature=0, stop=[word])
     assert word not in cut.choices[0].text and greedy.startswith(cut.choices[0].text)
     assert cut.choices[0].finish_reason == "stop"
     streamed = "".join(c.choices[0].text for c in client.completions.create(
-        model="demo-q8_0", prompt=LONG_PROMPT, max_tokens=30, temperature=0, stream=True) if c.choices)
+        model="demo-q8_0", prompt=long_prompt, max_tokens=30, temperature=0, stream=True) if c.choices)
     assert streamed == greedy
-    default = client.completions.create(model="demo-q8_0", prompt=LONG_PROMPT, temperature=0)
+    default = client.completions.create(model="demo-q8_0", prompt=long_prompt, temperature=0)
     assert default.usage is not None and default.usage.completion_tokens == 16  # OpenAI's default for completions
 
 
@@ -283,11 +298,11 @@ def _hold_stream(url: str, body: dict[str, Any]) -> contextlib.ExitStack:
 
 
 def test_beyond_max_concurrent_is_429_and_disconnect_frees_the_slot(start: Callable[..., ServerProcess],
-                                                                     artifact: Path) -> None:
+                                                                     artifact: Path, long_prompt: str) -> None:
     srv = start(artifact, "--max-concurrent", "1", "--max-queue", "0")
     second = srv.client()  # built first: the probe must reach the server while the long answer is running
     second.models.list()
-    held = _hold_stream(srv.url, {"prompt": LONG_PROMPT, "max_tokens": 1000, "temperature": 0})  # the only slot
+    held = _hold_stream(srv.url, {"prompt": long_prompt, "max_tokens": LONG_TOKENS, "temperature": 0})  # the only slot
     with pytest.raises(openai.RateLimitError, match="busy"):
         second.completions.create(model="demo-q8_0", prompt="The", max_tokens=2)
     held.close()  # the client goes away mid-stream
@@ -299,11 +314,11 @@ def test_beyond_max_concurrent_is_429_and_disconnect_frees_the_slot(start: Calla
     assert r.usage is not None and r.usage.completion_tokens == 2
 
 
-def test_queue_waits_then_times_out_with_503(start: Callable[..., ServerProcess], artifact: Path) -> None:
+def test_queue_waits_then_times_out_with_503(start: Callable[..., ServerProcess], artifact: Path, long_prompt: str) -> None:
     srv = start(artifact, "--max-concurrent", "1", "--max-queue", "4", "--queue-timeout", "0.05")
     with httpx.Client(timeout=30) as second:
         second.get(f"{srv.url}/health")
-        with _hold_stream(srv.url, {"prompt": LONG_PROMPT, "max_tokens": 1000, "temperature": 0}):
+        with _hold_stream(srv.url, {"prompt": long_prompt, "max_tokens": LONG_TOKENS, "temperature": 0}):
             r = second.post(f"{srv.url}/v1/completions", json={"prompt": "The", "max_tokens": 2})
     assert r.status_code == 503 and r.json()["error"]["code"] == "queue_timeout" and "retry-after" in r.headers
     assert srv.health()["rejected_queue_timeout"] == 1
@@ -363,12 +378,12 @@ def test_malicious_chat_template(start: Callable[..., ServerProcess], evil_artif
 
 
 # -- graceful shutdown -------------------------------------------------------------------------------------
-def test_sigterm_lets_in_flight_requests_finish(start: Callable[..., ServerProcess], artifact: Path) -> None:
+def test_sigterm_lets_in_flight_requests_finish(start: Callable[..., ServerProcess], artifact: Path, long_prompt: str) -> None:
     srv = start(artifact)
     result: dict[str, Any] = {}
 
     def long_request() -> None:
-        result["r"] = srv.post("/v1/completions", {"prompt": LONG_PROMPT, "max_tokens": 1000, "temperature": 0})
+        result["r"] = srv.post("/v1/completions", {"prompt": long_prompt, "max_tokens": LONG_TOKENS, "temperature": 0})
 
     t = threading.Thread(target=long_request)
     t.start()
@@ -379,15 +394,15 @@ def test_sigterm_lets_in_flight_requests_finish(start: Callable[..., ServerProce
     t.join(60)
     assert srv.stop() == 0  # a clean exit after the graceful shutdown
     r = result["r"]
-    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 1000
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == LONG_TOKENS
     assert r.json()["choices"][0]["finish_reason"] == "length"
 
 
-def test_shutdown_timeout_cuts_cleanly(start: Callable[..., ServerProcess], artifact: Path) -> None:
+def test_shutdown_timeout_cuts_cleanly(start: Callable[..., ServerProcess], artifact: Path, long_prompt: str) -> None:
     """--shutdown-timeout 0: the running stream and the queued requests get an explicit error, never a
     silently truncated answer; the process still exits 0."""
     srv = start(artifact, "--max-queue", "4", "--shutdown-timeout", "0")
-    body = {"prompt": LONG_PROMPT, "max_tokens": 1000, "temperature": 0, "stream": True}
+    body = {"prompt": long_prompt, "max_tokens": LONG_TOKENS, "temperature": 0, "stream": True}
     outcomes: list[str] = []
 
     def stream_one() -> None:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import click
 from click.core import ParameterSource
 
-from edgekit.converters.options import GPTQOptions, ONNXOptions
-from edgekit.ui import StepPrinter, emit_json, format_table, human_bytes
+from edgekit.converters.options import CommonOptions, GPTQOptions, ONNXOptions
+from edgekit.ui import StepPrinter, artifact_table, emit_json
 
 DEMO_QUANTS = "f16,q8_0,q4_k_m"
 # --demo: more types than the defaults (converters.registry.DEFAULT_QUANTS), it is small
@@ -19,7 +20,7 @@ DEMO_DEFAULTS = {"gguf": DEMO_QUANTS, "onnx": "fp32,fp16,int4", "gptq": "int4"}
 # Defaults shown by --help come from the option records (one place); only the flags a user
 # gives are passed on, so the records' own defaults and checks apply, and a flag of a format
 # the run does not produce is an error rather than silently ignored.
-_O, _Q = ONNXOptions, GPTQOptions
+_C, _O, _Q = CommonOptions, ONNXOptions, GPTQOptions
 
 
 @click.command()
@@ -53,6 +54,14 @@ _O, _Q = ONNXOptions, GPTQOptions
               help="GPTQ: also write llmcompressor's compressed-tensors checkpoint.")
 @click.option("--from-gptq", type=click.Path(path_type=Path), default=None,
               help="ONNX: build from this GPTQ checkpoint (its calibrated int4 weights) instead of MODEL_DIR.")
+@click.option("--eval-tokens", type=int, default=_C.eval_tokens, show_default=True,
+              help="Quality: scored tokens of the evaluation set (fewer: faster, noisier).")
+@click.option("--eval-text", type=click.Path(path_type=Path), default=None,
+              help="Quality: UTF-8 text to measure on (default: the packaged prose/code/dialogue mix).")
+@click.option("--max-kl", type=float, default=None,
+              help="Quality gate: refuse (do not write) an artifact whose mean KL vs the source exceeds this.")
+@click.option("--max-ppl-increase", type=float, default=None,
+              help="Quality gate: refuse an artifact whose perplexity rises by more than this many percent.")
 @click.option("--no-verify", is_flag=True, help="Skip verification against the source model (not recommended).")
 @click.option("--threads", type=int, default=None, help="Threads for quantization and verification.")
 @click.option("--demo", is_flag=True, help="Convert the packaged demo model (no download needed).")
@@ -79,26 +88,33 @@ def convert(model_dir: Path | None, to: str, out_dir: Path, demo: bool, as_json:
             raise InputError("--demo converts the packaged demo model; drop MODEL_DIR or --demo")
         model_dir = demo_model_dir()
         given.setdefault("name", "edgekit-demo")
+        # the demo model knows Python docstrings only: measure it on its own held-out docstrings
+        from edgekit.demo import heldout_path
+
+        given.setdefault("eval_text", heldout_path())
         defaults = {Format(f): q for f, q in DEMO_DEFAULTS.items()}
     if model_dir is None:
         raise InputError("missing MODEL_DIR", hint="pass a Hugging Face model directory, or --demo")
     plan = plan_conversion(to, defaults=defaults, progress=StepPrinter(quiet=quiet or as_json), **given)
     results = convert_formats(model_dir, out_dir, plan)
+    refused = [x for r in results for x in r.refused]
     if as_json:
-        emit_json({"out_dir": str(out_dir), "manifest": results[-1].manifest.to_dict(),
+        emit_json({"out_dir": str(out_dir), "manifest": results[-1].manifest.to_dict(), "refused": refused,
+                   "warnings": [w for r in results for w in r.warnings],
                    "steps": [s for r in results for s in r.timer.as_dict()]})
-        return
-    rows = []
-    for r in results:
-        for a in r.artifacts:
-            v = a.verification or {}
-            rows.append([a.file, a.format, a.quant, human_bytes(a.size_bytes), v.get("mean_kl"), v.get("top1"),
-                         v.get("ppl"), v.get("ppl_delta_pct"), "pass" if v.get("passed") else "skipped"])
-    click.echo(format_table(["artifact", "format", "quant", "size", "mean KL", "top-1", "ppl", "ppl Δ%", "verified"],
-                            rows))
-    ref = next((a.verification for r in results for a in r.artifacts if a.verification), None)
-    if ref:
-        click.echo(f"source perplexity {ref['ppl_ref']:.3f} on {ref['n_positions']} probe positions; "
-                   f"manifest: {out_dir / 'edgekit.json'}")
-    for line in gain_lines([a for r in results for a in r.artifacts]):
-        click.echo(line)
+    else:
+        click.echo(artifact_table([asdict(a) for r in results for a in r.artifacts]))
+        ref = next((a.verification for r in results for a in r.artifacts if a.verification), None)
+        if ref:
+            ev = ref.get("eval_set") or {}
+            click.echo(f"quality vs the source on {ref['n_positions']} evaluation tokens ({ev.get('source', '?')}); "
+                       f"source perplexity {ref['ppl_ref']:.3f}; manifest: {out_dir / 'edgekit.json'}")
+        for line in gain_lines([a for r in results for a in r.artifacts]):
+            click.echo(line)
+        for w in (w for r in results for w in r.warnings):
+            click.echo(f"warning: {w}")
+    if refused:
+        from edgekit.errors import QualityGateError
+
+        names = ", ".join(f"{x['artifact']} ({'; '.join(x['reasons'])})" for x in refused)
+        raise QualityGateError(f"{len(refused)} artifact(s)", [names], {})
