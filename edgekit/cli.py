@@ -8,7 +8,6 @@ one place where library errors become CLI errors: one line on stderr, exit code 
 from __future__ import annotations
 
 import importlib
-import logging
 import sys
 from typing import Any
 
@@ -19,7 +18,7 @@ from .errors import EdgekitError
 
 # command name -> (module in edgekit.commands, attribute, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "convert": ("convert", "convert", "Convert a Hugging Face model to GGUF (verified against the source)."),
+    "convert": ("convert", "convert", "Convert a Hugging Face model to GGUF, ONNX and/or GPTQ, verified."),
     "inspect": ("inspect", "inspect", "Show a GGUF file's metadata and tensors, or an output manifest."),
     "run": ("run", "run", "Generate text from an artifact (streams tokens)."),
     "chat": ("run", "chat", "Chat with an artifact using its chat template."),
@@ -49,8 +48,11 @@ class LazyGroup(click.Group):
             formatter.write_dl([(name, help_) for name, (_, _, help_) in COMMANDS.items()])
 
     def invoke(self, ctx: click.Context) -> Any:
+        from .logs import third_party_to_log
+
         try:
-            return super().invoke(ctx)
+            with third_party_to_log():  # transformers' warnings and bars: to the log (-v), not the terminal
+                return super().invoke(ctx)
         except EdgekitError as e:
             click.echo(f"error: {e.one_line()}", err=True)
             sys.exit(1)
@@ -64,5 +66,6 @@ class LazyGroup(click.Group):
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def main(verbose: int) -> None:
     """edgekit: put fine-tuned LLMs on edge hardware."""
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    from .logs import setup_cli_logging
+
+    setup_cli_logging(verbose)

@@ -89,6 +89,10 @@ def quiet_llmcompressor(progress: ProgressFn | None, total: int = 0) -> Iterator
     configure_logger(LoggerConfig(console_log_level=None))  # drops llmcompressor's stdout sink
     done = [0]
     lc_log = logging.getLogger("llmcompressor")
+    for line in captured.getvalue().splitlines():  # the import's device warning: shown with -v
+        lc_log.info("%s", line)
+    captured.seek(0)
+    captured.truncate()
 
     def sink(message: Any) -> None:
         record = message.record
@@ -132,20 +136,22 @@ def run_gptq(model: Any, windows: list[list[int]], settings: GPTQSettings,
     """Quantize ``model`` (float32, in place) and return each Linear's codes/zeros/scales."""
     require_llmcompressor()
     from datasets import Dataset
-    from llmcompressor import oneshot
-    from llmcompressor.modifiers.gptq import GPTQModifier
 
     names = quantized_linear_names(model)
     seq_len = max(len(w) for w in windows)
-    recipe = GPTQModifier(
-        ignore=IGNORE, dampening_frac=settings.dampening,
-        actorder="weight" if settings.act_order else None,
-        config_groups={"group_0": {"targets": ["Linear"], "weights": settings.weights_args()}},
-    )
     dataset = Dataset.from_dict({"input_ids": windows, "attention_mask": [[1] * len(w) for w in windows]})
     # No shuffling: the Hessians are float sums whose order changes GPTQ's rounding, so a
     # shuffled run gives a different checkpoint (held-out ppl 21.11-21.33 on the demo model).
     with quiet_llmcompressor(progress, len(names)):
+        # imported in here: llmcompressor's first import prints a device warning to stdout
+        from llmcompressor import oneshot
+        from llmcompressor.modifiers.gptq import GPTQModifier
+
+        recipe = GPTQModifier(
+            ignore=IGNORE, dampening_frac=settings.dampening,
+            actorder="weight" if settings.act_order else None,
+            config_groups={"group_0": {"targets": ["Linear"], "weights": settings.weights_args()}},
+        )
         oneshot(model=model, dataset=dataset, recipe=recipe, max_seq_length=seq_len,
                 num_calibration_samples=len(windows), shuffle_calibration_samples=False)
     return extract(model, names, settings)

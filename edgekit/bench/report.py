@@ -8,13 +8,14 @@ matplotlib is imported here only, with the Agg backend (no display needed).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgekit.errors import DependencyError, InputError
 from edgekit.fsutil import atomic_output, ensure_writable_dir, write_text_atomic
+from edgekit.ui import sig3, signed_pct
 
 from .results import BenchResult, BenchResults
 
@@ -171,7 +172,7 @@ def summary_markdown(runs: Sequence[BenchResults], series: Sequence[Series], nam
             row.append(", ".join("-" if x is None else f"{x:.2f}x" for x in ratios))
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "## Memory, power and quality", "",
-              "| series | artifact | peak RSS MiB | GPU MiB | gen W | J/token | mean KL | ppl Δ% | reps | status |",
+              "| series | artifact | peak RSS MiB | GPU MiB | gen W | J/token | mean KL | ppl Δ | reps | status |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for s in series:
         for r in s.results().values():
@@ -179,13 +180,19 @@ def summary_markdown(runs: Sequence[BenchResults], series: Sequence[Series], nam
             lines.append(
                 f"| {s.label} | {r.artifact} | {_num((mem.get('peak_rss_bytes') or 0) / MIB)} | "
                 f"{_num((mem.get('gpu_memory_bytes') or 0) / MIB)} | {_num(p.get('gen_w'))} | "
-                f"{_num(p.get('gen_j_per_token'))} | {_num(q.get('mean_kl'))} | {_num(q.get('ppl_delta_pct'))} | "
+                f"{_num(p.get('gen_j_per_token'))} | {_fmt(sig3, q.get('mean_kl'))} | "
+                f"{_fmt(signed_pct, q.get('ppl_delta_pct'))} | "
                 f"{len(r.repetitions)} | {r.status}{': ' + r.error if r.error else ''} |")
     lines.append("")
     lines += [f"![{p.stem}]({p.name})" for p in images]
     lines += ["", "Metric names follow llama-bench: ppN = prompt of N tokens from an empty context, tgN = N decode "
               "steps (end-of-generation ignored); each artifact measured in a fresh process.", ""]
     return "\n".join(lines)
+
+
+def _fmt(fmt: Callable[[float], str], v: Any) -> str:
+    """Quality figures as every edgekit table prints them (edgekit.ui)."""
+    return "-" if v is None else fmt(float(v))
 
 
 def _num(v: Any) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from edgekit.ui import emit_json, format_table, human_bytes
+from edgekit.ui import SIZE, Column, emit_json, format_table, sig3
 
 
 class DefaultGroup(click.Group):
@@ -77,17 +77,19 @@ def results_table(results: Any) -> str:
     for r in results.results:
         pp, tg, ttft = (r.metrics.get(k, {}) for k in (s.pp_name, s.tg_name, "ttft_ms"))
 
-        def pm(m: dict[str, Any]) -> str:
-            return f"{m['mean']:.1f} ± {m['std']:.1f}" if m.get("n") else "-"
+        def pm(m: dict[str, Any]) -> str | None:
+            return f"{m['mean']:.1f} ± {m['std']:.1f}" if m.get("n") else None
 
         power = r.power or {}
-        rows.append([r.artifact, r.quant, r.backend or r.kind, r.threads, human_bytes(r.size_bytes), pm(pp), pm(tg),
-                     pm(ttft), human_bytes(r.memory["peak_rss_bytes"]) if r.memory.get("peak_rss_bytes") else "-",
-                     human_bytes(r.memory["gpu_memory_bytes"]) if r.memory.get("gpu_memory_bytes") else "-",
+        rows.append([r.artifact, r.quant, r.backend or r.kind, r.threads, r.size_bytes, pm(pp), pm(tg), pm(ttft),
+                     r.memory.get("peak_rss_bytes") or None, r.memory.get("gpu_memory_bytes") or None,
                      power.get("gen_j_per_token"), len(r.repetitions), r.status])
-    headers = ["artifact", "quant", "runtime", "threads", "size", f"{s.pp_name} t/s", f"{s.tg_name} t/s", "TTFT ms",
-               "peak RSS", "GPU mem", "J/token", "reps", "status"]
-    return format_table(headers, rows)
+    speed = Column("", align="right")
+    columns = [Column("artifact"), Column("quant"), Column("runtime"), Column("threads"), SIZE,
+               speed.named(f"{s.pp_name} t/s"), speed.named(f"{s.tg_name} t/s"), speed.named("TTFT ms"),
+               SIZE.named("peak RSS"), SIZE.named("GPU mem"), Column("J/token", sig3), Column("reps"),
+               Column("status")]
+    return format_table(columns, rows)
 
 
 def conditions_line(results: Any) -> str:

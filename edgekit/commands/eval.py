@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
-from edgekit.ui import StepPrinter, emit_json, format_table
+from edgekit.ui import PPL, Column, StepPrinter, count, emit_json, fixed, format_table, pct, sig3, signed_pct
 
 
 @click.command("eval")
@@ -38,14 +39,22 @@ def eval_cmd(artifact: Path, text: Path | None, reference: Path | None, n_ctx: i
     if as_json:
         emit_json(r.to_dict())
         return
-    rows: list[list[object]] = [["PPL", r.ppl], ["ln PPL stderr", r.nll_stderr],
-                                ["tokens scored", r.tokens_scored], ["chunks x ctx", f"{r.chunks} x {r.n_ctx}"]]
+    click.echo(f"{artifact}" + (f" vs {reference}" if reference else "") + f" on {text}")
+    click.echo(format_table(["statistic", Column("value", align="right")], _rows(r)))
+
+
+def _rows(r: Any) -> list[list[str]]:
+    """One statistic per row, each printed as that quantity prints in every table (edgekit.ui)."""
+    ppl = PPL.fmt
+    assert ppl is not None
+    rows = [["PPL", ppl(r.ppl)], ["ln PPL stderr", sig3(r.nll_stderr)], ["tokens scored", count(r.tokens_scored)],
+            ["chunks x ctx", f"{r.chunks} x {r.n_ctx}"]]
     if r.kl is not None and r.ppl_ref is not None:
         k = r.kl
-        rows += [["PPL (reference)", r.ppl_ref], ["PPL ratio", f"{r.ppl_ratio:.4f}"], ["mean ln(PPL ratio)", r.mean_ln_ppl_ratio],
-                 ["mean KLD", f"{k.mean:.6f} ± {k.stderr:.6f}"], ["max KLD", k.max]]
-        rows += [[f"{name[1:].replace('_', '.')}% KLD", v] for name, v in k.percentiles.items()]
-        rows += [["min KLD", k.min], ["same top-1 %", k.same_top1_pct], ["mean Δp %", k.mean_delta_p_pct],
-                 ["RMS Δp %", k.rms_delta_p_pct]]
-    click.echo(f"{artifact}" + (f" vs {reference}" if reference else "") + f" on {text}")
-    click.echo(format_table(["statistic", "value"], rows))
+        rows += [["PPL (reference)", ppl(r.ppl_ref)], ["PPL ratio", fixed(4)(r.ppl_ratio)],
+                 ["ppl Δ", signed_pct(100 * (r.ppl_ratio - 1))], ["mean ln(PPL ratio)", sig3(r.mean_ln_ppl_ratio)],
+                 ["mean KLD", f"{sig3(k.mean)} ± {sig3(k.stderr)}"], ["max KLD", sig3(k.max)]]
+        rows += [[f"{name[1:].replace('_', '.')}% KLD", sig3(v)] for name, v in k.percentiles.items()]
+        rows += [["min KLD", sig3(k.min)], ["same top-1", pct(k.same_top1_pct)],
+                 ["mean Δp", signed_pct(k.mean_delta_p_pct)], ["RMS Δp", pct(k.rms_delta_p_pct)]]
+    return rows

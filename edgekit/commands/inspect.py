@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from edgekit.ui import emit_json, format_table, human_bytes
+from edgekit.ui import SIZE, Column, artifact_table, emit_json, format_table, human_bytes
 
 
 @click.command()
@@ -27,10 +27,7 @@ def inspect(path: Path, tensors: bool, as_json: bool) -> None:
     if info["kind"] == "manifest":
         src = info["source"]
         click.echo(f"source: {src.get('path')} ({src.get('architecture')}), weights sha256 {str(src.get('weights_sha256'))[:16]}…")
-        rows = [[a["file"], a["format"], a["quant"], human_bytes(a["size_bytes"]),
-                 (a.get("verification") or {}).get("mean_kl"), (a.get("verification") or {}).get("top1"),
-                 "pass" if (a.get("verification") or {}).get("passed") else "not verified"] for a in info["artifacts"]]
-        click.echo(format_table(["file", "format", "quant", "size", "mean KL", "top-1", "verified"], rows))
+        click.echo(artifact_table(info["artifacts"]))
         return
     click.echo(f"{info['path']}: GGUF v{info['version']}, {human_bytes(info['size_bytes'])}, "
                f"arch {info['architecture']}, {info['n_tensors']} tensors")
@@ -38,7 +35,7 @@ def inspect(path: Path, tensors: bool, as_json: bool) -> None:
     click.echo(format_table(["key", "value"], meta_rows))
     if tensors:
         click.echo("")
-        click.echo(format_table(["tensor", "type", "shape", "bytes"],
+        click.echo(format_table([Column("tensor"), Column("type"), Column("shape"), SIZE],
                                 [[t["name"], t["type"], "x".join(map(str, t["shape"])), t["nbytes"]]
                                  for t in info["tensors"]]))
 

@@ -77,7 +77,9 @@ MODEL_DIMS: dict[str, int] = {
 
 def build_tokenizer(text: str) -> PreTrainedTokenizerFast:
     """Byte-level BPE laid out like Llama 3's: merges first, special tokens at the end."""
-    tok = Tokenizer(models.BPE())
+    # ignore_merges: a word found whole in the vocabulary is one token, as in Llama 3's
+    # tokenizer.json and in llama.cpp's llama-bpe (which always runs that way)
+    tok = Tokenizer(models.BPE(ignore_merges=True))
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated", invert=False),
         pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
