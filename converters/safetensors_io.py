@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,6 +122,46 @@ class SafetensorsFile:
 
     def float32(self, name: str) -> np.ndarray:
         return to_float32(self.raw(name), self.tensors[name].dtype)
+
+    def blocks(self, name: str, max_bytes: int) -> Iterator[np.ndarray]:
+        """The tensor as stored, in blocks of whole rows (first axis) of about ``max_bytes``.
+
+        Each block is a read-only view of a memory map of the file: nothing is copied. When the
+        caller asks for the next block, the previous block's pages are dropped from this process
+        (``madvise(MADV_DONTNEED)``; the kernel's page cache keeps them), so reading a tensor of
+        any size keeps the resident set near one block -- unlike :meth:`raw`, which holds the
+        whole tensor, or a plain memmap, whose pages all stay mapped once touched. A view must not
+        be used after the next block is requested.
+        """
+        info = self.tensors[name]
+        dtype = np.dtype(_DTYPES[info.dtype][0])
+        rows = info.shape[0] if info.shape else 1
+        row_elems = math.prod(info.shape[1:]) if info.shape else 1
+        if info.nbytes == 0:
+            yield np.empty(info.shape, dtype=dtype)
+            return
+        per_block = max(1, max_bytes // max(1, row_elems * dtype.itemsize))
+        with open(self.path, "rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            for r0 in range(0, rows, per_block):
+                n = min(per_block, rows - r0)
+                start = info.start + r0 * row_elems * dtype.itemsize
+                yield np.frombuffer(mm, dtype=dtype, count=n * row_elems, offset=start).reshape(n, *info.shape[1:])
+                _release(mm, start, n * row_elems * dtype.itemsize)
+        finally:
+            try:
+                mm.close()
+            except BufferError:  # the caller still holds the last view: the map closes when it is dropped
+                pass
+
+
+def _release(mm: mmap.mmap, start: int, length: int) -> None:
+    """Drop the pages of ``[start, start + length)`` from this process's resident set."""
+    if not hasattr(mmap, "MADV_DONTNEED"):  # Windows: pages stay until the map closes
+        return
+    lo = start - start % mmap.PAGESIZE
+    mm.madvise(mmap.MADV_DONTNEED, lo, start + length - lo)
 
 
 def to_float32(arr: np.ndarray, tag: str) -> np.ndarray:

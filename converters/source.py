@@ -50,6 +50,13 @@ class SourceModel:
     def float32(self, name: str) -> np.ndarray:
         return self._where[name].float32(name)
 
+    def file_of(self, name: str) -> SafetensorsFile:
+        return self._where[name]
+
+    def blocks(self, name: str, max_bytes: int) -> Iterator[np.ndarray]:
+        """The tensor as stored, in row blocks (see :meth:`SafetensorsFile.blocks`)."""
+        return self._where[name].blocks(name, max_bytes)
+
     def dtype_tags(self) -> set[str]:
         return {f.tensors[n].dtype for n, f in self._where.items()}
 

@@ -150,3 +150,67 @@ def test_memory_stays_near_one_tensor(tmp_path: Path, bpe_tok: Path, llama_bpe: 
     base, peak = map(int, subprocess.check_output([sys.executable, "-c", code], text=True).split())
     # Loading the checkpoint would add >= 1x the weights; streaming adds about one tensor.
     assert peak - base < 0.25 * weights, (peak - base, weights)
+
+
+def _write_bf16_llama(out: Path, tokenizer_dir: Path, *, vocab: int, hidden: int, inter: int) -> int:
+    """A one-layer bf16 Llama written tensor by tensor straight to safetensors (random values,
+    never a whole model in memory); returns the largest tensor's size in bytes."""
+    import math
+    import shutil
+
+    heads, kv_heads, head_dim = hidden // 128, 4, 128
+    shapes = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,),
+              "model.layers.0.input_layernorm.weight": (hidden,),
+              "model.layers.0.post_attention_layernorm.weight": (hidden,),
+              "model.layers.0.self_attn.q_proj.weight": (heads * head_dim, hidden),
+              "model.layers.0.self_attn.k_proj.weight": (kv_heads * head_dim, hidden),
+              "model.layers.0.self_attn.v_proj.weight": (kv_heads * head_dim, hidden),
+              "model.layers.0.self_attn.o_proj.weight": (hidden, heads * head_dim),
+              "model.layers.0.mlp.gate_proj.weight": (inter, hidden), "model.layers.0.mlp.up_proj.weight": (inter, hidden),
+              "model.layers.0.mlp.down_proj.weight": (hidden, inter)}
+    header, offset = {}, 0
+    for name, shape in shapes.items():
+        n = math.prod(shape) * 2
+        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    rng = np.random.default_rng(0)
+    out.mkdir(parents=True)
+    with open(out / "model.safetensors", "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw)
+        for shape in shapes.values():
+            left = math.prod(shape)
+            while left:  # 4M values at a time
+                block = (rng.standard_normal(min(left, 1 << 22), dtype=np.float32) * 0.02).view(np.uint32)
+                f.write((block >> 16).astype(np.uint16).tobytes())
+                left -= block.size
+    (out / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden, "intermediate_size": inter,
+        "num_hidden_layers": 1, "num_attention_heads": heads, "num_key_value_heads": kv_heads, "head_dim": head_dim,
+        "vocab_size": vocab, "max_position_embeddings": 1024, "rms_norm_eps": 1e-5, "tie_word_embeddings": True}))
+    for f_ in tokenizer_dir.iterdir():
+        if f_.is_file():
+            shutil.copy(f_, out / f_.name)
+    return max(math.prod(s) * 2 for s in shapes.values())
+
+
+def test_no_verify_peak_rss_under_largest_tensor_plus_300_mib(tmp_path: Path, bpe_tok: Path) -> None:
+    """`--no-verify` f16 conversion streams: the whole process peaks under T + 300 MiB, T the
+    largest tensor (a 192 MiB bf16 embedding). Reading that tensor whole, as float32 plus its
+    f16 cast, would alone take 3T = 576 MiB; measured as the VmHWM of a fresh interpreter."""
+    model = tmp_path / "wide"
+    largest = _write_bf16_llama(model, bpe_tok, vocab=49152, hidden=2048, inter=1536)
+    assert largest == 192 << 20
+    code = (
+        "from edgekit.converters.gguf.convert import convert_gguf;"
+        f"r = convert_gguf({str(model)!r}, {str(tmp_path / 'out')!r}, 'f16', verify_artifacts=False);"
+        "status = open('/proc/self/status').read();"
+        "print(next(int(l.split()[1]) * 1024 for l in status.splitlines() if l.startswith('VmHWM:')),"
+        " r.artifacts[0].size_bytes)"
+    )
+    peak, size = map(int, subprocess.check_output([sys.executable, "-c", code], text=True).split())
+    assert size > largest // 2 * 1.1  # really converted: ~ the f16 copy of every tensor
+    summary = read_gguf(tmp_path / "out" / "wide-f16.gguf")
+    assert {t.name: t.type for t in summary.tensors}["token_embd.weight"] == "F16"
+    assert peak < largest + (300 << 20), (peak >> 20, largest >> 20)

@@ -83,7 +83,7 @@ def convert_gguf(
         with timer.step(f"write {q_name}{' (base for quantization)' if note else ''}"):
             report(progress, f"write {q_name}", f"streaming tensors{note}")
             write_float_gguf(source, path, spec=spec, out_type=q_name, adapter=adapter, name=name,
-                             pre_override=pre_override, progress=progress)
+                             pre_override=pre_override, progress=progress, compare_tokenizer=verify_artifacts)
 
     try:
         for q in ordered:

@@ -1,17 +1,29 @@
 """Stream a Hugging Face checkpoint into a float GGUF (f32 / f16 / bf16).
 
-Two passes over the tensor *headers* and one over the data: the tensor table is planned
-from shapes alone, then each tensor is read into its own buffer (no memmap: see
-:meth:`..safetensors_io.SafetensorsFile.raw`), merged with the LoRA delta, fixed up for
-llama.cpp's layout, cast and written before the next is touched. Peak memory is about
-one tensor in float32 plus its cast copy.
+The tensor table is planned from the safetensors headers alone; the GGUF header (metadata,
+vocabulary, tensor table) is packed here and written first, then each tensor's data, one
+after the other. A tensor nobody changes is read in row blocks from a memory map of the
+source (:meth:`..safetensors_io.SafetensorsFile.blocks`), each block cast straight into the
+output and its pages released before the next, so peak memory is a few blocks whatever the
+tensor's size; one stored in the output type already is copied file to file by the kernel
+(``copy_file_range``) without entering this process at all. Only tensors that are changed
+(merged with a LoRA delta, permuted or shifted for llama.cpp's layout: attention q/k and
+norms, never the embedding) are read whole, in float32.
+
+gguf-py's ``GGUFWriter`` is used as the metadata collector only (its ``add_*`` methods know
+every key's name and type); its own writing path packs each array item through several Python
+calls (seconds for a 262,144-token vocabulary) and expects each tensor as one array.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import struct
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
@@ -19,9 +31,13 @@ from edgekit.errors import InputError
 from edgekit.progress import ProgressFn, report
 
 from ..lora import LoraAdapter
+from ..safetensors_io import to_float32
 from ..source import SourceModel
 from .archs import ArchSpec, TextConfig
 from .vocab import write_vocab
+
+if TYPE_CHECKING:
+    import gguf
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +47,11 @@ FLOAT_TYPES: dict[str, tuple[str, str]] = {
     "f16": ("F16", "MOSTLY_F16"),
     "bf16": ("BF16", "MOSTLY_BF16"),
 }
+# safetensors dtype tag that already is the GGML type (copied byte for byte)
+_SAME_BYTES = {"F32": "F32", "F16": "F16", "BF16": "BF16"}
+# Source bytes converted per step: large enough that per-block Python overhead is noise,
+# small enough that the block, its float32 widening and its cast stay a few tens of MiB.
+BLOCK_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -42,15 +63,38 @@ class _Planned:
     data: np.ndarray | None = field(default=None, compare=False, repr=False)  # synthesised tensors' values
 
 
-def _cast(data: np.ndarray, ggml_type: str) -> np.ndarray:
-    import gguf
+def _f32_to_bf16(x: np.ndarray) -> np.ndarray:
+    """float32 -> bf16 bits (uint16), bit for bit as ggml_compute_fp32_to_bf16 / gguf-py:
+    round to nearest even, NaNs made quiet. In place on one temporary, not gguf-py's four."""
+    n = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    t = n >> 16
+    t &= 1
+    t += 0x7FFF
+    t += n  # no wrap-around for any non-NaN value (the largest is -inf, 0xff800000)
+    t >>= 16
+    out = t.astype(np.uint16)
+    nan = np.isnan(x)
+    if nan.any():
+        out[nan] = ((n[nan] >> 16) | 0x40).astype(np.uint16)
+    return out
 
+
+def _cast(data: np.ndarray, ggml_type: str) -> np.ndarray:
+    """A float32 array in ``ggml_type``'s bytes (bf16 has no numpy dtype: its bits as uint16)."""
     if ggml_type == "F32":
         return np.ascontiguousarray(data, dtype=np.float32)
     if ggml_type == "F16":
         return np.ascontiguousarray(data, dtype=np.float16)
-    # bf16 has no numpy dtype: gguf-py packs it as raw bytes
-    return gguf.quants.quantize(np.ascontiguousarray(data, dtype=np.float32), gguf.GGMLQuantizationType.BF16)
+    return _f32_to_bf16(data)
+
+
+def _convert(block: np.ndarray, tag: str, ggml_type: str) -> np.ndarray:
+    """One block as stored (safetensors ``tag``) -> ``ggml_type``'s bytes."""
+    if _SAME_BYTES.get(tag) == ggml_type:
+        return block
+    if tag == "F32" or (tag == "F16" and ggml_type != "BF16"):
+        return _cast(block, ggml_type)  # numpy casts f32 -> f16 and f16 -> f32 directly
+    return _cast(to_float32(block, tag), ggml_type)
 
 
 def _nbytes(shape: tuple[int, ...], ggml_type: str) -> int:
@@ -84,6 +128,132 @@ def plan_tensors(source: SourceModel, spec: ArchSpec, cfg: TextConfig, out_type:
     return planned
 
 
+# -- the GGUF header ---------------------------------------------------------------------------
+
+_GGUF_MAGIC, _GGUF_VERSION = 0x46554747, 3  # "GGUF" little-endian, the version gguf-py and llama.cpp write
+_U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
+
+
+def _scalar_formats() -> dict[Any, str]:
+    import gguf
+
+    t = gguf.GGUFValueType
+    return {t.UINT8: "<B", t.INT8: "<b", t.UINT16: "<H", t.INT16: "<h", t.UINT32: "<I", t.INT32: "<i",
+            t.FLOAT32: "<f", t.BOOL: "<?", t.UINT64: "<Q", t.INT64: "<q", t.FLOAT64: "<d"}
+
+
+def _pack_string(s: str | bytes) -> bytes:
+    b = s.encode("utf-8") if isinstance(s, str) else bytes(s)
+    return _U64.pack(len(b)) + b
+
+
+def _pack_value(val: Any, vtype: Any, sub_type: Any, formats: dict[Any, str]) -> bytes:
+    """One metadata value in GGUF's encoding (the same bytes gguf-py writes); arrays in one
+    numpy call (numbers) or one join (strings) instead of a Python call per item."""
+    import gguf
+
+    t = gguf.GGUFValueType
+    if vtype in formats:
+        return struct.pack(formats[vtype], val)
+    if vtype == t.STRING:
+        return _pack_string(val)
+    if vtype != t.ARRAY:
+        raise ValueError(f"unsupported GGUF metadata type {vtype}")
+    items: Sequence[Any] = val
+    if not items:
+        raise ValueError("empty GGUF metadata array")
+    if sub_type is None:
+        sub_type = t.UINT8 if isinstance(items, bytes) else t.get_type(items[0])
+        if len({type(i) for i in items}) != 1:
+            raise ValueError("all items of a GGUF array must have one type")
+    head = _U32.pack(int(sub_type)) + _U64.pack(len(items))
+    if sub_type in formats:
+        return head + np.asarray(items, dtype=np.dtype(formats[sub_type])).tobytes()
+    if sub_type == t.STRING:
+        pack = _U64.pack
+        encoded = [i.encode("utf-8") if isinstance(i, str) else bytes(i) for i in items]
+        return head + b"".join([part for e in encoded for part in (pack(len(e)), e)])
+    return head + b"".join(_pack_value(i, sub_type, None, formats) for i in items)  # arrays of arrays
+
+
+def _header(kv: gguf.GGUFWriter, planned: Sequence[_Planned], alignment: int) -> bytes:
+    """Magic, counts, metadata and tensor table, padded to where the first tensor's data starts."""
+    import gguf
+
+    formats = _scalar_formats()
+    (values,) = kv.kv_data  # one file, never split
+    parts = [_U32.pack(_GGUF_MAGIC), _U32.pack(_GGUF_VERSION), _U64.pack(len(planned)), _U64.pack(len(values))]
+    for key, v in values.items():
+        parts += [_pack_string(key), _U32.pack(int(v.type)), _pack_value(v.value, v.type, v.sub_type, formats)]
+    offset = 0
+    for p in planned:
+        dims = p.shape[::-1] or (1,)  # GGML order: the row length first
+        parts += [_pack_string(p.gguf_name), _U32.pack(len(dims)), *(_U64.pack(d) for d in dims),
+                  _U32.pack(int(gguf.GGMLQuantizationType[p.ggml_type])), _U64.pack(offset)]
+        offset += _padded(_nbytes(p.shape, p.ggml_type), alignment)
+    out = b"".join(parts)
+    return out + bytes(_padded(len(out), alignment) - len(out))
+
+
+def _padded(n: int, alignment: int) -> int:
+    return -(-n // alignment) * alignment
+
+
+# -- tensor data -------------------------------------------------------------------------------
+
+def _write_all(f: BinaryIO, data: Any) -> int:
+    view = memoryview(data).cast("B")
+    done = 0
+    while done < len(view):
+        done += f.write(view[done:]) or 0
+    return done
+
+
+class _Copier:
+    """Kernel-side file-to-file copy (Linux ``copy_file_range``); off for good after one refusal."""
+
+    def __init__(self) -> None:
+        self.enabled = hasattr(os, "copy_file_range")
+
+    def copy(self, src: Path, start: int, length: int, dst: BinaryIO) -> bool:
+        if not self.enabled:
+            return False
+        pos = dst.tell()
+        with open(src, "rb") as f:
+            done = 0
+            try:
+                while done < length:
+                    n = os.copy_file_range(f.fileno(), dst.fileno(), length - done, start + done)
+                    if n == 0:
+                        raise OSError("copy_file_range copied nothing")
+                    done += n
+            except OSError as e:  # EXDEV, ENOSYS, EINVAL on some filesystems: copy through memory instead
+                log.debug("copy_file_range unavailable (%s); copying through memory", e)
+                self.enabled = False
+                dst.seek(pos)
+                dst.truncate()
+                return False
+        return True
+
+
+def _tensor_data(source: SourceModel, p: _Planned, spec: ArchSpec, cfg: TextConfig,
+                 adapter: LoraAdapter | None) -> Iterator[np.ndarray]:
+    """The tensor's bytes in ``p.ggml_type``, block by block (one block when read whole)."""
+    if p.hf_name is None:
+        assert p.data is not None  # plan_tensors keeps what it synthesised
+        yield _cast(p.data, p.ggml_type)
+        return
+    if (adapter is not None and p.hf_name in adapter.target_tensors) or spec.transforms(p.hf_name, cfg):
+        data = source.float32(p.hf_name)
+        if adapter is not None:
+            data = adapter.merge(p.hf_name, data)
+        yield _cast(spec.transform(p.hf_name, data, cfg), p.ggml_type)
+        return
+    tag = source.info(p.hf_name).dtype
+    for block in source.blocks(p.hf_name, BLOCK_BYTES):
+        yield _convert(block, tag, p.ggml_type)
+
+
 def write_float_gguf(
     source: SourceModel,
     out_path: Path,
@@ -94,47 +264,45 @@ def write_float_gguf(
     name: str | None = None,
     pre_override: str | None = None,
     progress: ProgressFn | None = None,
+    compare_tokenizer: bool = True,
 ) -> None:
+    """Write ``source`` as a float GGUF. ``compare_tokenizer``: also load the tokenizer with
+    transformers and warn where it tokenizes differently from tokenizer.json (see :mod:`.vocab`);
+    a conversion that is not verified skips it, as it costs a transformers import."""
     import gguf
 
     cfg = TextConfig.from_hf(source.config)
     planned = plan_tensors(source, spec, cfg, out_type)
+    embed = next((p for p in planned if p.gguf_name == "token_embd.weight"), None)
+    if embed is None:
+        raise InputError("the checkpoint has no token embedding", hint="pass a complete causal-LM checkpoint")
 
-    w = gguf.GGUFWriter(out_path, gguf.MODEL_ARCH_NAMES[spec.model_arch])
-    try:
-        w.add_name(name or source.path.name)
-        w.add_type(gguf.GGUFType.MODEL)
-        w.add_file_type(int(gguf.LlamaFileType[FLOAT_TYPES[out_type][1]]))
-        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        spec.write_hparams(w, cfg)
-        embed = next((p for p in planned if p.gguf_name == "token_embd.weight"), None)
-        if embed is None:
-            raise InputError("the checkpoint has no token embedding", hint="pass a complete causal-LM checkpoint")
-        write_vocab(w, source.path, n_vocab=embed.shape[0], add_space_prefix=spec.add_space_prefix,
-                    pre_override=pre_override)
-        for p in planned:
-            if p.ggml_type == "BF16":  # raw bytes: gguf-py wants the shape in bytes and the type named
-                byte_shape = (*p.shape[:-1], p.shape[-1] * 2)
-                w.add_tensor_info(p.gguf_name, byte_shape, np.dtype(np.uint8), _nbytes(p.shape, p.ggml_type),
-                                  raw_dtype=gguf.GGMLQuantizationType.BF16)
-            else:
-                w.add_tensor_info(p.gguf_name, p.shape, np.dtype(np.float32 if p.ggml_type == "F32" else np.float16),
-                                  _nbytes(p.shape, p.ggml_type))
-        w.write_header_to_file(out_path)
-        w.write_kv_data_to_file()
-        w.write_ti_data_to_file()
+    kv = gguf.GGUFWriter(None, gguf.MODEL_ARCH_NAMES[spec.model_arch])  # metadata only: written below
+    kv.add_name(name or source.path.name)
+    kv.add_type(gguf.GGUFType.MODEL)
+    kv.add_file_type(int(gguf.LlamaFileType[FLOAT_TYPES[out_type][1]]))
+    kv.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    spec.write_hparams(kv, cfg)
+    write_vocab(kv, source.path, n_vocab=embed.shape[0], add_space_prefix=spec.add_space_prefix,
+                pre_override=pre_override, compare_transformers=compare_tokenizer)
+    alignment = kv.data_alignment
+    header = _header(kv, planned, alignment)
+    del kv  # the vocabulary's Python objects go before the tensors come
+
+    copier = _Copier()
+    with open(out_path, "wb", buffering=0) as f:
+        _write_all(f, header)
         for i, p in enumerate(planned, 1):
-            if p.hf_name is None:
-                assert p.data is not None  # plan_tensors keeps what it synthesised
-                data = p.data
+            want = _nbytes(p.shape, p.ggml_type)
+            info = source.info(p.hf_name) if p.hf_name is not None else None
+            if (info is not None and _SAME_BYTES.get(info.dtype) == p.ggml_type and info.nbytes == want
+                    and not (adapter is not None and p.hf_name in adapter.target_tensors)
+                    and not spec.transforms(info.name, cfg)
+                    and copier.copy(source.file_of(info.name).path, info.start, info.nbytes, f)):
+                written = info.nbytes
             else:
-                data = source.float32(p.hf_name)
-                if adapter is not None:
-                    data = adapter.merge(p.hf_name, data)
-                data = spec.transform(p.hf_name, data, cfg)
-            w.write_tensor_data(_cast(data, p.ggml_type))
+                written = sum(_write_all(f, block) for block in _tensor_data(source, p, spec, cfg, adapter))
+            if written != want:
+                raise AssertionError(f"{p.gguf_name}: wrote {written} bytes, planned {want}")
+            _write_all(f, bytes(_padded(written, alignment) - written))
             report(progress, f"write {out_type}", done=i, total=len(planned))
-        w.close()
-    except BaseException:
-        w.close()
-        raise

@@ -162,8 +162,17 @@ class ArchSpec:
                 factors.append(1.0 / ((1 - smooth) / factor + smooth))
         return {"rope_freqs.weight": np.asarray(factors, dtype=np.float32)}
 
+    def transforms(self, hf_name: str, c: TextConfig) -> bool:
+        """Whether :meth:`transform` changes this tensor. The writer streams every other tensor
+        in blocks straight from the file, so an architecture overriding ``transform`` must
+        override this too (until it does, every tensor of it is read whole and transformed)."""
+        if type(self).transform is not ArchSpec.transform and type(self).transforms is ArchSpec.transforms:
+            return True
+        return ((self.permute_qk and hf_name.endswith(_PERMUTED_QK))
+                or (bool(self.norm_shift) and hf_name.endswith("norm.weight")))
+
     def transform(self, hf_name: str, data: np.ndarray, c: TextConfig) -> np.ndarray:
-        """Per-tensor fix-ups between HF's layout and llama.cpp's."""
+        """Per-tensor fix-ups between HF's layout and llama.cpp's (:meth:`transforms` says which)."""
         if self.permute_qk:
             if hf_name.endswith("q_proj.weight") or hf_name.endswith("q_proj.bias"):
                 data = permute_rope(data, c.num_heads)
@@ -189,6 +198,10 @@ class ArchSpec:
             return True
         # A tied lm_head duplicates the embedding; llama.cpp reuses token_embd when output is absent.
         return c.tie_word_embeddings and hf_name == "lm_head.weight"
+
+
+# the tensors permute_qk reorders (q/k projections, weights and biases)
+_PERMUTED_QK = ("q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias")
 
 
 def permute_rope(w: np.ndarray, n_head: int) -> np.ndarray:

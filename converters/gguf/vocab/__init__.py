@@ -68,14 +68,17 @@ def write_vocab(
     n_vocab: int,
     add_space_prefix: bool | None = None,
     pre_override: str | None = None,
+    compare_transformers: bool = True,
 ) -> VocabInfo:
     """Write every ``tokenizer.*`` key for the Hugging Face model in ``model_dir``.
 
     ``n_vocab`` is the number of embedding rows: the token list is padded to it with
     ``[PAD{id}]`` tokens typed UNUSED. ``add_space_prefix`` overrides what the tokenizer says
     (SentencePiece kinds only). ``pre_override`` forces ``tokenizer.ggml.pre`` (BPE only).
+    ``compare_transformers=False`` skips loading the tokenizer with transformers to warn where
+    it differs from tokenizer.json (the import alone is seconds; unverified conversions skip it).
     """
-    src = read_sources(Path(model_dir))
+    src = read_sources(Path(model_dir), compare_transformers=compare_transformers)
     vocab = build_vocab(src, pre_override)
     if add_space_prefix is not None and vocab.kind == "spm":
         vocab.add_space_prefix = add_space_prefix

@@ -81,14 +81,14 @@ def _warn_if_transformers_differs(model_dir: Path) -> None:
         )
 
 
-def read_sources(model_dir: Path) -> Sources:
+def read_sources(model_dir: Path, *, compare_transformers: bool = True) -> Sources:
     if not model_dir.is_dir():
         raise InputError(f"model directory {model_dir} does not exist", hint=FILES_HINT)
     json_path, spm_path = model_dir / "tokenizer.json", model_dir / "tokenizer.model"
     if not json_path.is_file() and not spm_path.is_file():
         raise InputError(f"no tokenizer.json or tokenizer.model in {model_dir}", hint=FILES_HINT)
     tokenizer_json = _read_optional_json(json_path) or None
-    if tokenizer_json is not None:
+    if tokenizer_json is not None and compare_transformers:
         _warn_if_transformers_differs(model_dir)
     return Sources(
         model_dir=model_dir,
