@@ -44,6 +44,8 @@ class LlamaCppSession(Session):
         except (ValueError, RuntimeError) as e:
             raise RuntimeLoadError(f"llama.cpp could not load {self.path}: {e}",
                                    hint="run with -vv to see llama.cpp's log; the file may need a newer llama.cpp") from e
+        if not logits_all:
+            _drop_scores(self.llm)
         self._vocab = self.llm._model.vocab
         # BOS/EOS text for chat templates, read once (used on every chat request)
         self._specials = {key: self.llm.detokenize([tid], special=True).decode("utf-8", errors="replace")
@@ -99,6 +101,19 @@ class LlamaCppSession(Session):
         if llm is not None:
             llm.close()
             self.llm = None  # type: ignore[assignment]
+
+
+def _drop_scores(llm: Any) -> None:
+    """Free llama-cpp-python's ``scores`` array of a context opened without logits_all.
+
+    It is allocated as n_batch x n_vocab float32 for every context -- with n_batch =
+    min(512, n_ctx) that is the whole context x vocabulary at a short n_ctx (129 x 262,144 x 4 B
+    = 129 MiB for Gemma 3 at n_ctx 129; 512 MiB at any n_ctx >= 512) -- but only logits_all
+    contexts ever write it: generation samples from llama.cpp's own logits of the last
+    position. One row keeps its shape valid for the library's code that slices it."""
+    scores = getattr(llm, "scores", None)
+    if isinstance(scores, np.ndarray) and scores.ndim == 2 and scores.shape[0] > 1:
+        llm.scores = np.zeros((1, scores.shape[1]), dtype=scores.dtype)
 
 
 def _gpu_layers(device: str, n_gpu_layers: int) -> int:

@@ -91,3 +91,65 @@ def test_cli_run_and_chat(demo_out: Path) -> None:
 def test_context_overflow_is_a_clear_error(demo_out: Path) -> None:
     r = CliRunner().invoke(main, ["run", str(demo_out / "demo-f16.gguf"), "-p", "word " * 300, "--ctx", "128"])
     assert r.exit_code == 1 and "context length" in r.output
+
+
+# -- memory: what a session holds beyond the model ------------------------------------------------
+
+def test_generation_session_holds_no_context_by_vocabulary_scores(demo_out: Path) -> None:
+    """llama-cpp-python allocates n_batch x n_vocab float32 scores (the whole context x vocabulary
+    at a short n_ctx: 129 MiB for Gemma 3's 262k vocabulary at n_ctx 129) that only logits_all
+    fills; generation samples from llama.cpp's last-position logits and must not keep it."""
+    path = demo_out / "demo-q8_0.gguf"
+    with edgekit.load(path, n_ctx=256, n_threads=1) as s:
+        n_vocab = s.llm.n_vocab()
+        assert s.llm.scores.nbytes <= n_vocab * 4  # one row at most, not n_batch (256) rows
+        greedy = s.generate("The function returns", max_tokens=12)
+        assert greedy.stats.completion_tokens >= 1 and greedy.text
+        sampled = s.generate("The function returns", max_tokens=12, temperature=0.8, seed=3)
+        assert sampled.stats.completion_tokens >= 1
+    with edgekit.load(path, n_ctx=256, n_threads=1, logits_all=True) as s:  # scoring needs every row
+        assert s.llm.scores.shape == (256, n_vocab)
+        ids = s.tokenize("The function returns")
+        assert s.logits(ids).shape == (len(ids), n_vocab)
+
+
+def _vocab_gguf(path: Path, n_tokens: int) -> int:
+    """A GGUF header with a vocabulary of ``n_tokens`` tokens (no tensors); the vocabulary's bytes."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    tokens = [f"tok{i:06d}" for i in range(n_tokens)]
+    w.add_token_list(tokens)
+    w.add_token_scores([0.0] * n_tokens)
+    w.add_token_types([1] * n_tokens)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return sum(8 + len(t) for t in tokens) + n_tokens * (4 + 4)
+
+
+def test_header_check_does_not_materialise_the_vocabulary(tmp_path: Path) -> None:
+    """The check before llama.cpp opens a file walks arrays in place: a 262,144-token vocabulary
+    (Gemma 3's) once cost ~700 MiB of Python objects there, twice the loaded model."""
+    import tracemalloc
+
+    from edgekit.converters.gguf.inspect import read_gguf
+    from edgekit.errors import CorruptFileError
+
+    path = tmp_path / "vocab.gguf"
+    vocab_bytes = _vocab_gguf(path, 262_144)
+    tracemalloc.start()
+    try:
+        summary = read_gguf(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    meta = summary.metadata
+    assert meta["tokenizer.ggml.tokens"] == meta["tokenizer.ggml.scores"] == "[262144 items]"
+    assert meta["general.architecture"] == "llama" and summary.tensors == []
+    assert peak < vocab_bytes / 10, (peak, vocab_bytes)  # not even the strings' own size
+    cut = tmp_path / "cut.gguf"  # cut inside the token strings: refused, naming the field
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    with pytest.raises(CorruptFileError, match=r"tokenizer\.ggml\.tokens .*past the end"):
+        read_gguf(cut)

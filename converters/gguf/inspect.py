@@ -106,47 +106,130 @@ def check_header(path: Path) -> tuple[int, int]:
     return version, size
 
 
-def _value(field_: Any) -> Any:
+# GGUF value type id -> struct format of one scalar (8 is a string, 9 an array)
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY, _UINT32 = 8, 9, 4
+ARRAY_SHOWN = 16  # longer arrays (vocabularies) are summarised as "[N items]", never materialised
+_MAX_DEPTH = 8  # arrays of arrays: deeper nesting is refused rather than recursed into
+_MAX_DIMS = 4  # GGML_MAX_DIMS
+
+
+class _Malformed(Exception):
+    """The header says something impossible; read_gguf turns it into a CorruptFileError."""
+
+
+class _HeaderScanner:
+    """Walks a GGUF header in place (a read-only memory map) without building per-item objects.
+
+    gguf-py's GGUFReader makes several numpy objects per array item: for a 262,144-token
+    vocabulary (Gemma 3) that was ~700 MiB and half a minute before llama.cpp even opened the
+    file. Here an array longer than :data:`ARRAY_SHOWN` is only skipped over (its string
+    lengths walked, its numbers stepped past), each bound checked against the file size."""
+
+    def __init__(self, buf: Any, size: int) -> None:
+        self.buf, self.size, self.off = buf, size, 0
+
+    def take(self, n: int, what: str) -> int:
+        """Advance past ``n`` bytes of ``what``; the offset where they start."""
+        start = self.off
+        if n < 0 or start + n > self.size:
+            raise _Malformed(f"{what} runs past the end of the {self.size}-byte file")
+        self.off = start + n
+        return start
+
+    def unpack(self, fmt: str, what: str) -> Any:
+        return struct.unpack_from(fmt, self.buf, self.take(struct.calcsize(fmt), what))[0]
+
+    def string(self, what: str) -> str:
+        n = self.unpack("<Q", what)
+        start = self.take(n, what)
+        return bytes(self.buf[start:start + n]).decode("utf-8", errors="replace")
+
+    def value(self, vtype: int, what: str, depth: int = 0) -> Any:
+        if vtype == _STRING:
+            return self.string(what)
+        if vtype in _SCALARS:
+            return self.unpack(_SCALARS[vtype], what)
+        if vtype != _ARRAY:
+            raise _Malformed(f"{what} has unknown value type {vtype}")
+        if depth >= _MAX_DEPTH:
+            raise _Malformed(f"{what} nests arrays deeper than {_MAX_DEPTH}")
+        itype, count = self.unpack("<I", what), self.unpack("<Q", what)
+        if count <= ARRAY_SHOWN:
+            return [self.value(itype, what, depth + 1) for _ in range(count)]
+        if itype in _SCALARS:
+            self.take(count * struct.calcsize(_SCALARS[itype]), what)
+        elif itype == _STRING:
+            unpack_from, buf, off, size = struct.unpack_from, self.buf, self.off, self.size
+            for _ in range(count):
+                if off + 8 > size:  # also where the string before this one overran
+                    raise _Malformed(f"{what} ({count} strings) runs past the end of the {size}-byte file")
+                off += 8 + unpack_from("<Q", buf, off)[0]
+            self.take(off - self.off, what)
+        else:
+            for _ in range(count):
+                self.value(itype, what, depth + 1)
+        return f"[{count} items]"
+
+
+def _scan(path: Path, buf: Any, size: int) -> tuple[dict[str, Any], list[TensorRow]]:
+    """Metadata and tensor table of a GGUF whose fixed header :func:`check_header` accepted."""
     import gguf
 
-    t = field_.types[0] if field_.types else None
-    if t == gguf.GGUFValueType.ARRAY:
-        if len(field_.data) > 16:  # vocabularies: summarise, don't dump 150k tokens
-            return f"[{len(field_.data)} items]"
-        return [_scalar(field_.parts[i], field_.types[-1]) for i in field_.data]
-    return _scalar(field_.parts[field_.data[0]], t) if field_.data else None
-
-
-def _scalar(part: Any, t: Any) -> Any:
-    import gguf
-
-    if t == gguf.GGUFValueType.STRING:
-        return bytes(part).decode("utf-8", errors="replace")
-    v = part.tolist()
-    return v[0] if isinstance(v, list) and len(v) == 1 else v
+    sc = _HeaderScanner(buf, size)
+    sc.off = 8
+    n_tensors, n_kv = sc.unpack("<Q", "header"), sc.unpack("<Q", "header")
+    meta: dict[str, Any] = {}
+    types: dict[str, int] = {}
+    for i in range(n_kv):
+        key = sc.string(f"metadata key {i}")
+        if key in meta:
+            raise _Malformed(f"duplicate metadata key {key}")
+        types[key] = sc.unpack("<I", f"metadata {key}")
+        meta[key] = sc.value(types[key], f"metadata {key}")
+    alignment = meta.get("general.alignment", gguf.GGUF_DEFAULT_ALIGNMENT)
+    if "general.alignment" in meta and (types["general.alignment"] != _UINT32 or alignment <= 0
+                                        or alignment & (alignment - 1)):
+        raise _Malformed(f"general.alignment {alignment!r} is not a power-of-two uint32")
+    infos: list[tuple[str, list[int], Any, int]] = []
+    for i in range(n_tensors):
+        name = sc.string(f"tensor {i} name")
+        n_dims = sc.unpack("<I", f"tensor {name}")
+        if n_dims > _MAX_DIMS:
+            raise _Malformed(f"tensor {name} has {n_dims} dimensions (at most {_MAX_DIMS})")
+        dims = [sc.unpack("<Q", f"tensor {name}") for _ in range(n_dims)]
+        raw_type = sc.unpack("<I", f"tensor {name}")
+        try:
+            qtype = gguf.GGMLQuantizationType(raw_type)
+        except ValueError:
+            raise _Malformed(f"tensor {name} has unknown type {raw_type}") from None
+        infos.append((name, dims, qtype, sc.unpack("<Q", f"tensor {name}")))
+    data_start = -(-sc.off // alignment) * alignment
+    rows: list[TensorRow] = []
+    seen: set[str] = set()
+    for name, dims, qtype, offset in infos:
+        if name in seen:
+            raise _Malformed(f"duplicate tensor {name}")
+        seen.add(name)
+        block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+        if dims and dims[0] % block:
+            raise _Malformed(f"tensor {name}: rows of {dims[0]} are not a multiple of {qtype.name}'s block of {block}")
+        nbytes = math.prod(dims) * type_size // block
+        end = data_start + offset + nbytes
+        if end > size:
+            raise CorruptFileError(path, f"tensor {name} ends at byte {end}, past the end of the {size}-byte file")
+        rows.append(TensorRow(name, qtype.name, dims, nbytes))
+    return meta, rows
 
 
 def read_gguf(path: Path) -> GGUFSummary:
-    """Validate and summarise a GGUF file (metadata + tensor table)."""
-    import gguf
+    """Validate and summarise a GGUF file (metadata + tensor table), reading only its header."""
+    import mmap
 
     version, size = check_header(path)
-    try:
-        reader = gguf.GGUFReader(path)
-    except Exception as e:  # gguf-py raises ValueError/struct.error/IndexError on damage
-        raise CorruptFileError(path, f"GGUF header cannot be parsed ({type(e).__name__}: {e})") from e
-    meta: dict[str, Any] = {}
-    for name, f in reader.fields.items():
-        if name.startswith("GGUF."):
-            continue
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         try:
-            meta[name] = _value(f)
-        except Exception:  # a single odd field should not hide the rest
-            meta[name] = "<unreadable>"
-    rows: list[TensorRow] = []
-    for t in reader.tensors:
-        end = int(t.data_offset) + int(t.n_bytes)
-        if end > size:
-            raise CorruptFileError(path, f"tensor {t.name} ends at byte {end}, past the end of the {size}-byte file")
-        rows.append(TensorRow(t.name, t.tensor_type.name, [int(x) for x in t.shape], int(t.n_bytes)))
+            meta, rows = _scan(Path(path), mm, size)
+        except _Malformed as e:
+            raise CorruptFileError(path, f"GGUF header cannot be parsed: {e}") from None
     return GGUFSummary(Path(path), version, size, meta, rows)

@@ -202,6 +202,7 @@ def _measure(r: BenchResult, art: Artifact, threads: int, settings: BenchSetting
                 elif kind == "loaded":
                     r.backend = ev["backend"]
                     r.memory["loaded_rss_bytes"] = ev["loaded_rss_bytes"]
+                    r.memory["load_peak_rss_bytes"] = ev.get("load_peak_rss_bytes")
                     r.conditions = result_conditions(host, backend=r.backend, threads=threads, n_ctx=ev["n_ctx"],
                                                      device=settings.device, sha256=r.sha256, date=now_utc(),
                                                      prompt_tokens=settings.prompt_tokens, gen_tokens=settings.gen_tokens)

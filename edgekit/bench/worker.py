@@ -127,7 +127,10 @@ def measure(spec: dict[str, Any]) -> None:
         text = Path(spec["text"]).read_text(encoding="utf-8")
         pp_ids = prompt_ids(session, pp_n, text)
         tg_prompt = pp_ids[:1]
-        emit("loaded", backend=session.backend, n_ctx=session.context_length, loaded_rss_bytes=vm_bytes("VmRSS"))
+        # the load's own peak apart from the run's: a transient at load (it was gguf-py parsing a
+        # 262k-token vocabulary: twice the loaded size) is otherwise indistinguishable
+        emit("loaded", backend=session.backend, n_ctx=session.context_length, loaded_rss_bytes=vm_bytes("VmRSS"),
+             load_peak_rss_bytes=vm_bytes("VmHWM"))
         if power.available():
             power.wait_for_samples(1)
         pp_windows: list[tuple[float, float]] = []
