@@ -24,6 +24,13 @@ from .quants import GGUFQuant
 log = logging.getLogger(__name__)
 
 
+# Rows llama.cpp keeps in flight per tensor (their float32 widening and quantized output). Its
+# default, 8 GiB, means whole tensors: a 7B's bf16 embedding adds 2 GiB of float32 and 1 GiB of
+# q8_0 on top of the mapped input. 64 MiB slabs keep the peak at the mapped tensor plus this, and
+# were not slower (Gemma 3 270M f32 -> q8_0: 5.4 s, 736 MiB peak vs 7.7 s, 893 MiB).
+QUANT_BUF_BYTES = 64 << 20
+
+
 def quantize_file(src: Path, dst: Path, q: GGUFQuant, *, threads: int | None = None) -> None:
     """Quantize float GGUF ``src`` into ``dst`` with llama.cpp's rules for ``q`` (mixed types included)."""
     import llama_cpp
@@ -33,6 +40,8 @@ def quantize_file(src: Path, dst: Path, q: GGUFQuant, *, threads: int | None = N
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, q.ftype)
     params.nthread = threads or os.cpu_count() or 1
+    if hasattr(params, "max_buf_size"):  # older llama-cpp-python builds lack the field
+        params.max_buf_size = QUANT_BUF_BYTES
     route_llama_logs()
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0:
