@@ -216,7 +216,7 @@ class GPTQOptions:
     bits: int = 4
     group_size: int = 128  # input columns per scale; -1: one group per row
     act_order: bool = False
-    calibration: Path | None = None  # text file or directory (None: the packaged corpus)
+    calibration: Path | None = None  # text file, directory or JSONL (None: the packaged calibration mix)
     samples: int = DEFAULT_SAMPLES
     seq_len: int = DEFAULT_SEQ_LEN
     compressed_tensors: bool = False  # also write llmcompressor's compressed-tensors checkpoint
@@ -236,7 +236,8 @@ class GPTQOptions:
         check_window(self.samples, self.seq_len, None)  # the model's context is checked once it is read
         if (cal := _path(self, "calibration")) is not None and not cal.exists():
             raise InputError(f"calibration text {cal} does not exist",
-                             hint=f"pass a UTF-8 text file or a directory of .txt files with {opt('calibration')}")
+                             hint=f"pass a UTF-8 text file, a .jsonl file or a directory of them with "
+                                  f"{opt('calibration')}")
 
     @property
     def quant_names(self) -> tuple[str, ...]:

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 INSTALL = 'pip install "edgekit[gptq]"  (or: pip install llmcompressor==0.14.0.1 torch==2.13.0 transformers==5.17.0)'
 IGNORE = ["lm_head"]  # the output head stays float, as in every GPTQ checkpoint
 DAMPENING = 0.01  # fraction of the mean Hessian diagonal added before inversion (GPTQ default)
+DEFAULT_GROUP_SIZE = 128  # input columns per scale
 # what extract() checks holds for the llmcompressor edgekit is tested with; another version may differ
 _VERSION_HINT = f"edgekit is tested with llmcompressor 0.14.0.1; install that version: {INSTALL}"
 
@@ -49,7 +50,7 @@ _VERSION_HINT = f"edgekit is tested with llmcompressor 0.14.0.1; install that ve
 @dataclass(frozen=True)
 class GPTQSettings:
     bits: int = 4
-    group_size: int = 128  # -1: one group per row (per-channel)
+    group_size: int = DEFAULT_GROUP_SIZE  # -1: one group per row (per-channel)
     act_order: bool = False
     dampening: float = DAMPENING
 

@@ -47,7 +47,9 @@ _C, _O, _Q = CommonOptions, ONNXOptions, GPTQOptions
               help="GPTQ: input columns per scale (-1: one group per row).")
 @click.option("--act-order", is_flag=True, help="GPTQ: process columns by activation size (better, same format).")
 @click.option("--calibration", type=click.Path(path_type=Path), default=None,
-              help="GPTQ: calibration text file or directory (default: the packaged corpus).")
+              help="GPTQ: calibration text: .txt/.md/.rst files, a directory of them, or .jsonl with \"text\" "
+                   "or chat \"messages\" (rendered through the model's chat template) "
+                   "(default: the packaged prose/code/dialogue mix).")
 @click.option("--samples", type=int, default=_Q.samples, show_default=True, help="GPTQ: calibration windows.")
 @click.option("--seq-len", type=int, default=_Q.seq_len, show_default=True, help="GPTQ: tokens per calibration window.")
 @click.option("--compressed-tensors", is_flag=True,

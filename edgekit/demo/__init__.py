@@ -5,9 +5,10 @@ docstrings and small functions of the Python standard library. It ships inside t
 so that ``edgekit convert --demo`` works offline; ``python -m edgekit.demo.build_corpus`` and
 ``python -m edgekit.demo.train`` rebuild the corpus and the model.
 
-``corpus.txt`` doubles as edgekit's default calibration text and ``heldout.txt`` (no document
-in common with it) as its default perplexity text. In both, documents are separated by one
-blank line.
+``heldout.txt`` (no document in common with the corpus) is held-out text for the demo model.
+In both, documents are separated by one blank line. edgekit's default calibration and
+evaluation text for any model is the packaged prose/code/dialogue mix (``edgekit/data/textsets``,
+read by :mod:`edgekit.converters.textsets`).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def _data_file(name: str) -> Path:
 
 
 def corpus_path() -> Path:
-    """The demo training corpus, also the default calibration text (~600 KB, UTF-8)."""
+    """The demo training corpus (~600 KB, UTF-8)."""
     return _data_file("corpus.txt")
 
 
