@@ -44,8 +44,10 @@ def convert(model_dir: str | Path, out_dir: str | Path, *, to: str = "gguf", **o
     returned; one format returns its result alone."""
     from edgekit.converters.options import plan_conversion
     from edgekit.converters.registry import convert_formats
+    from edgekit.logs import third_party_to_log
 
-    results = convert_formats(Path(model_dir), Path(out_dir), plan_conversion(to, **options))
+    with third_party_to_log():  # transformers' bars and warnings: to logging, as from the CLI
+        results = convert_formats(Path(model_dir), Path(out_dir), plan_conversion(to, **options))
     return results[0] if len(results) == 1 else results
 
 

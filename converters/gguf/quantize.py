@@ -58,10 +58,16 @@ def block_size(type_name: str) -> int:
 
 def fallback_tensors(tensors: list[TensorRow], q: GGUFQuant) -> list[TensorRow]:
     """Matrices stored in another type than ``q``'s because their rows (ne0) are not a multiple
-    of its block. Vectors (norms) are never quantized; F32 matrices were not meant to be."""
+    of its block, as llama.cpp counts them ("N of M tensor(s) required fallback quantization").
+
+    Vectors (norms) are never quantized and F32 matrices were not meant to be. The output head
+    (``output.weight``, or the tied ``token_embd.weight``) is not a fallback: llama.cpp gives it
+    q8_0 by rule when its rows do not fit a k-quant, a higher type than it would have had."""
     block = block_size(q.main_type)
+    names = {t.name for t in tensors}
+    head = "output.weight" if "output.weight" in names else "token_embd.weight"
     return [t for t in tensors if len(t.shape) >= 2 and t.shape[0] % block != 0
-            and t.type not in (q.main_type, "F32")]
+            and t.type not in (q.main_type, "F32") and not (t.name == head and t.type == "Q8_0")]
 
 
 def artifact_types(path: Path, q: GGUFQuant, label: str) -> dict[str, Any]:

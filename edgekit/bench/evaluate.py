@@ -84,7 +84,10 @@ class _TransformersLogits:
         import torch
         from transformers import AutoModelForCausalLM
 
-        self.model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        from edgekit.logs import third_party_to_log
+
+        with third_party_to_log():  # its loading bar goes to the log
+            self.model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
 
     def __call__(self, ids: list[int]) -> np.ndarray:
         return torch_logits(self.model, ids)

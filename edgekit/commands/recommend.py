@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgekit.ui import emit_json, format_table, human_bytes
+from edgekit.ui import KL, PPL_DELTA, SIZE, TOP1, Column, emit_json, fixed, format_table
 
 
 @click.command("recommend")
@@ -42,12 +42,13 @@ def recommend(model: Path, profile_name: str, ctx: int, mode: str | None, min_tp
     for i, c in enumerate(p.candidates, 1):
         status = "<- pick" if c.pick else "fits" if c.fits and c.meets_speed else "too slow" if c.fits else "too big"
         q = c.quality
-        rows.append([i, c.label, f"{c.runtime.value}/{c.backend.value}", human_bytes(c.cost.total_bytes),
-                     round(c.cost.gen_tps, 1), round(c.cost.prompt_tps), f"{q.mean_kl:.2g}", f"{100 * q.top1:.1f}%",
-                     f"{q.ppl_delta_pct:+.2f}", q.basis, "*" if c.pareto else "", status])
-    headers = ["#", "candidate", "runtime", "memory", "gen tok/s", "prompt tok/s", "mean KL", "top-1", "ppl",
-               "quality", "pareto", "status"]
-    click.echo(format_table(headers, rows))
+        rows.append([i, c.label, f"{c.runtime.value}/{c.backend.value}", c.cost.total_bytes, c.cost.gen_tps,
+                     c.cost.prompt_tps, q.mean_kl, q.top1, q.ppl_delta_pct, q.basis, "*" if c.pareto else "", status])
+    # the quality columns print as in convert/inspect (edgekit.ui), estimated or measured
+    columns = [Column("#"), Column("candidate"), Column("runtime"), SIZE.named("memory"),
+               Column("gen tok/s", fixed(1)), Column("prompt tok/s", fixed(0)), KL, TOP1, PPL_DELTA,
+               Column("quality"), Column("pareto"), Column("status")]
+    click.echo(format_table(columns, rows))
     click.echo("(* = Pareto-optimal among the candidates that fit: quality, speed, memory)")
     click.echo("")
     click.echo(("pick: " if p.pick else "no pick: ") + p.reason)
