@@ -272,11 +272,22 @@ def _running(pid: int) -> bool:
     return state not in ("Z", "X")  # a zombie has ended; its parent (init, here) reaps it
 
 
-def test_ctrl_c_keeps_the_repetitions_already_measured(demo_out: Path, tmp_path: Path) -> None:
+def _ended(pid: int, within_s: float = 30) -> bool:
+    """Whether ``pid`` has ended (SIGKILLed processes die when next scheduled: a moment under load)."""
+    deadline = time.monotonic() + within_s
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not _running(pid)
+
+
+def _start_long_bench(demo_out: Path, tmp_path: Path) -> tuple[subprocess.Popen[str], Path, int, int]:
+    """`edgekit bench` of 100000 repetitions with a tegrastats stand-in, started as a terminal
+    would start it and measuring; (process, results file, worker pid, the worker's tegrastats pid)."""
     out = tmp_path / "r.json"
-    pid_file = tmp_path / "tegrastats.pid"  # the worker's own child: Ctrl-C must end it too
+    pid_file = tmp_path / "tegrastats.pid"  # its pid and its parent's, the worker's
     script = tmp_path / "tegrastats"
-    script.write_text(f"#!{sys.executable}\nimport os, sys, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+    script.write_text(f"#!{sys.executable}\nimport os, sys, time\n"
+                      f"open({str(pid_file)!r}, 'w').write(f'{{os.getpid()}} {{os.getppid()}}')\n"
                       f"while True:\n    print({samples()['orin-nano']!r}, flush=True)\n    time.sleep(0.1)\n")
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     proc = subprocess.Popen([sys.executable, "-m", "edgekit", "bench", str(demo_out / "demo-f16.gguf"),
@@ -292,8 +303,14 @@ def test_ctrl_c_keeps_the_repetitions_already_measured(demo_out: Path, tmp_path:
         except (OSError, ValueError, IndexError, KeyError):
             continue
     assert reps >= 3, "the run never got going"
-    tegrastats = int(pid_file.read_text())
-    assert _running(tegrastats)
+    tegrastats, worker = map(int, pid_file.read_text().split())
+    assert _running(tegrastats) and _running(worker) and worker != proc.pid
+    return proc, out, worker, tegrastats
+
+
+def test_ctrl_c_keeps_the_repetitions_already_measured(demo_out: Path, tmp_path: Path) -> None:
+    proc, out, worker, tegrastats = _start_long_bench(demo_out, tmp_path)
+    reps = len(json.loads(out.read_text())["results"][0]["repetitions"])
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals its foreground process group
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -304,7 +321,14 @@ def test_ctrl_c_keeps_the_repetitions_already_measured(demo_out: Path, tmp_path:
     assert r.status == "interrupted" and len(r.repetitions) >= reps
     assert r.metrics["tg32"]["n"] == len(r.repetitions) and r.metrics["tg32"]["mean"] > 0
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".edgekit-tmp")]
-    deadline = time.monotonic() + 30  # SIGKILLed with the worker's group; dying takes a moment under load
-    while _running(tegrastats) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _running(tegrastats), "the worker's child outlived the interrupted bench"
+    assert _ended(worker) and _ended(tegrastats), "the worker or its child outlived the interrupted bench"
+
+
+def test_a_killed_bench_takes_its_worker_with_it(demo_out: Path, tmp_path: Path) -> None:
+    """SIGKILL (or SIGTERM, a closed terminal) gives the parent no chance to clean up: the
+    worker, in a process group of its own, ends itself and its child when its parent's pipe closes."""
+    proc, out, worker, tegrastats = _start_long_bench(demo_out, tmp_path)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert _ended(worker) and _ended(tegrastats), "the worker or its child outlived the killed bench"
+    assert load_results(out).results[0].repetitions  # what was measured is on disk

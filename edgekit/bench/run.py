@@ -190,8 +190,8 @@ def _measure(r: BenchResult, art: Artifact, threads: int, settings: BenchSetting
             stderr=stderr_file, text=True, start_new_session=_GROUPS) as proc:
         try:
             assert proc.stdin is not None and proc.stdout is not None
-            proc.stdin.write(json.dumps(spec))
-            proc.stdin.close()
+            proc.stdin.write(json.dumps(spec) + "\n")  # kept open: the worker exits when it closes (its EOF)
+            proc.stdin.flush()
             for line in proc.stdout:
                 if not line.startswith(EVENT_PREFIX):
                     continue

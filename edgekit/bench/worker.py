@@ -2,7 +2,8 @@
 
 A fresh process per artifact makes the peak RSS honest (VmHWM of a process that loaded
 only this model; not ``ru_maxrss``, which Linux carries across exec from the parent).
-It reads a JSON spec on stdin and reports events on stdout, one JSON object per line
+It reads a JSON spec as one line on stdin (kept open: EOF means the parent is gone, and the
+worker ends with it) and reports events on stdout, one JSON object per line
 behind :data:`EVENT_PREFIX` (anything else a native library prints is ignored), so the
 parent sees each repetition as soon as it is measured and keeps it if the run is cut.
 
@@ -16,7 +17,9 @@ from its cached prefix.
 from __future__ import annotations
 
 import json
+import os
 import resource
+import signal
 import sys
 import threading
 import time
@@ -71,8 +74,6 @@ class GpuMemorySampler:
         return self
 
     def _sample(self) -> None:
-        import os
-
         nv, h = self._nvml, self._handle
         try:
             procs = nv.nvmlDeviceGetComputeRunningProcesses(h)
@@ -176,11 +177,29 @@ def measure(spec: dict[str, Any]) -> None:
          power=power_info)
 
 
+def exit_with_parent() -> None:
+    """End this process, and the group it leads (a tegrastats it started), when the parent goes.
+
+    The parent keeps this process's stdin open while it waits for it, so EOF means the parent
+    exited -- SIGKILL, SIGTERM, its terminal closed -- and nobody reads the results any more.
+    In a process group of its own this worker would otherwise run on until its next write
+    failed, a whole repetition later (minutes on a large model)."""
+    def watch() -> None:
+        sys.stdin.read()  # returns at EOF only
+        if hasattr(os, "killpg") and os.getpgrp() == os.getpid():  # never the parent's group
+            os.killpg(os.getpid(), signal.SIGKILL)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def main() -> int:
     from edgekit.errors import EdgekitError
 
     try:
-        measure(json.loads(sys.stdin.read()))
+        spec = json.loads(sys.stdin.readline())  # one line; stdin then stays open (exit_with_parent)
+        exit_with_parent()
+        measure(spec)
     except KeyboardInterrupt:
         return 130
     except EdgekitError as e:
