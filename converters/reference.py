@@ -20,6 +20,7 @@ edgekit's merged tensors are compared with PEFT's once, so a wrong merge is a br
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -220,7 +221,7 @@ class SourceReference:
             want = expected(self._stored[t.hf_name])
             check.add(t, want)
             with torch.no_grad():
-                param.copy_(torch.from_numpy(np.array(t.data, dtype=np.float32)))
+                param.copy_(torch.from_numpy(np.require(t.data, np.float32, ['C', 'W'])))  # copies read-only maps only
             seen.add(self._stored[t.hf_name])
         self._restore(self._dirty - seen, expected)
         self._dirty = seen
@@ -232,7 +233,7 @@ class SourceReference:
 
         with torch.no_grad():
             for name in names:
-                self._params[name].copy_(torch.from_numpy(np.array(expected(name), dtype=np.float32)))
+                self._params[name].copy_(torch.from_numpy(np.require(expected(name), np.float32, ['C', 'W'])))
 
     def _check_merge(self) -> None:
         """edgekit's LoRA merge (what the artifacts hold) must equal PEFT's."""
@@ -282,10 +283,16 @@ def _named_tensors(model: Any) -> dict[str, Any]:
     return out
 
 
-def _rel_err(got: np.ndarray, want: np.ndarray) -> float:
-    num = float(np.linalg.norm((got.astype(np.float64) - want.astype(np.float64)).ravel()))
-    den = float(np.linalg.norm(want.astype(np.float64).ravel()))
-    return num / den if den > 0 else (0.0 if num == 0 else float("inf"))
+def _rel_err(got: np.ndarray, want: np.ndarray, rows: int = 4096) -> float:
+    """||got - want|| / ||want||, in float64, a slice of rows at a time (no model-sized temporaries)."""
+    n = got.shape[0] if got.ndim else 1
+    g, w = got.reshape(n, -1), want.reshape(n, -1)
+    num = den = 0.0
+    for i in range(0, g.shape[0], rows):
+        a, b = g[i:i + rows].astype(np.float64), w[i:i + rows].astype(np.float64)
+        num += float(np.square(a - b).sum())
+        den += float(np.square(b).sum())
+    return math.sqrt(num / den) if den > 0 else (0.0 if num == 0 else float("inf"))
 
 
 @dataclass
