@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from edgekit.ui import SIZE, Column, artifact_table, emit_json, format_table, human_bytes
+from edgekit.ui import BPW, SIZE, Column, artifact_table, emit_json, format_table, human_bytes
 
 
 @click.command()
@@ -29,8 +29,10 @@ def inspect(path: Path, tensors: bool, as_json: bool) -> None:
         click.echo(f"source: {src.get('path')} ({src.get('architecture')}), weights sha256 {str(src.get('weights_sha256'))[:16]}…")
         click.echo(artifact_table(info["artifacts"]))
         return
+    types = ", ".join(f"{t} {n}" for t, n in info.get("tensor_types", {}).items())
+    bpw = f", {BPW.fmt(info['bits_per_weight'])} bits per weight ({types})" if BPW.fmt and "bits_per_weight" in info else ""
     click.echo(f"{info['path']}: GGUF v{info['version']}, {human_bytes(info['size_bytes'])}, "
-               f"arch {info['architecture']}, {info['n_tensors']} tensors")
+               f"arch {info['architecture']}, {info['n_tensors']} tensors{bpw}")
     meta_rows = [[k, _short(v)] for k, v in info["metadata"].items()]
     click.echo(format_table(["key", "value"], meta_rows))
     if tensors:
