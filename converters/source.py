@@ -66,19 +66,29 @@ class SourceModel:
 
     def weights_sha256(self) -> str:
         """sha256 over the weight files in name order (one file: that file's sha256)."""
-        from edgekit.fsutil import sha256_file
-
         paths = sorted(f.path for f in self.files)
         if len(paths) == 1:
-            return sha256_file(paths[0])
+            return file_sha256(paths[0])
         h = hashlib.sha256()
         for p in paths:
-            h.update(f"{p.name}:{sha256_file(p)}\n".encode())
+            h.update(f"{p.name}:{file_sha256(p)}\n".encode())
         return h.hexdigest()
 
     @property
     def weights_bytes(self) -> int:
         return sum(f.path.stat().st_size for f in self.files)
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """A file's sha256, read into one reused buffer: hashing runs beside a conversion, whose
+    memory should not grow by the allocator keeping freed read chunks."""
+    h = hashlib.sha256()
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -79,11 +79,12 @@ def convert_gguf(
     base_path: Path | None = None
     base_tmp: Path | None = None
 
-    def write(q_name: str, path: Path, note: str) -> None:
+    def write(q_name: str, path: Path, note: str) -> str:
+        """Write a float GGUF; its sha256, hashed while writing."""
         with timer.step(f"write {q_name}{' (base for quantization)' if note else ''}"):
             report(progress, f"write {q_name}", f"streaming tensors{note}")
-            write_float_gguf(source, path, spec=spec, out_type=q_name, adapter=adapter, name=name,
-                             pre_override=pre_override, progress=progress, compare_tokenizer=verify_artifacts)
+            return write_float_gguf(source, path, spec=spec, out_type=q_name, adapter=adapter, name=name,
+                                    pre_override=pre_override, progress=progress, compare_tokenizer=verify_artifacts)
 
     try:
         for q in ordered:
@@ -94,8 +95,9 @@ def convert_gguf(
             t0 = time.perf_counter()
             try:
                 with atomic_output(final) as tmp:
+                    digest: str | None = None
                     if q.name in FLOAT_QUANTS:
-                        write(q.name, tmp, "")
+                        digest = write(q.name, tmp, "")
                     else:
                         assert base_path is not None
                         with timer.step(f"quantize {q.name}"):
@@ -106,7 +108,7 @@ def convert_gguf(
                     if verify_artifacts:
                         verification = verify_gguf(tmp, final.name, q, verifier, source, spec, threads=threads)
                     entry = ArtifactEntry(file=final.name, format="gguf", quant=q.name, precision=q.precision.value,
-                                          size_bytes=tmp.stat().st_size, sha256=sha256_file(tmp),
+                                          size_bytes=tmp.stat().st_size, sha256=digest or sha256_file(tmp),
                                           verification=verification, seconds=round(time.perf_counter() - t0, 3),
                                           extra=types)
             except QualityGateError as e:

@@ -17,9 +17,11 @@ calls (seconds for a 262,144-token vocabulary) and expects each tensor as one ar
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import struct
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -269,6 +271,69 @@ class _Copier:
         return True
 
 
+class _TrailingDigest:
+    """The sha256 of a file being written, computed on a thread that reads just behind the writer.
+
+    The manifest records each artifact's sha256; hashing once writing is done re-reads the whole
+    file on the main thread (~9 s for a 7B in f16). Here the bytes are read back from the page
+    cache and hashed while the next tensors are converted, on the other core."""
+
+    _CHUNK = 1 << 20
+
+    def __init__(self, path: Path) -> None:
+        self._path, self._written, self._closed, self._abandoned = path, 0, False, False
+        self._cond = threading.Condition()
+        self._sha = hashlib.sha256()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="edgekit-artifact-sha256", daemon=True)
+        self._thread.start()
+
+    def advance(self, written: int) -> None:
+        """Bytes ``[0, written)`` of the file are final."""
+        with self._cond:
+            self._written = written
+            self._cond.notify()
+
+    def abandon(self) -> None:
+        """Stop hashing (the file is being given up)."""
+        with self._cond:
+            self._closed = self._abandoned = True
+            self._cond.notify()
+        self._thread.join()
+
+    def close(self) -> str:
+        """Wait for the hash of everything written; its hex digest."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._sha.hexdigest()
+
+    def _run(self) -> None:
+        try:
+            buf = bytearray(self._CHUNK)  # one buffer, reused: no allocator churn beside the conversion
+            view = memoryview(buf)
+            with open(self._path, "rb", buffering=0) as f:
+                pos = 0
+                while True:
+                    with self._cond:
+                        while self._written <= pos and not self._closed:
+                            self._cond.wait()
+                        target, closed = self._written, self._closed
+                    while pos < target and not self._abandoned:
+                        n = f.readinto(view[:min(self._CHUNK, target - pos)])
+                        if not n:
+                            raise OSError(f"{self._path} is shorter than what was written")
+                        self._sha.update(view[:n])
+                        pos += n
+                    if closed:
+                        return
+        except BaseException as e:  # re-raised by close()
+            self._error = e
+
+
 def _tensor_data(source: SourceModel, p: _Planned, spec: ArchSpec, cfg: TextConfig,
                  adapter: LoraAdapter | None, scratch: _Scratch) -> Iterator[np.ndarray]:
     """The tensor's bytes in ``p.ggml_type``, block by block (one block when read whole)."""
@@ -298,10 +363,12 @@ def write_float_gguf(
     pre_override: str | None = None,
     progress: ProgressFn | None = None,
     compare_tokenizer: bool = True,
-) -> None:
-    """Write ``source`` as a float GGUF. ``compare_tokenizer``: also load the tokenizer with
-    transformers and warn where it tokenizes differently from tokenizer.json (see :mod:`.vocab`);
-    a conversion that is not verified skips it, as it costs a transformers import."""
+) -> str:
+    """Write ``source`` as a float GGUF; returns the file's sha256 (hashed while writing).
+
+    ``compare_tokenizer``: also load the tokenizer with transformers and warn where it tokenizes
+    differently from tokenizer.json (see :mod:`.vocab`); a conversion that is not verified skips
+    it, as it costs a transformers import."""
     import gguf
 
     cfg = TextConfig.from_hf(source.config)
@@ -322,21 +389,35 @@ def write_float_gguf(
     header = _header(kv, planned, alignment)
     del kv  # the vocabulary's Python objects go before the tensors come
 
+    with open(out_path, "wb", buffering=0) as f:
+        digest = _TrailingDigest(out_path)
+        try:
+            _write_tensors(f, header, planned, source, spec, cfg, adapter, alignment, digest, out_type, progress)
+        except BaseException:
+            digest.abandon()
+            raise
+    return digest.close()
+
+
+def _write_tensors(f: BinaryIO, header: bytes, planned: Sequence[_Planned], source: SourceModel, spec: ArchSpec,
+                   cfg: TextConfig, adapter: LoraAdapter | None, alignment: int, digest: _TrailingDigest,
+                   out_type: str, progress: ProgressFn | None) -> None:
+    """Header, then each tensor's data padded to ``alignment``."""
     copier = _Copier()
     scratch = _Scratch(BLOCK_ELEMS)
-    with open(out_path, "wb", buffering=0) as f:
-        _write_all(f, header)
-        for i, p in enumerate(planned, 1):
-            want = _nbytes(p.shape, p.ggml_type)
-            info = source.info(p.hf_name) if p.hf_name is not None else None
-            if (info is not None and _SAME_BYTES.get(info.dtype) == p.ggml_type and info.nbytes == want
-                    and not (adapter is not None and p.hf_name in adapter.target_tensors)
-                    and not spec.transforms(info.name, cfg)
-                    and copier.copy(source.file_of(info.name).path, info.start, info.nbytes, f)):
-                written = info.nbytes
-            else:
-                written = sum(_write_all(f, block) for block in _tensor_data(source, p, spec, cfg, adapter, scratch))
-            if written != want:
-                raise AssertionError(f"{p.gguf_name}: wrote {written} bytes, planned {want}")
-            _write_all(f, bytes(_padded(written, alignment) - written))
-            report(progress, f"write {out_type}", done=i, total=len(planned))
+    _write_all(f, header)
+    for i, p in enumerate(planned, 1):
+        want = _nbytes(p.shape, p.ggml_type)
+        info = source.info(p.hf_name) if p.hf_name is not None else None
+        if (info is not None and _SAME_BYTES.get(info.dtype) == p.ggml_type and info.nbytes == want
+                and not (adapter is not None and p.hf_name in adapter.target_tensors)
+                and not spec.transforms(info.name, cfg)
+                and copier.copy(source.file_of(info.name).path, info.start, info.nbytes, f)):
+            written = info.nbytes
+        else:
+            written = sum(_write_all(f, block) for block in _tensor_data(source, p, spec, cfg, adapter, scratch))
+        if written != want:
+            raise AssertionError(f"{p.gguf_name}: wrote {written} bytes, planned {want}")
+        _write_all(f, bytes(_padded(written, alignment) - written))
+        digest.advance(f.tell())
+        report(progress, f"write {out_type}", done=i, total=len(planned))
