@@ -35,6 +35,7 @@ DEFAULT_EVAL_CTX = 512  # tokens per window, half of them scored
 TOP_K = 64
 FULL_ROWS_MAX = 1 << 24  # floats (64 MiB): below this the reference keeps full log-probability rows
 Z95 = 1.959963984540054
+ROWS = 64  # scored positions turned into log-probabilities at a time
 
 # Above these the loss is large enough to say so in words (nats of mean KL, perplexity %).
 # llama.cpp's Llama-3-8B scoreboard puts q4_k_m at 0.031 and q2_k at 0.45 mean KL.
@@ -140,14 +141,16 @@ def _scored_rows(windows: EvalWindows, score: ScoreFn, vocab: int) -> Iterator[t
 
     for ids in windows.windows:
         pos = windows.first_scored
-        for chunk in score(ids, windows.first_scored):
-            chunk = chunk[: len(ids) - 1 - pos]  # the last position predicts nothing we know
-            if chunk.shape[-1] != vocab:
-                raise VocabularyMismatchError(vocab, int(chunk.shape[-1]))
-            if not len(chunk):
-                continue
-            yield log_softmax(chunk), np.asarray(ids[pos + 1: pos + 1 + len(chunk)], dtype=np.int64)
-            pos += len(chunk)
+        for block in score(ids, windows.first_scored):
+            if block.shape[-1] != vocab:
+                raise VocabularyMismatchError(vocab, int(block.shape[-1]))
+            # float64 log-probabilities of a few rows at a time: 64 x 262k x 8 B = 128 MiB
+            for i in range(0, len(block), ROWS):
+                chunk = block[i:i + ROWS][: len(ids) - 1 - pos]  # the last position predicts nothing we know
+                if not len(chunk):
+                    continue
+                yield log_softmax(chunk), np.asarray(ids[pos + 1: pos + 1 + len(chunk)], dtype=np.int64)
+                pos += len(chunk)
 
 
 @dataclass

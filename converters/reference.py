@@ -54,12 +54,20 @@ LONG_VERIFY_S = 180.0  # verification longer than this is announced with the fla
 
 @dataclass(frozen=True)
 class ArtifactTensor:
-    """One weight of an artifact, dequantized to float32 in the Hugging Face layout and name."""
+    """One weight of an artifact, dequantized to float32 in the Hugging Face layout and name.
+
+    ``blocks()`` yields its rows in order, a block of rows at a time, so that a large tensor
+    (a 262k x 640 embedding) is never held in float32 whole beside its source copy."""
 
     hf_name: str
-    data: np.ndarray
+    shape: tuple[int, ...]
+    blocks: Callable[[], Iterator[np.ndarray]]
     stored_as: str  # the artifact's type for it: "Q4_K", "F16", "int4/32"...
     bits: float  # bits per weight of that type, block scales included
+
+    @classmethod
+    def whole(cls, hf_name: str, data: np.ndarray, stored_as: str, bits: float) -> ArtifactTensor:
+        return cls(hf_name, tuple(data.shape), lambda: iter([data]), stored_as, bits)
 
 
 def default_eval_text() -> tuple[str, str]:
@@ -215,14 +223,27 @@ class SourceReference:
             if param is None:
                 check.unexpected.append(t.hf_name)
                 continue
-            if tuple(param.shape) != t.data.shape:
+            if tuple(param.shape) != t.shape:
                 check.errors[t.hf_name] = (float("inf"), t.stored_as, t.bits)
                 continue
-            want = expected(self._stored[t.hf_name])
-            check.add(t, want)
+            stored = self._stored[t.hf_name]
+            rows = t.shape[0] if t.shape else 1
+            want = np.asarray(expected(stored)).reshape(rows, -1)
+            flat = param.data.reshape(rows, -1)  # a view: rows are written in place
+            num = den = 0.0
+            pos = 0
             with torch.no_grad():
-                param.copy_(torch.from_numpy(np.require(t.data, np.float32, ['C', 'W'])))  # copies read-only maps only
-            seen.add(self._stored[t.hf_name])
+                for block in t.blocks():
+                    b = block.reshape(-1, want.shape[1])
+                    a64, w64 = b.astype(np.float64), want[pos:pos + len(b)].astype(np.float64)
+                    num += float(np.square(a64 - w64).sum())
+                    den += float(np.square(w64).sum())
+                    del a64, w64
+                    flat[pos:pos + len(b)].copy_(torch.from_numpy(np.require(b, np.float32, ["C", "W"])))
+                    pos += len(b)
+            err = math.sqrt(num / den) if den > 0 else (0.0 if num == 0 else float("inf"))
+            check.errors[t.hf_name] = (err if pos == rows else float("inf"), t.stored_as, t.bits)
+            seen.add(stored)
         self._restore(self._dirty - seen, expected)
         self._dirty = seen
         check.n_tensors = len(seen)
@@ -302,9 +323,6 @@ class WeightCheck:
     errors: dict[str, tuple[float, str, float]] = field(default_factory=dict)  # name -> (error, type, bits)
     unexpected: list[str] = field(default_factory=list)
     n_tensors: int = 0
-
-    def add(self, t: ArtifactTensor, want: np.ndarray) -> None:
-        self.errors[t.hf_name] = (_rel_err(t.data, want), t.stored_as, t.bits)
 
     def failures(self, bound: Callable[[float], float]) -> list[str]:
         out = [f"weights: {self.unexpected[0]!r} has no place in the source model"

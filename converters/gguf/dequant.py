@@ -12,7 +12,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +23,8 @@ from edgekit.errors import VerificationError
 from ..reference import ArtifactTensor
 from ..source import SourceModel
 from .archs import ArchSpec, TextConfig
+
+BLOCK_ROWS = 4096  # rows dequantized at a time: 4096 x 4096 x 4 B = 64 MiB
 
 
 def bits_per_weight(type_name: str) -> float:
@@ -80,14 +84,31 @@ class GGUFWeights:
 
         for t in self.reader.tensors:
             kind = t.tensor_type.name
-            data = gguf.quants.dequantize(t.data, t.tensor_type)
             shape = tuple(int(x) for x in reversed(t.shape.tolist()))  # ggml lists the fastest dimension first
-            data = np.asarray(data, dtype=np.float32).reshape(shape)
             if t.name in self.extra:
                 want = self.extra[t.name]
+                data = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape)
                 if want.shape != data.shape or not np.allclose(data, want, rtol=1e-3, atol=1e-6):
                     raise VerificationError(self.label, "weights", f"{t.name} differs from what the configuration "
                                                                     f"implies")
                 continue
             hf = self.names[t.name]
-            yield ArtifactTensor(hf, self.spec.untransform(hf, data, self.cfg), kind, bits_per_weight(kind))
+            if self.spec.untransform_rowwise(hf):
+                yield ArtifactTensor(hf, shape, partial(self._blocks, t, shape, hf), kind, bits_per_weight(kind))
+            else:  # rows move between heads: the whole tensor at once (q/k projections, small)
+                data = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape)
+                yield ArtifactTensor.whole(hf, self.spec.untransform(hf, data, self.cfg), kind, bits_per_weight(kind))
+
+    def _blocks(self, t: Any, shape: tuple[int, ...], hf: str) -> Iterator[np.ndarray]:
+        """Dequantized rows, BLOCK_ROWS at a time (the raw data is a memory map: pages are read as needed)."""
+        import gguf
+
+        raw = t.data
+        if len(shape) < 2:
+            yield self.spec.untransform(hf, np.asarray(gguf.quants.dequantize(raw, t.tensor_type),
+                                                       dtype=np.float32).reshape(shape), self.cfg)
+            return
+        raw = raw.reshape(shape[0], -1)
+        for i in range(0, shape[0], BLOCK_ROWS):
+            block = np.asarray(gguf.quants.dequantize(raw[i:i + BLOCK_ROWS], t.tensor_type), dtype=np.float32)
+            yield self.spec.untransform(hf, block.reshape(-1, *shape[1:]), self.cfg)

@@ -307,7 +307,7 @@ def _verify_and_compare(ckpt: GPTQCheckpoint, ckpt_dir: Path, verifier: Verifier
     gs = settings.group_size if settings.group_size > 0 else 0
     stored = f"int{settings.bits}/g{settings.group_size}"
     bits = settings.bits + (16 / gs if gs else 0.0)  # fp16 scale per group
-    weights = [ArtifactTensor(f"{p}.weight", ckpt.dequantized_one(p), stored, bits) for p in ckpt.quantized]
+    weights = (ArtifactTensor.whole(f"{p}.weight", ckpt.dequantized_one(p), stored, bits) for p in ckpt.quantized)
     gptq_model = ckpt.float_model()
     verification = verifier.check(label, f"gptq-{scheme}", PRECISION[settings.bits], tokenize,
                                   partial(torch_logits, gptq_model), _model_score(gptq_model), weights)

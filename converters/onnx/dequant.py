@@ -95,7 +95,7 @@ class OnnxWeights:
                 stored, nbits = f"int{bits}/{block}", int(bits) + 16 / int(block)
             rows: list[int] = [int(x) for x in np.cumsum(parts)[:-1]] if parts else []
             for hf, piece in zip(targets, np.split(w, rows, axis=0) if len(targets) > 1 else [w], strict=True):
-                yield ArtifactTensor(f"{hf}.weight", piece, stored, nbits)
+                yield ArtifactTensor.whole(f"{hf}.weight", piece, stored, nbits)
 
     def _nbits(self, name: str, bits: int, block: int) -> np.ndarray:
         base = name.rsplit("_Q", 1)[0]

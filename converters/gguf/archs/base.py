@@ -193,6 +193,10 @@ class ArchSpec:
                 data = unpermute_rope(data, c.num_kv_heads)
         return data
 
+    def untransform_rowwise(self, hf_name: str) -> bool:
+        """Whether :meth:`untransform` maps each row to itself (it can then stream a block of rows at a time)."""
+        return not (self.permute_qk and any(hf_name.endswith(f"{p}_proj.{k}") for p in "qk" for k in ("weight", "bias")))
+
     def skip(self, hf_name: str, c: TextConfig) -> bool:
         if any(hf_name.endswith(s) for s in self.skip_suffixes):
             return True
