@@ -48,15 +48,17 @@ class LogitBounds:
 
 # Artifact runtime vs the source model carrying the artifact's own weights, keyed by the dtype
 # the reference computes in. What is left is runtime arithmetic: llama.cpp rounds activations
-# to 8 bits (q8_K/q8_0) for its quantized dot products and to f16 for f16 weights; ONNX
-# Runtime's MatMulNBits accumulates in fp32. Measured on the trained demo model
-# (benchmarks/quality.py): rel. error 4e-4 (f16) to 2e-2 (q2_k), KL <= 1e-4; a broken
-# conversion (wrong permutation, missing norm offset, wrong tensor) shows rel. error >= 0.3.
+# to 8 bits (q8_K/q8_0) for its quantized dot products, to f16 for f16 weights, and keeps the KV
+# cache in f16; ONNX Runtime's MatMulNBits accumulates in fp32. Measured on the trained demo
+# model: rel. error 8e-4 (f16) to 1.6e-2 (q2_k), KL <= 1.2e-3; on Gemma 3 270M, whose
+# activations are large, llama.cpp's 8-bit activations alone give KL ~0.013 at q4_0. A broken
+# conversion (wrong rope permutation, missing norm offset, a tensor read from the wrong place,
+# dropped layers) shows rel. error >= 0.3 and KL >= 0.2, so the bounds sit between the two.
 LOGIT_BOUNDS: dict[str, LogitBounds] = {
-    "float32": LogitBounds(max_mean_kl=5e-3, min_top1=0.90, max_rel_err=0.08),
+    "float32": LogitBounds(max_mean_kl=0.05, min_top1=0.80, max_rel_err=0.15),
     # a bf16/f16 reference rounds every activation to 8/11 bits itself
-    "bfloat16": LogitBounds(max_mean_kl=2e-2, min_top1=0.85, max_rel_err=0.15),
-    "float16": LogitBounds(max_mean_kl=1e-2, min_top1=0.88, max_rel_err=0.10),
+    "bfloat16": LogitBounds(max_mean_kl=0.08, min_top1=0.75, max_rel_err=0.20),
+    "float16": LogitBounds(max_mean_kl=0.06, min_top1=0.78, max_rel_err=0.18),
 }
 
 # Storage bits per weight (block scales included) -> the largest relative error
