@@ -155,9 +155,11 @@ def main() -> int:
     from edgekit.converters.gptq.engine import GPTQSettings, quantized_linear_names, run_gptq
     from edgekit.converters.gptq.rtn import rtn_quantize
     from edgekit.demo import demo_model_dir
+    from edgekit.fsutil import write_json_atomic
     from edgekit.ui import format_table
 
     torch.set_num_threads(args.threads)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
     model_dir = args.model or demo_model_dir()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
@@ -190,6 +192,7 @@ def main() -> int:
                "seq_len": seq_len, "gptq_seconds": round(seconds, 1),
                "gptq_kl": kl, "rtn_kl": rtn[gs], "ratio": {d: kl[d] / rtn[gs][d] for d in domains}}
         rows.append(row)
+        write_json_atomic(args.json, {"model": str(model_dir), "partial": True, "rows": rows})  # survives a kill
         print(f"{calib} damp {damp} act {'on' if act else 'off'} g{gs} {samples}x{seq_len}: "
               + ", ".join(f"{d} {kl[d]:.4f} vs RTN {rtn[gs][d]:.4f}" for d in domains), flush=True)
 

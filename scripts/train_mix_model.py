@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import tempfile
 from pathlib import Path
 
@@ -39,13 +40,15 @@ def main(argv: list[str] | None = None) -> int:
         train.heldout_path = lambda: held  # type: ignore[assignment]
         train.THREADS = args.threads
         train.train(args.steps, args.out, eval_every=100)
+    card = re.sub(r"- command: `[^`]*`", f"- command: `python scripts/train_mix_model.py --steps {args.steps} "
+                  f"--threads {args.threads}`", (args.out / "TRAINING.md").read_text(encoding="utf-8"))
     (args.out / "TRAINING.md").write_text(
-        (args.out / "TRAINING.md").read_text(encoding="utf-8")
+        card
         .replace("`edgekit/data/corpus.txt`\n(docstrings and small functions of the Python standard library, PSF license)",
                  "the packaged calibration mix\n(`edgekit/data/textsets/calibration.jsonl`: prose, code, dialogue; "
                  "see SOURCES.md there)")
         .replace("`edgekit/data/heldout.txt`", "the packaged evaluation mix")
-        .replace("python -m edgekit.demo.train", f"python scripts/train_mix_model.py --steps {args.steps}"),
+        .replace("# edgekit demo model", "# edgekit mix model (second model of the GPTQ study)"),
         encoding="utf-8")
     return 0
 
