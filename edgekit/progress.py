@@ -35,6 +35,23 @@ def report(progress: ProgressFn | None, step: str, message: str = "", done: int 
         log.info("%s%s", step, f": {message}" if message else "")
 
 
+def duration_text(seconds: float) -> str:
+    """12 s, 4 min 10 s, 2 h 05 min: how long, to the precision a person plans with."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def time_left(elapsed_s: float, done: int, total: int) -> str:
+    """"about 4 min 10 s left" at the rate so far (empty before the first unit is done)."""
+    if done <= 0 or total <= done:
+        return ""
+    return f"about {duration_text(elapsed_s / done * (total - done))} left"
+
+
 @dataclass
 class StepStats:
     name: str

@@ -187,6 +187,7 @@ class StepPrinter:
     def __init__(self, quiet: bool = False) -> None:
         self.quiet = quiet
         self._last_frac = -1.0
+        self._last_message = ""
 
     def __call__(self, event: Any) -> None:
         if self.quiet:
@@ -195,8 +196,13 @@ class StepPrinter:
             frac = event.done / event.total
             if sys.stderr.isatty():
                 bar = "#" * int(frac * 30)
-                click.echo(f"\r  {event.step:<28} [{bar:<30}] {event.done}/{event.total}", err=True, nl=False)
+                tail = f"  {event.message}" if event.message else ""
+                click.echo(f"\r  {event.step:<28} [{bar:<30}] {event.done}/{event.total}{tail}\033[K", err=True,
+                           nl=False)
                 if event.done >= event.total:
                     click.echo("", err=True)
+            elif event.message and event.message != self._last_message:  # logs: the message as it changes
+                self._last_message = event.message
+                click.echo(f"- {event.step}: {event.message}", err=True)
             return
         click.echo(f"- {event.step}{': ' + event.message if event.message else ''}", err=True)

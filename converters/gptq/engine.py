@@ -26,6 +26,9 @@ import io
 import logging
 import os
 import re
+import sys
+import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import DependencyError, EdgekitError, InputError
-from edgekit.progress import ProgressFn, report
+from edgekit.progress import ProgressFn, duration_text, report, time_left
 
 from .rtn import QuantizedLinear, on_grid
 
@@ -75,13 +78,16 @@ _QUANTIZING = re.compile(r"Quantizing \d+ module\(s\): \[(.*)\]")
 
 
 @contextlib.contextmanager
-def quiet_llmcompressor(progress: ProgressFn | None, total: int = 0) -> Iterator[None]:
+def quiet_llmcompressor(progress: ProgressFn | None, total: int = 0, names: list[str] | None = None
+                        ) -> Iterator[None]:
     """Route llmcompressor's loguru output to logging (and progress), its tqdm bars to the log.
 
     llmcompressor prints to stdout at import and during runs; library code here must not
-    (the CLI's ``--json`` owns stdout).
+    (the CLI's ``--json`` owns stdout). ``total`` modules to quantize (``names``: which) make
+    a progress counter; its message, with the time left, changes as each layer completes.
     """
     captured = io.StringIO()
+    outer_out, outer_err = sys.stdout, sys.stderr  # where progress goes (the CLI prints it on stderr)
     with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(captured):
         # first import prints (device warning) through a sink bound to the current stdout
         from llmcompressor.logger import LoggerConfig, configure_logger
@@ -89,6 +95,10 @@ def quiet_llmcompressor(progress: ProgressFn | None, total: int = 0) -> Iterator
 
     configure_logger(LoggerConfig(console_log_level=None))  # drops llmcompressor's stdout sink
     done = [0]
+    started = time.monotonic()
+    per_layer = Counter(_layer_of(n) for n in names or [])  # modules still to do, per layer
+    n_layers = len(per_layer)
+    status = [""]  # the counter's message: the last completed layer and the time left
     lc_log = logging.getLogger("llmcompressor")
     for line in captured.getvalue().splitlines():  # the import's device warning: shown with -v
         lc_log.info("%s", line)
@@ -103,8 +113,26 @@ def quiet_llmcompressor(progress: ProgressFn | None, total: int = 0) -> Iterator
         lc_log.log(logging.WARNING if loud else logging.DEBUG, "%s", text)
         m = _QUANTIZING.match(text)
         if m and total:
-            done[0] += len(m.group(1).split(","))
-            report(progress, "gptq", m.group(1).strip("'"), done=min(done[0], total), total=total)
+            # The sequential pipeline quantizes each layer's modules right after calibrating that
+            # layer, and layers cost about the same: modules done so far give the time left.
+            modules = [x.strip().strip("'\"") for x in m.group(1).split(",")]
+            done[0] += len(modules)
+            n, elapsed = min(done[0], total), time.monotonic() - started
+            finished = []
+            for name in modules:
+                layer = _layer_of(name)
+                if per_layer.get(layer):
+                    per_layer[layer] -= 1
+                    if per_layer[layer] == 0:
+                        finished.append(layer)
+            if finished or not n_layers:
+                layers_done = n_layers - sum(1 for v in per_layer.values() if v)
+                left = time_left(elapsed, n, total)
+                what = f"layer {layers_done}/{n_layers}" if n_layers else f"{n}/{total} modules"
+                status[0] = f"{what} in {duration_text(elapsed)}" + (f", {left}" if left else "")
+            # the run's output is captured; a progress printer must reach the real streams
+            with contextlib.redirect_stdout(outer_out), contextlib.redirect_stderr(outer_err):
+                report(progress, "gptq", status[0], done=n, total=total)
 
     handler = loguru_logger.add(sink, level="DEBUG")
     fx_log = logging.getLogger("torch.fx._symbolic_trace")  # a deprecation note per traced layer
@@ -126,6 +154,13 @@ def quiet_llmcompressor(progress: ProgressFn | None, total: int = 0) -> Iterator
             log.debug("llmcompressor output:\n%s", captured.getvalue()[-4000:])
 
 
+def _layer_of(module: str) -> str:
+    """The decoder layer a module belongs to: its name up to the first numeric part."""
+    parts = module.split(".")
+    i = next((k for k, p in enumerate(parts) if p.isdigit()), len(parts) - 1)
+    return ".".join(parts[:i + 1])
+
+
 def quantized_linear_names(model: Any) -> list[str]:
     import torch
 
@@ -143,7 +178,7 @@ def run_gptq(model: Any, windows: list[list[int]], settings: GPTQSettings,
     dataset = Dataset.from_dict({"input_ids": windows, "attention_mask": [[1] * len(w) for w in windows]})
     # No shuffling: the Hessians are float sums whose order changes GPTQ's rounding, so a
     # shuffled run gives a different checkpoint (held-out ppl 21.11-21.33 on the demo model).
-    with quiet_llmcompressor(progress, len(names)):
+    with quiet_llmcompressor(progress, len(names), names):
         # imported in here: llmcompressor's first import prints a device warning to stdout
         from llmcompressor import oneshot
         from llmcompressor.modifiers.gptq import GPTQModifier
