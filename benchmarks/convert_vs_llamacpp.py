@@ -99,8 +99,12 @@ def run_child(kind: str, target: str, args: list[str], env: dict[str, str] | Non
         peak_file = Path(f.name)
     full_env = {**os.environ, **(env or {}), "EK_PEAK_FILE": str(peak_file)}
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _WRAPPER, kind, target, *args], env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
+    try:
+        proc = subprocess.run([sys.executable, "-c", _WRAPPER, kind, target, *args], env=full_env,
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        peak_file.unlink(missing_ok=True)
+        return {"wall_s": time.perf_counter() - t0, "peak_rss_bytes": None, "stdout": "", "timed_out": True}
     wall = time.perf_counter() - t0
     try:
         peak = int(peak_file.read_text() or 0) * 1024
@@ -112,9 +116,14 @@ def run_child(kind: str, target: str, args: list[str], env: dict[str, str] | Non
     return {"wall_s": wall, "peak_rss_bytes": peak, "stdout": proc.stdout}
 
 
-def run_edgekit(model: Path, outtype: str, out: Path, *, verify: bool, extra: list[str]) -> dict[str, Any]:
+def run_edgekit(model: Path, outtype: str, out: Path, *, verify: bool, extra: list[str],
+                timeout: float | None = None) -> dict[str, Any]:
     args = ["convert", str(model), "-q", outtype, "-o", str(out), "--name", "model", "--json", "--quiet", *extra]
-    r = run_child("module", "edgekit", args + ([] if verify else ["--no-verify"]))
+    r = run_child("module", "edgekit", args + ([] if verify else ["--no-verify"]), timeout=timeout)
+    if r.get("timed_out"):
+        shutil.rmtree(out, ignore_errors=True)
+        r.pop("stdout")
+        return r
     doc = json.loads(r.pop("stdout"))
     art = doc["manifest"]["artifacts"][0]
     r.update(steps=doc["steps"], size_bytes=art["size_bytes"], verification=art.get("verification"))
@@ -235,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--synthetic", choices=sorted(SHAPES), default=None, help="convert a random model of this shape")
     ap.add_argument("--work-dir", type=Path, default=None, help="where outputs (and synthetic models) go")
     ap.add_argument("--no-verified", action="store_true", help="skip edgekit's default (verified) run")
+    ap.add_argument("--verified-timeout", type=float, default=1800,
+                    help="give up on the verified run after this many seconds (recorded as such)")
     ap.add_argument("--verify-arg", action="append", default=[],
                     help="extra argument for the verified edgekit run (repeatable), e.g. --verify-arg=--threads=2")
     ap.add_argument("--json", type=Path, default=Path("bench-out/convert_vs_llamacpp/results.json"))
@@ -280,7 +291,9 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
         verified = None
         if not args.no_verified:
-            verified = run_edgekit(model, args.outtype, work / "out-ek-verified", verify=True, extra=args.verify_arg)
+            print(f"  edgekit verified run (up to {args.verified_timeout:.0f} s) ...", flush=True)
+            verified = run_edgekit(model, args.outtype, work / "out-ek-verified", verify=True, extra=args.verify_arg,
+                                   timeout=args.verified_timeout)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -293,7 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     rows.append([f"edgekit convert -q {args.outtype} --no-verify", ek_wall,
                  ek_wall / _median(ref, "wall_s") if ref else None, human_bytes(ek_rss),
                  ek_rss / _median(ref, "peak_rss_bytes") if ref else None])
-    if verified is not None:
+    if verified is not None and verified.get("timed_out"):
+        rows.append([f"edgekit convert -q {args.outtype} (verified): stopped, unfinished", verified["wall_s"],
+                     None, None, None])
+    elif verified is not None:
         rows.append([f"edgekit convert -q {args.outtype} (verified)", verified["wall_s"],
                      verified["wall_s"] / _median(ref, "wall_s") if ref else None,
                      human_bytes(verified["peak_rss_bytes"]),
@@ -302,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
           f"median of {args.runs}, alternating")
     print(format_table(["conversion", "wall s", "x llama.cpp", "peak RSS", "RSS x llama.cpp"], rows))
     print(f"edgekit --no-verify peak RSS - largest tensor = {human_bytes(ek_rss - largest)}")
-    if verified is not None:
+    if verified is not None and not verified.get("timed_out"):
         print("\nedgekit verified run, steps:")
         print(format_table(["step", "seconds", "peak RSS"],
                            [[s["step"], s["seconds"], human_bytes(s["peak_rss_bytes"])] for s in verified["steps"]]))
