@@ -32,6 +32,7 @@ from edgekit.errors import InputError, UnknownChoiceError
 from edgekit.progress import ProgressFn
 
 from .gptq.calibration import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN
+from .gptq.engine import DEFAULT_ACT_ORDER, DEFAULT_GROUP_SIZE
 from .onnx.quants import DEFAULT_BLOCK_SIZE, Int4Algo, Target
 from .quality import DEFAULT_EVAL_TOKENS, EvalSettings, QualityGate, QualitySettings
 from .registry import DEFAULT_QUANTS, Format, parse_formats, split_quants
@@ -214,8 +215,8 @@ class GPTQOptions:
 
     format: ClassVar[Format] = Format.GPTQ
     bits: int = 4
-    group_size: int = 128  # input columns per scale; -1: one group per row
-    act_order: bool = False
+    group_size: int = DEFAULT_GROUP_SIZE  # input columns per scale; -1: one group per row
+    act_order: bool = DEFAULT_ACT_ORDER
     calibration: Path | None = None  # text file, directory or JSONL (None: the packaged calibration mix)
     samples: int = DEFAULT_SAMPLES
     seq_len: int = DEFAULT_SEQ_LEN

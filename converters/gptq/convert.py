@@ -50,7 +50,15 @@ from .checkpoint import (
     scheme_name,
     write_checkpoint,
 )
-from .engine import GPTQSettings, quantized_linear_names, quiet_llmcompressor, require_llmcompressor, run_gptq
+from .engine import (
+    DEFAULT_ACT_ORDER,
+    DEFAULT_GROUP_SIZE,
+    GPTQSettings,
+    quantized_linear_names,
+    quiet_llmcompressor,
+    require_llmcompressor,
+    run_gptq,
+)
 from .pack import check_bits, check_group_value, unpack_linear, unpack_rows
 from .rtn import QuantizedLinear, rtn_quantize
 
@@ -191,8 +199,8 @@ def convert_gptq(
     timer: StepTimer | None = None,
     prepared: Inputs | None = None,
     bits: int = 4,
-    group_size: int = 128,
-    act_order: bool = False,
+    group_size: int = DEFAULT_GROUP_SIZE,
+    act_order: bool = DEFAULT_ACT_ORDER,
     calibration: Path | None = None,
     samples: int = DEFAULT_SAMPLES,
     seq_len: int = DEFAULT_SEQ_LEN,

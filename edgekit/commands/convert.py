@@ -45,7 +45,8 @@ _C, _O, _Q = CommonOptions, ONNXOptions, GPTQOptions
 @click.option("--bits", type=int, default=_Q.bits, show_default=True, help="GPTQ: weight bits (4 or 8).")
 @click.option("--group-size", type=int, default=_Q.group_size, show_default=True,
               help="GPTQ: input columns per scale (-1: one group per row).")
-@click.option("--act-order", is_flag=True, help="GPTQ: process columns by activation size (better, same format).")
+@click.option("--act-order/--no-act-order", default=_Q.act_order, show_default=True,
+              help="GPTQ: process columns by activation size (better, same format).")
 @click.option("--calibration", type=click.Path(path_type=Path), default=None,
               help="GPTQ: calibration text: .txt/.md/.rst files, a directory of them, or .jsonl with \"text\" "
                    "or chat \"messages\" (rendered through the model's chat template) "
