@@ -92,6 +92,18 @@ class VocabularyMismatchError(InputError):
         self.artifact_vocab = artifact_vocab
 
 
+class QualityGateError(EdgekitError):
+    """A correct artifact loses more quality than the user allowed (--max-kl, --max-ppl-increase)."""
+
+    def __init__(self, artifact: str, reasons: list[str], verification: dict[str, object]) -> None:
+        super().__init__(f"{artifact} refused by the quality gate: {'; '.join(reasons)}",
+                         hint="it was not written; raise the limit (--max-kl / max_kl, --max-ppl-increase / "
+                              "max_ppl_increase) or pick a higher-bit type")
+        self.artifact = artifact
+        self.reasons = reasons
+        self.verification = verification
+
+
 class RuntimeLoadError(EdgekitError):
     """A runtime could not load or run an artifact."""
 
