@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.converters.verify import kl_from_log_probs, log_softmax, torch_logits
+from edgekit.converters.reference import torch_logits
+from edgekit.converters.verify import kl_from_log_probs, log_softmax
 from edgekit.errors import InputError, VocabularyMismatchError
 from edgekit.progress import ProgressFn, report
 
