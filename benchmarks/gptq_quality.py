@@ -11,7 +11,7 @@ held-out windows (``edgekit/data/heldout.txt``, disjoint from the calibration co
 
 and prints perplexity, mean KL and top-1 vs the float32 source in one table (JSON too).
 
-    python benchmarks/gptq_quality.py [MODEL_DIR] [--samples 128 --seq-len 512 --act-order]
+    python benchmarks/gptq_quality.py [MODEL_DIR] [--samples 128 --seq-len 512 --no-act-order]
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from typing import Any
 
 from _results import save_results  # benchmarks/ sibling (scripts run from this folder)
 
+from edgekit.converters.gptq.engine import DEFAULT_ACT_ORDER
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -33,7 +35,7 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=128)
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--group-size", type=int, default=128)
-    ap.add_argument("--act-order", action="store_true")
+    ap.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=DEFAULT_ACT_ORDER)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--json", type=Path, default=None, help="where to write results (default OUT/results.json)")
     args = ap.parse_args()
