@@ -492,7 +492,10 @@ def test_recommend_uses_measured_onnx_quality_from_an_output_dir(run_cli, demo_o
     int4 = onnx["int4"]
     assert int4.quality.source is planner.QualitySource.MEASURED and int4.artifact == entry["file"]
     assert (int4.quality.mean_kl, int4.quality.top1) == (v["mean_kl"], v["top1"])
-    assert int4.quality.kl_stderr == v["kl_stderr"] and int4.quality.n_positions == v["n_positions"] >= 8192
+    from edgekit.converters.quality import DEFAULT_EVAL_TOKENS  # the run's evaluation size
+
+    assert int4.quality.kl_stderr == v["kl_stderr"] and int4.quality.n_positions == v["n_positions"]
+    assert v["n_positions"] >= DEFAULT_EVAL_TOKENS
     assert int4.quality != quality.QUALITY_TABLE[(planner.Format.ONNX, "int4")].quality
     assert onnx["fp32"].quality.source is planner.QualitySource.ESTIMATED  # not built: from the table
     # GGUF candidates stay estimated (the manifest has no GGUF entry), scaled to the one measured type
