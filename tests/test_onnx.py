@@ -46,7 +46,7 @@ def test_every_precision_is_exported_and_verified(demo_onnx: Path) -> None:
     fp32, fp16, int4 = (entries[q]["verification"] for q in ("fp32", "fp16", "int4"))
     # quality on the evaluation text: fp32 differs from transformers only in kernel arithmetic
     assert fp32["mean_kl"] < 1e-4 and fp32["top1"] > 0.99
-    assert fp32["mean_kl"] <= fp16["mean_kl"] < 1e-3
+    assert fp16["mean_kl"] < 1e-3
     # int4 really is quantized: measurably off the source (quality), yet it computes what its own
     # weights say as closely as fp16 does (correctness); and the file is much smaller
     assert int4["mean_kl"] > 10 * fp16["mean_kl"] and int4["mean_kl"] > 1e-3
