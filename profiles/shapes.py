@@ -260,28 +260,31 @@ def tokenizer_metadata_bytes(model_dir: Path | None, vocab_size: int) -> int:
 def onnx_weights(shapes: ModelShapes, precision: OnnxPrecision, backend: Backend) -> WeightPlan:
     """The layout edgekit's ONNX export writes (ONNX Runtime GenAI builder, checked against the
     demo model's files): int4 = MatMulNBits, block 32, k_quant (asymmetric: a 4-bit zero point
-    per block) with scales in the I/O dtype (fp32 on CPU, fp16 on CUDA); a tied embedding is
-    one int4 matrix shared by the lookup and the LM head (``shared_embeddings``), an untied one
-    stays in the I/O dtype; fp32/fp16 exports also store a tied matrix once; the RoPE
-    cos/sin caches (max positions x head_dim) are stored too."""
+    per block) with scales in the I/O dtype (fp32 on CPU, fp16 on CUDA), the LM head at int8
+    (an 8-bit zero point per block); a tied embedding is that int8 matrix, shared by the lookup
+    and the LM head (``shared_embeddings``), an untied one stays in the I/O dtype; fp32/fp16
+    exports also store a tied matrix once; the RoPE cos/sin caches (max positions x head_dim)
+    are stored too."""
     io_bytes = 2 if backend is Backend.CUDA or precision is OnnxPrecision.FP16 else 4
     tied = not shapes.has_output
+    head = "token_embd.weight" if tied else "output.weight"
 
-    def int4(numel: int) -> int:
-        return numel // 2 + (numel // 32) * io_bytes + numel // 64
+    def nbits(numel: int, bits: int) -> int:  # codes + a scale and a zero point per block of 32
+        return numel * bits // 8 + (numel // 32) * io_bytes + numel // 32 * bits // 8
 
     total = per_token = 0
     types: dict[str, str] = {}
     for t in shapes.tensors:
         is_embd = t.name == "token_embd.weight"
         quantized = precision is OnnxPrecision.INT4 and t.is_matrix and (not is_embd or tied)
+        bits = 8 if t.name == head else 4
         if quantized:
-            size = int4(t.numel)
+            size = nbits(t.numel, bits)
         elif not t.is_matrix or precision is OnnxPrecision.FP32:
             size = t.numel * 4
         else:
             size = t.numel * io_bytes
-        types[t.name] = "int4" if quantized else (precision.value if t.is_matrix else "fp32")
+        types[t.name] = f"int{bits}" if quantized else (precision.value if t.is_matrix else "fp32")
         total += size
         if not is_embd:
             per_token += size

@@ -69,6 +69,46 @@ def test_int4_uses_matmulnbits_with_the_requested_block(demo_onnx: Path, tmp_pat
     assert res.artifacts[0].extra["builder_options"]["algo_config"] == "rtn"
 
 
+def _matmul_bits(model_dir: Path) -> tuple[dict[str, int], dict[str, tuple[str, int, str]]]:
+    """MatMulNBits node -> bits; embedding lookup node -> (op, bits, the initializer it reads)."""
+    import onnx
+
+    g = onnx.load(str(model_dir / "model.onnx"), load_external_data=False).graph
+    produced_by = {o: n for n in g.node for o in n.output}
+    matmuls, lookups = {}, {}
+    for n in g.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        if n.op_type == "MatMulNBits":
+            matmuls[n.name] = attrs["bits"]
+        elif n.name.startswith("/model/embed_tokens/Gather"):
+            data = n.input[0]
+            while data in produced_by:  # through the Reshape of a shared matrix
+                data = produced_by[data].input[0]
+            lookups[n.name] = (n.op_type, attrs.get("bits", 0), data)
+    return matmuls, lookups
+
+
+def test_int4_keeps_the_lm_head_at_int8(demo_onnx: Path, llama_bpe: Path, tmp_path: Path) -> None:
+    # Tied (the demo): one int8 matrix is both the LM head and the token lookup; the body is int4.
+    entry = _entries(demo_onnx)["int4"]
+    matmuls, lookups = _matmul_bits(demo_onnx / entry["file"])
+    head = [n for n in matmuls if n.startswith("/lm_head/")]
+    assert len(head) == 1 and matmuls[head[0]] == 8
+    assert len(matmuls) > 1 and all(bits == 4 for n, bits in matmuls.items() if n not in head)
+    ((op, bits, data),) = lookups.values()
+    assert (op, bits, data) == ("GatherBlockQuantized", 8, "lm_head.MatMul.weight_Q8G32")
+    assert entry["extra"]["builder_options"]["matmul_mixed_precision"] == "last_matmul:int8"
+    # its own weights, head included, were read back and checked
+    assert entry["verification"]["correctness"]["passed"]
+    # Untied: the head is int8 as well, the separate embedding stays float.
+    res = convert_onnx(llama_bpe, tmp_path, "int4", name="u")
+    matmuls, lookups = _matmul_bits(tmp_path / res.artifacts[0].file)
+    assert {b for n, b in matmuls.items() if n.startswith("/lm_head/")} == {8}
+    assert {b for n, b in matmuls.items() if not n.startswith("/lm_head/")} == {4}
+    ((op, _, data),) = lookups.values()
+    assert op == "Gather" and data == "model.embed_tokens.weight"
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_each_architecture_exports_and_matches_source(arch: str, model_factory: Callable[..., Path],
                                                       tmp_path: Path) -> None:

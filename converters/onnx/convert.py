@@ -62,10 +62,14 @@ def builder_options(q: OnnxQuant, *, block_size: int, algo: Int4Algo, tied: bool
     if q.weight_only:
         opts.update(block_size=str(block_size), algo_config=algo.value)
     if from_gptq:
-        opts["nodes_to_exclude"] = GPTQ_FLOAT_NODES
-    elif tied:
-        # Tied embeddings: one copy of the matrix for the embedding Gather and the LM head
-        # instead of two (halves the file for small-vocabulary-heavy models).
+        opts["nodes_to_exclude"] = GPTQ_FLOAT_NODES  # the head stays float: no mixed precision to ask for
+        return opts
+    if q.mixed_precision:
+        opts["matmul_mixed_precision"] = q.mixed_precision
+    if tied:
+        # Tied embeddings: one copy of the matrix for the embedding lookup and the LM head
+        # instead of two (halves the file for vocabulary-heavy models); with int4 the shared
+        # matrix is the int8 head (see quants.QUANTS), as llama.cpp's token_embd.
         opts["shared_embeddings"] = "true"
     return opts
 

@@ -26,13 +26,14 @@ class Target(StrEnum):
 class Int4Algo(StrEnum):
     """Weight-only quantization algorithms the builder offers (its ``algo_config``).
 
-    k_quant is edgekit's default: on the demo model (int4, block 32) it measured mean KL
-    3.8e-2 / top-1 0.899 / ppl +0.0% against RTN's 5.7e-2 / 0.798 / +4.8%, same size.
+    k_quant is edgekit's default: on the demo model (int4, block 32, int8 LM head, 4k evaluation
+    tokens) it measured mean KL 0.037 / top-1 85.2% against RTN's 0.050 / 82.5%, same size
+    (benchmarks/results/onnx_int4_study-demo.json).
     """
 
     RTN = "rtn"  # round to nearest, per block of block_size weights
     K_QUANT = "k_quant"  # llama.cpp-style k-quant search for scales/zero points
-    K_QUANT_MIXED = "k_quant_mixed"  # k_quant + int8 for the lm_head and the most sensitive layers
+    K_QUANT_MIXED = "k_quant_mixed"  # k_quant + int8 for llama.cpp's most sensitive layers (qkv/v/down)
 
 
 # MatMulNBits block sizes the builder accepts (weights per scale).
@@ -49,6 +50,8 @@ class OnnxQuant:
     builder_ep: dict[Target, str]
     note: str
     weight_only: bool = False  # MatMulNBits: takes --block-size / --int4-algo
+    # the builder's matmul_mixed_precision for this type: MatMuls kept at more bits than the body
+    mixed_precision: str = ""
 
 
 _GPU = {Target.CPU: "cuda", Target.CUDA: "cuda", Target.JETSON: "cuda"}
@@ -61,8 +64,13 @@ QUANTS: tuple[OnnxQuant, ...] = (
     # (fp16 GroupQueryAttention) runs on the CPU EP as well, so fp16 always uses that graph.
     OnnxQuant("fp16", "fp16", Precision.FP16, 16.0, _GPU, "float16 weights and activations (GPU graph)"),
     OnnxQuant("int8", "int8", Precision.INT8, 8.5, _BY_TARGET, "MatMulNBits 8-bit weights", weight_only=True),
-    OnnxQuant("int4", "int4", Precision.INT4, 4.625, _BY_TARGET, "MatMulNBits 4-bit weights (block-wise)",
-              weight_only=True),
+    # The LM head stays int8, as llama.cpp's q4_k_m keeps its output tensor at q6_k (q8_0 where rows
+    # are not a multiple of 256): the head's error lands straight on the logits and, with tied
+    # embeddings, the same shared matrix is also the token lookup (GatherBlockQuantized takes
+    # int8). An int4 head is what made ONNX int4 lose several times q4_k_m's KL on tied models
+    # (#13); benchmarks/onnx_int4_study.py measures the variants (benchmarks/results/).
+    OnnxQuant("int4", "int4", Precision.INT4, 4.625, _BY_TARGET, "MatMulNBits 4-bit weights (block-wise), int8 LM head",
+              weight_only=True, mixed_precision="last_matmul:int8"),
 )
 _BY_NAME = {q.name: q for q in QUANTS}
 
