@@ -79,11 +79,15 @@ def _route_transformers(tlog: ModuleType) -> None:
     """Point transformers' library logger and its bars at the log; register how to undo it."""
     root = tlog.get_logger()  # the "transformers" logger (creates its stderr handler on first use)
     had_default = getattr(tlog, "_default_handler", None) in root.handlers
-    level = root.level
+    level, propagate = root.level, root.propagate
     relay = _Relay()
     tlog.disable_default_handler()
     root.addHandler(relay)
     root.setLevel(logging.INFO)
+    # transformers propagates to the root logger when $CI is set (a CI job's log then shows its
+    # INFO records, whatever the root level: propagation skips ancestors' levels); the relay is
+    # the only way out while routed
+    root.propagate = False
     if hasattr(tlog, "set_tqdm_hook"):  # transformers >= 5.17
         previous = tlog.set_tqdm_hook(_tqdm_to_log)
 
@@ -101,6 +105,7 @@ def _route_transformers(tlog: ModuleType) -> None:
         bars()
         root.removeHandler(relay)
         root.setLevel(level)
+        root.propagate = propagate
         if had_default:
             tlog.enable_default_handler()
 
