@@ -406,16 +406,19 @@ def test_shutdown_timeout_cuts_cleanly(start: Callable[..., ServerProcess], arti
     outcomes: list[str] = []
 
     def stream_one() -> None:
-        with httpx.stream("POST", f"{srv.url}/v1/completions", json=body, timeout=60) as r:
-            if r.status_code != 200:
-                r.read()
-                outcomes.append(r.json()["error"]["code"])
-                return
-            events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
-        if events[-1] == "[DONE]":
-            outcomes.append("done")
-        else:
-            outcomes.append(json.loads(events[-1])["error"]["code"])
+        try:
+            with httpx.stream("POST", f"{srv.url}/v1/completions", json=body, timeout=60) as r:
+                if r.status_code != 200:
+                    r.read()
+                    outcomes.append(r.json()["error"]["code"])
+                    return
+                events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+            if events[-1] == "[DONE]":
+                outcomes.append("done")
+            else:
+                outcomes.append(json.loads(events[-1])["error"]["code"])
+        except Exception as e:  # a dropped connection or a malformed answer is an outcome too
+            outcomes.append(f"{type(e).__name__}: {e}")
 
     threads = [threading.Thread(target=stream_one) for _ in range(4)]
     for t in threads:
@@ -427,7 +430,7 @@ def test_shutdown_timeout_cuts_cleanly(start: Callable[..., ServerProcess], arti
     for t in threads:
         t.join(60)
     assert srv.stop() == 0
-    assert len(outcomes) == 4 and set(outcomes) <= {"done", "shutting_down"}, outcomes
+    assert len(outcomes) == 4 and set(outcomes) <= {"done", "shutting_down"}, (outcomes, srv.log.read_text())
     assert "shutting_down" in outcomes  # requests still queued cannot have finished
 
 

@@ -39,6 +39,8 @@ from .protocol import (
     sse,
 )
 
+# how long a request cut by shutdown may take to tell its client so (runner waits this long for it)
+CUT_ANSWER_S = 1.0
 log = logging.getLogger("edgekit.server")
 
 
@@ -198,7 +200,7 @@ class GenerationResponse(Response):
                 await _send_json(send, 503, body)
 
         with contextlib.suppress(Exception):  # a timeout included
-            await asyncio.wait_for(say(), 1.0)
+            await asyncio.wait_for(say(), CUT_ANSWER_S)
 
     async def _events(self, job: Job) -> AsyncIterator[list[Started | str | Finished]]:
         while not job.done:

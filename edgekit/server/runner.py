@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
@@ -16,7 +17,7 @@ from edgekit.errors import InputError
 from edgekit.progress import ProgressFn, report
 from edgekit.runtimes.base import Session
 
-from .app import create_app
+from .app import CUT_ANSWER_S, create_app
 from .config import ServerConfig
 
 log = logging.getLogger("edgekit.server")
@@ -123,6 +124,15 @@ class _Server(uvicorn.Server):
         await super().startup(sockets)
         if self.started:
             self._ready()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().shutdown(sockets)
+        # uvicorn cancels the requests its graceful timeout left running and returns at once; then
+        # asyncio.run's teardown cancels them a second time, in the middle of their cut answer,
+        # and the client gets a bare 500. Let each finish its (bounded) answer first.
+        pending = [t for t in self.server_state.tasks if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=CUT_ANSWER_S + 1.0)
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         super().handle_exit(sig, frame)
