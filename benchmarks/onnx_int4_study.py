@@ -105,14 +105,14 @@ def weights_bytes(model_dir: Path) -> int:
 
 
 def rope_bytes(model_dir: Path) -> int:
-    """The builder's precomputed RoPE cos/sin caches (max positions x head_dim / 2, float32):
+    """The builder's precomputed RoPE cos/sin caches (max positions x rotary dim / 2, float32):
     stored in the ONNX file, computed at load time by llama.cpp, whatever the quant type."""
     import onnx
 
     graph = onnx.load(str(model_dir / "model.onnx"), load_external_data=False).graph
     size = {1: 4, 10: 2, 16: 2}
     return sum(math.prod(t.dims) * size.get(t.data_type, 4) for t in graph.initializer
-               if t.name.endswith(("cos_cache", "sin_cache")))
+               if t.name.startswith(("cos_cache", "sin_cache")))  # Gemma 3: *_global and *_local
 
 
 def main(argv: list[str] | None = None) -> int:
