@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,9 +23,9 @@ from edgekit.progress import ProgressFn, StepTimer, report
 
 from .lora import LoraAdapter
 from .quality import QualityReport, QualitySettings, ScoreFn, score_artifact
-from .reference import ArtifactTensor, SourceReference
+from .reference import ArtifactWeights, SourceReference
 from .source import SourceModel, open_source
-from .verify import LogitsFn, TokenizeFn, VerificationReport, verify
+from .verify import LogitsFn, OwnWeights, TokenizeFn, VerificationReport, own_weights, verify
 
 log = logging.getLogger(__name__)
 
@@ -170,15 +170,22 @@ class Verifier:
         data = self.inputs.source.float32(name)
         return self.inputs.adapter.merge(name, data) if self.inputs.adapter is not None else data
 
+    def own_weights(self, quant: str, weights: ArtifactWeights) -> OwnWeights:
+        """The torch half of the correctness check; call it before the artifact's runtime is
+        opened, and pass the result to :meth:`check`, so that the two never hold memory at once."""
+        with self.result.timer.step(f"verify {quant}: own weights"):
+            return own_weights(self.reference, weights, self.expected)
+
     def check(self, label: str, quant: str, precision: str, tokenize: TokenizeFn, logits: LogitsFn,
-              score: ScoreFn, weights: Iterable[ArtifactTensor]) -> dict[str, Any]:
+              score: ScoreFn, weights: ArtifactWeights | OwnWeights) -> dict[str, Any]:
         """Verify one artifact and measure its quality.
 
         Raises VerificationError (broken: not kept, the run stops) or QualityGateError (over
         the user's gate: not kept, the caller goes on with the next artifact)."""
         ref = self.reference
         with self.result.timer.step(f"verify {quant}"):
-            rep = verify(ref, label, precision, tokenize, logits, weights, self.expected)
+            own = own_weights(ref, weights, self.expected) if isinstance(weights, ArtifactWeights) else weights
+            rep = verify(ref, label, precision, tokenize, logits, own)
         self.result.reports.append(rep)
         if not rep.passed:
             raise VerificationError(label, rep.failures[0].split(":")[0], "; ".join(rep.failures))

@@ -43,7 +43,13 @@ DEFAULT_EVAL_CTX = 512  # tokens per window, half of them scored
 TOP_K = 64
 FULL_ROWS_MAX = 1 << 24  # floats (64 MiB): below this the reference keeps full log-probability rows
 Z95 = 1.959963984540054
-ROWS = 64  # scored positions turned into log-probabilities at a time
+ROWS = 64  # scored positions turned into log-probabilities at a time (at most)
+ROW_FLOATS = 1 << 22  # ...and at most this many values: float64 temporaries of 32 MiB each
+
+
+def rows_for(vocab: int) -> int:
+    """Positions per chunk: 64 for small vocabularies, 16 for Gemma's 262k."""
+    return max(1, min(ROWS, ROW_FLOATS // max(1, vocab)))
 
 # Above these the loss is large enough to say so in words (nats of mean KL, perplexity %).
 # llama.cpp's Llama-3-8B scoreboard puts q4_k_m at 0.031 and q2_k at 0.45 mean KL.
@@ -153,8 +159,9 @@ def _scored_rows(windows: EvalWindows, score: ScoreFn, vocab: int) -> Iterator[t
             if block.shape[-1] != vocab:
                 raise VocabularyMismatchError(vocab, int(block.shape[-1]))
             # float64 log-probabilities of a few rows at a time: 64 x 262k x 8 B = 128 MiB
-            for i in range(0, len(block), ROWS):
-                chunk = block[i:i + ROWS][: len(ids) - 1 - pos]  # the last position predicts nothing we know
+            step = rows_for(vocab)
+            for i in range(0, len(block), step):
+                chunk = block[i:i + step][: len(ids) - 1 - pos]  # the last position predicts nothing we know
                 if not len(chunk):
                     continue
                 yield log_softmax(chunk), np.asarray(ids[pos + 1: pos + 1 + len(chunk)], dtype=np.int64)

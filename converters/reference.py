@@ -95,6 +95,25 @@ def _torch_dtype(source: SourceModel) -> Any:
     return torch.float32
 
 
+@dataclass(frozen=True)
+class ArtifactWeights:
+    """An artifact's weights by Hugging Face name: which it carries (known without reading any
+    data) and each one on demand, so verification reads them in the model's layer order."""
+
+    names: tuple[str, ...]
+    get: Callable[[str], ArtifactTensor]
+
+    def __iter__(self) -> Iterator[ArtifactTensor]:
+        for name in self.names:
+            yield self.get(name)
+
+    @classmethod
+    def of(cls, tensors: Iterable[ArtifactTensor]) -> ArtifactWeights:
+        """From tensors already in memory (tests, small artifacts)."""
+        by_name = {t.hf_name: t for t in tensors}
+        return cls(tuple(by_name), by_name.__getitem__)
+
+
 @dataclass
 class SourceReference:
     model_dir: Path
@@ -109,28 +128,34 @@ class SourceReference:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from .layerwise import LayerwiseLM, empty_model
+
         if self.threads:
             torch.set_num_threads(self.threads)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         self.dtype = _torch_dtype(self.source)
-        model: Any = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=self.dtype)
-        if self.adapter_dir is not None:
+        # Without an adapter the decoder layers stay on disk and are read one at a time
+        # (peak memory: the embedding, the head and one layer). PEFT's merge, the independent
+        # check of edgekit's, needs the whole model in memory: a LoRA run keeps it resident.
+        self.streamed = self.adapter_dir is None
+        if self.adapter_dir is None:
+            model: Any = empty_model(self.model_dir, self.dtype)
+        else:
             from peft import PeftModel
 
-            # PEFT's own merge, independent of edgekit's (which the artifacts were written with)
-            model = PeftModel.from_pretrained(model, self.adapter_dir).merge_and_unload()
-        model.eval()
+            model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=self.dtype)
+            model = PeftModel.from_pretrained(model, self.adapter_dir).merge_and_unload().eval()
         if self.dtype != torch.float32:
             _float32_head(model)
-        self.model = model
-        self._params = _named_tensors(model)
-        # tied weights appear under several names; the source checkpoint stores one of them
-        by_id: dict[int, list[str]] = {}
-        for name, t in self._params.items():
-            by_id.setdefault(id(t), []).append(name)
-        self._stored = {n: next((m for m in names if self.source.has(m)), n)
-                        for names in by_id.values() for n in names}
-        if self.adapter is not None:
+        self.lm = LayerwiseLM(model)
+        # the checkpoint name of each parameter (tied weights: the one the source stores)
+        groups: dict[str, list[str]] = {}
+        for name, canon in self.lm.aliases.items():
+            groups.setdefault(canon, []).append(name)
+        self._stored = {canon: next((n for n in names if self.source.has(n)), canon) for canon, names in groups.items()}
+        self._parked = self.streamed  # resident tensors are read on first use
+        if not self.streamed:
+            assert self.adapter is not None
             self._check_merge()
         self.token_probes = dict(TOKENIZER_PROBES)
         if getattr(self.tokenizer, "chat_template", None):
@@ -140,7 +165,6 @@ class SourceReference:
         self.logit_ids.append(self.encode(text[:1500], True)[:_PPL_MAX_TOKENS])
         self._scores: ReferenceScores | None = None
         self._windows: EvalWindows | None = None
-        self._dirty: set[str] = set()
 
     # -- tokens -------------------------------------------------------------------------
     def encode(self, text: str, add_special: bool) -> list[int]:
@@ -148,20 +172,77 @@ class SourceReference:
 
     @property
     def vocab(self) -> int:
-        return int(self.model.get_output_embeddings().weight.shape[0])
+        return int(self.lm.model.get_output_embeddings().weight.shape[0])
 
-    # -- the model's logits ---------------------------------------------------------------
-    def logits(self, ids: list[int]) -> np.ndarray:
-        """Float32 logits ``[T, V]`` of the model as it is now (source, or an artifact's weights)."""
-        return torch_logits(self.model, ids)
+    # -- weights ------------------------------------------------------------------------------
+    def stored_name(self, name: str) -> str:
+        """The checkpoint's name for a model parameter (tied weights: the one the source stores)."""
+        return self._stored[self.lm.aliases[name]]
 
-    def score(self, ids: list[int], start: int) -> Iterator[np.ndarray]:
-        """Logits of positions ``start..`` only: the head of a window is never materialised."""
+    def _source_tensor(self, name: str) -> Any:
+        """A source tensor as stored (bf16 stays bf16), read into its own buffer."""
         import torch
 
-        with torch.inference_mode():
-            out = self.model(input_ids=torch.tensor([ids], dtype=torch.long), logits_to_keep=len(ids) - start)
-        yield out.logits[0].float().numpy()
+        stored = self.stored_name(name)
+        raw = self.source.file_of(stored).raw(stored)
+        tag = self.source.info(stored).dtype
+        if tag == "BF16":
+            return torch.from_numpy(raw.view(np.int16)).view(torch.bfloat16)
+        return torch.from_numpy(np.require(raw, requirements=["W"]))
+
+    def park(self) -> None:
+        """Drop the resident tensors (embedding, head, final norm) until the next torch pass:
+        while an artifact's runtime computes, the reference holds no weights. (A LoRA run's
+        PEFT-merged model stays: it cannot be read back from disk.)"""
+        if self.streamed and not self._parked:
+            for name in self.lm.resident_names:
+                self.lm.drop(name)
+            self._parked = True
+
+    def _unpark(self) -> None:
+        if self._parked:
+            for name in self.lm.resident_names:
+                self.lm.set(name, self._source_tensor(name))
+            self._parked = False
+
+    def _source_layer(self, i: int) -> None:
+        if self.streamed:
+            for name in self.lm.layer_names[i]:
+                self.lm.set(name, self._source_tensor(name))
+
+    def _drop_layer(self, i: int) -> None:
+        if self.streamed:
+            for name in self.lm.layer_names[i]:
+                self.lm.drop(name)
+
+    # -- the source model's logits ---------------------------------------------------------
+    def _source_hidden(self, seqs: list[list[int]], what: str) -> list[Any]:
+        t0 = time.perf_counter()
+        n_layers = len(self.lm.layers)
+
+        def tick(done: int, total: int) -> None:
+            report(self.progress, "reference", done=done, total=total)
+            if done == 1 and total > 1 and what == "evaluation":
+                # Say up front when verification will take minutes: each artifact is scored
+                # on the same windows, at roughly the reference's speed.
+                eta = (time.perf_counter() - t0) * total * 2
+                if eta > LONG_VERIFY_S:
+                    n = sum(len(s) for s in seqs)
+                    log.warning("verification will take about %d min per artifact on this CPU (%d evaluation "
+                                "tokens); --eval-tokens / eval_tokens=%d would take a quarter of that",
+                                round(eta / 60), n, max(256, n // 4))
+
+        return self.lm.run(seqs, self._source_layer, self._drop_layer, tick if n_layers > 1 else None)
+
+    def _collect(self, windows: EvalWindows, what: str) -> ReferenceScores:
+        self._unpark()
+        hidden = iter(self._source_hidden([list(w) for w in windows.windows], what))
+
+        def score(ids: list[int], start: int) -> Iterator[np.ndarray]:
+            for block in self.lm.replay(ids, next(hidden), start):
+                yield block.float().numpy()
+
+        return ReferenceScores.collect(windows, score, self.vocab)
 
     # -- quality reference ------------------------------------------------------------------
     @property
@@ -177,84 +258,113 @@ class SourceReference:
 
     @property
     def scores(self) -> ReferenceScores:
-        """The source's scores on the evaluation set, computed once (before any artifact's weights)."""
+        """The source's scores on the evaluation set, computed once for every artifact of the run."""
         if self._scores is None:
-            if self._dirty:
-                raise AssertionError("reference scores must be computed before an artifact's weights are loaded")
             w = self.windows
             report(self.progress, "reference", f"source model on {w.n_scored} evaluation tokens "
-                                               f"({len(w.windows)} windows of {len(w.windows[0])})")
-
-            t0 = time.perf_counter()
-
-            def tick(done: int, total: int) -> None:
-                report(self.progress, "reference", done=done, total=total)
-                if done == 1 and total > 1:
-                    # Say up front when verification will take minutes: each artifact scores the
-                    # same windows again, at roughly the reference's speed.
-                    per_window = time.perf_counter() - t0
-                    eta = per_window * total * 2
-                    if eta > LONG_VERIFY_S:
-                        log.warning("verification will take about %d min per artifact on this CPU (%d evaluation "
-                                    "windows of %.0f s); --eval-tokens / eval_tokens=%d would take a quarter of that",
-                                    round(eta / 60), total, per_window, max(256, w.n_scored // 4))
-
-            self._scores = ReferenceScores.collect(w, self.score, self.vocab, tick)
+                                               f"({len(w.windows)} windows of {len(w.windows[0])}, "
+                                               f"{len(self.lm.layers)} layers)")
+            self._scores = self._collect(w, "evaluation")
         return self._scores
 
-    def scores_on(self, windows: EvalWindows, expected: Callable[[str], np.ndarray]) -> ReferenceScores:
-        """The source's scores on other windows (GPTQ's cross-domain text): source weights restored first."""
-        self._restore(self._dirty, expected)
-        self._dirty = set()
-        return ReferenceScores.collect(windows, self.score, self.vocab)
+    def scores_on(self, windows: EvalWindows) -> ReferenceScores:
+        """The source's scores on other windows (GPTQ's cross-domain text)."""
+        return self._collect(windows, "held-out")
 
     # -- an artifact's own weights ---------------------------------------------------------
-    def load_weights(self, tensors: Iterable[ArtifactTensor], expected: Callable[[str], np.ndarray]) -> WeightCheck:
-        """Copy an artifact's dequantized weights into the model, comparing each with ``expected(name)``.
-
-        Tensors the artifact does not carry keep (or get back) the source's values."""
-        import torch
-
-        self.scores  # noqa: B018 -- the source's scores first: they need the source's weights
+    def artifact_logits(self, weights: ArtifactWeights, expected: Callable[[str], np.ndarray],
+                        seqs: list[list[int]]) -> tuple[WeightCheck, list[np.ndarray]]:
+        """Float32 logits ``[T, V]`` of the source model carrying the artifact's dequantized
+        weights, for each of ``seqs``; each weight is compared with ``expected(name)`` as it is
+        loaded. Tensors the artifact does not carry keep the source's values."""
         check = WeightCheck()
-        seen: set[str] = set()
-        for t in tensors:
-            param = self._params.get(t.hf_name)
-            if param is None:
-                check.unexpected.append(t.hf_name)
-                continue
-            if tuple(param.shape) != t.shape:
-                check.errors[t.hf_name] = (float("inf"), t.stored_as, t.bits)
-                continue
-            stored = self._stored[t.hf_name]
-            rows = t.shape[0] if t.shape else 1
-            want = np.asarray(expected(stored)).reshape(rows, -1)
-            flat = param.data.reshape(rows, -1)  # a view: rows are written in place
-            num = den = 0.0
-            pos = 0
-            with torch.no_grad():
-                for block in t.blocks():
-                    b = block.reshape(-1, want.shape[1])
-                    a64, w64 = b.astype(np.float64), want[pos:pos + len(b)].astype(np.float64)
-                    num += float(np.square(a64 - w64).sum())
-                    den += float(np.square(w64).sum())
-                    del a64, w64
-                    flat[pos:pos + len(b)].copy_(torch.from_numpy(np.require(b, np.float32, ["C", "W"])))
-                    pos += len(b)
-            err = math.sqrt(num / den) if den > 0 else (0.0 if num == 0 else float("inf"))
-            check.errors[t.hf_name] = (err if pos == rows else float("inf"), t.stored_as, t.bits)
-            seen.add(stored)
-        self._restore(self._dirty - seen, expected)
-        self._dirty = seen
-        check.n_tensors = len(seen)
-        return check
+        # the artifact's names (any alias of a tied weight) by the checkpoint name they stand for
+        carried = {self.stored_name(n): n for n in weights.names if n in self.lm.aliases}
+        check.unexpected = [n for n in weights.names if n not in self.lm.aliases]
+        changed: list[str] = []
 
-    def _restore(self, names: set[str], expected: Callable[[str], np.ndarray]) -> None:
+        def load(names: list[str]) -> None:
+            for name in names:
+                stored = self.stored_name(name)
+                if stored in carried:
+                    self.lm.set(name, self._compare(weights.get(carried[stored]), stored, expected, check))
+                    changed.append(name)
+                elif self.streamed:
+                    self.lm.set(name, self._source_tensor(name))
+
+        def unload(i: int) -> None:
+            if self.streamed:
+                self._drop_layer(i)
+            else:  # resident (LoRA): the source's values back
+                self._restore([n for n in self.lm.layer_names[i] if n in changed], expected)
+
+        if self._parked:  # streamed: every resident tensor from the artifact or the source
+            load(self.lm.resident_names)
+            self._parked = False
+        else:
+            load([n for n in self.lm.resident_names if self.stored_name(n) in carried])
+        try:
+            hidden = self.lm.run(seqs, lambda i: load(self.lm.layer_names[i]), unload)
+            logits = [np.concatenate([b.float().numpy() for b in self.lm.replay(ids, h)])
+                      for ids, h in zip(seqs, hidden, strict=True)]
+        finally:
+            if self.streamed:  # the artifact's resident tensors go; the source's come back when needed
+                self._parked = False
+                self.park()
+            else:
+                self._restore([n for n in changed if n in self.lm.resident_names], expected)
+        check.n_tensors = len(check.errors)
+        return check, logits
+
+    def _compare(self, t: ArtifactTensor, stored: str, expected: Callable[[str], np.ndarray],
+                 check: WeightCheck) -> Any:
+        """The artifact tensor as a torch tensor of the model's dtype; its error vs the source recorded.
+
+        A resident parameter (embedding, head) is overwritten in place; the source is read a
+        block of rows at a time (LoRA runs: ``expected``, merged, whole), so a tensor costs one
+        copy in the model's dtype plus a block, never its float32 copy."""
         import torch
 
-        with torch.no_grad():
-            for name in names:
-                self._params[name].copy_(torch.from_numpy(np.require(expected(name), np.float32, ['C', 'W'])))
+        param = self.lm.param(stored)
+        if tuple(param.shape) != t.shape:
+            check.errors[stored] = (float("inf"), t.stored_as, t.bits)
+            return self._source_tensor(stored)
+        rows = t.shape[0] if t.shape else 1
+        cols = math.prod(t.shape[1:]) if t.shape else 1
+        if self.streamed:
+            file = self.source.file_of(stored)
+
+            def want_rows(lo: int, hi: int) -> np.ndarray:
+                return file.rows(stored, lo, hi).reshape(-1, cols)
+        else:
+            whole = np.asarray(expected(stored)).reshape(rows, cols)
+
+            def want_rows(lo: int, hi: int) -> np.ndarray:
+                return whole[lo:hi]
+        out = param.data.view(rows, cols) if param.device.type != "meta" else \
+            torch.empty((rows, cols), dtype=param.dtype)
+        num = den = 0.0
+        pos = 0
+        for block in t.blocks():
+            b = np.asarray(block, dtype=np.float32).reshape(-1, cols)
+            if pos + len(b) > rows:
+                pos = rows + 1
+                break
+            a64, w64 = b.astype(np.float64), want_rows(pos, pos + len(b)).astype(np.float64)
+            num += float(np.square(a64 - w64).sum())
+            den += float(np.square(w64).sum())
+            del a64, w64
+            out[pos:pos + len(b)] = torch.from_numpy(np.require(b, requirements=["C", "W"]))
+            pos += len(b)
+        err = math.sqrt(num / den) if den > 0 else (0.0 if num == 0 else float("inf"))
+        check.errors[stored] = (err if pos == rows else float("inf"), t.stored_as, t.bits)
+        return out.view(param.shape) if pos == rows else self._source_tensor(stored)
+
+    def _restore(self, names: list[str], expected: Callable[[str], np.ndarray]) -> None:
+        import torch
+
+        for name in names:
+            self.lm.set(name, torch.from_numpy(np.require(expected(self.stored_name(name)), np.float32, ["C", "W"])))
 
     def _check_merge(self) -> None:
         """edgekit's LoRA merge (what the artifacts hold) must equal PEFT's."""
@@ -264,7 +374,7 @@ class SourceReference:
         worst, where = 0.0, ""
         for name in self.adapter.target_tensors:
             mine = self.adapter.merge(name, self.source.float32(name))
-            peft = self._params[name].float().numpy()
+            peft = self.lm.param(name).float().numpy()
             err = _rel_err(mine, peft)
             if err > worst:
                 worst, where = err, name
@@ -295,13 +405,6 @@ def _float32_head(model: Any) -> None:
         return out
 
     head.forward = types.MethodType(forward, head)
-
-
-def _named_tensors(model: Any) -> dict[str, Any]:
-    """Checkpoint name -> parameter/buffer of the model (tied weights appear under every name)."""
-    out = dict(model.named_parameters(remove_duplicate=False))
-    out.update({k: v for k, v in model.named_buffers(remove_duplicate=False) if v.is_floating_point()})
-    return out
 
 
 def _rel_err(got: np.ndarray, want: np.ndarray, rows: int = 4096) -> float:

@@ -123,6 +123,19 @@ class SafetensorsFile:
     def float32(self, name: str) -> np.ndarray:
         return to_float32(self.raw(name), self.tensors[name].dtype)
 
+    def rows(self, name: str, lo: int, hi: int) -> np.ndarray:
+        """Rows ``[lo, hi)`` (first axis) as float32, read into their own buffer (as :meth:`raw`)."""
+        info = self.tensors[name]
+        np_dtype, size = _DTYPES[info.dtype]
+        row = math.prod(info.shape[1:]) if info.shape else 1
+        n = max(0, min(hi, info.shape[0] if info.shape else 1) - lo)
+        buf = np.empty(n * row * size, dtype=np.uint8)
+        with open(self.path, "rb") as f:
+            f.seek(info.start + lo * row * size)
+            if f.readinto(buf.data) != buf.size:
+                raise CorruptFileError(self.path, f"tensor {name!r} is cut short (file changed while reading?)")
+        return to_float32(buf.view(np_dtype).reshape(n, *info.shape[1:]), info.dtype)
+
     def blocks(self, name: str, max_bytes: int) -> Iterator[np.ndarray]:
         """The tensor as stored, in blocks of whole rows (first axis) of about ``max_bytes``.
 

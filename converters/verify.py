@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .quality import log_softmax
+from .quality import log_softmax, rows_for
 
 if TYPE_CHECKING:
-    from .reference import ArtifactTensor, SourceReference
+    from .reference import ArtifactWeights, SourceReference, WeightCheck
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def perplexity(logits: np.ndarray, ids: list[int]) -> float:
     return float(math.exp(token_nll(log_softmax(logits[:-1]), ids).mean()))
 
 
-def compare(ref: list[np.ndarray], got: list[np.ndarray]) -> LogitMetrics:
+def compare(ref: Iterable[np.ndarray], got: Iterable[np.ndarray]) -> LogitMetrics:
     from edgekit.errors import VocabularyMismatchError
 
     kls, agree, num, den = [], 0, 0.0, 0.0
@@ -161,12 +161,16 @@ def compare(ref: list[np.ndarray], got: list[np.ndarray]) -> LogitMetrics:
             raise VocabularyMismatchError(int(r.shape[-1]), int(g.shape[-1]))
         if r.shape != g.shape:
             raise AssertionError(f"logits for {r.shape[0]} positions, got {g.shape[0]}")
-        kls.append(kl_per_position(r, g))
-        agree += int((r.argmax(-1) == g.argmax(-1)).sum())
-        rc = r - r.mean(-1, keepdims=True)
-        gc = g - g.mean(-1, keepdims=True)
-        num += float(((gc - rc) ** 2).sum())
-        den += float((rc**2).sum())
+        # a few rows at a time: float64 temporaries of a whole probe would be T x vocab x 8 B each
+        step = rows_for(r.shape[-1])
+        for i in range(0, r.shape[0], step):
+            rr, gg = r[i:i + step], g[i:i + step]
+            kls.append(kl_per_position(rr, gg))
+            agree += int((rr.argmax(-1) == gg.argmax(-1)).sum())
+            rc = rr - rr.mean(-1, keepdims=True)
+            gc = gg - gg.mean(-1, keepdims=True)
+            num += float(((gc - rc) ** 2).sum())
+            den += float((rc**2).sum())
         n += r.shape[0]
     kl = np.concatenate(kls)
     return LogitMetrics(mean_kl=float(kl.mean()), p99_kl=float(np.percentile(kl, 99)), max_kl=float(kl.max()),
@@ -189,23 +193,34 @@ def check_tokens(ref: SourceReference, tokenize: TokenizeFn) -> tuple[int, list[
     return n, mismatches
 
 
-def verify(ref: SourceReference, artifact: str, precision: str, tokenize: TokenizeFn, logits: LogitsFn,
-           weights: Iterable[ArtifactTensor], expected: Callable[[str], np.ndarray],
-           bounds: LogitBounds | None = None) -> VerificationReport:
-    """Tokens, weights and logits of one artifact against the source model carrying its weights."""
-    import torch
+@dataclass
+class OwnWeights:
+    """The torch half of an artifact's correctness check, done before its runtime is opened (so
+    the two never hold memory at once): its weights compared with the source's, and the source
+    model's logits on the probe set with those weights."""
 
+    weights: WeightCheck
+    logits: list[np.ndarray]
+
+
+def own_weights(ref: SourceReference, weights: ArtifactWeights, expected: Callable[[str], np.ndarray]) -> OwnWeights:
+    check, logits = ref.artifact_logits(weights, expected, ref.logit_ids)
+    ref.park()  # the runtime comes next: the reference's resident tensors wait on disk
+    return OwnWeights(check, logits)
+
+
+def verify(ref: SourceReference, artifact: str, precision: str, tokenize: TokenizeFn, logits: LogitsFn,
+           own: OwnWeights, bounds: LogitBounds | None = None) -> VerificationReport:
+    """Tokens, weights and logits of one artifact against the source model carrying its weights."""
     dtype = str(ref.dtype).removeprefix("torch.")
     th = bounds or LOGIT_BOUNDS.get(dtype, LOGIT_BOUNDS["float32"])
     n_probes, mismatches = check_tokens(ref, tokenize)
     failures: list[str] = []
     if mismatches:
         failures.append(f"tokens: {len(mismatches)}/{n_probes} probes differ; {mismatches[0]}")
-    wcheck = ref.load_weights(weights, expected)
+    wcheck, want = own.weights, own.logits
     failures += wcheck.failures(weight_bound)
-    with torch.inference_mode():
-        want = [ref.logits(ids) for ids in ref.logit_ids]
-    got = [logits(ids) for ids in ref.logit_ids]
+    got = (logits(ids) for ids in ref.logit_ids)  # one probe's logits at a time
     metrics = compare(want, got)
     if metrics.mean_kl > th.max_mean_kl:
         failures.append(f"logits: mean KL {metrics.mean_kl:.3g} > {th.max_mean_kl:g} against the artifact's own weights")

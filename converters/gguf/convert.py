@@ -134,7 +134,7 @@ def verify_gguf(path: Path, label: str, q: GGUFQuant, verifier: Verifier, source
     probe_len = max(len(ids) for ids in ref.logit_ids)
     # contexts sized to what is evaluated; logits only where scored (runtimes.llamacpp_score)
     n_ctx = max(64, probe_len, len(windows.windows[0]))
-    weights = GGUFWeights(path, source, spec, label)
+    own = verifier.own_weights(q.name, GGUFWeights(path, source, spec, label).weights())  # before llama.cpp maps it
     with LlamaCppSession(path, n_ctx=n_ctx, n_batch=min(n_ctx, 512), n_threads=threads) as s:
         def logits(ids: list[int]) -> np.ndarray:
             return np.concatenate(list(score_positions(s, ids, 0)))
@@ -142,7 +142,7 @@ def verify_gguf(path: Path, label: str, q: GGUFQuant, verifier: Verifier, source
         def score(ids: list[int], start: int) -> Iterator[np.ndarray]:
             return score_positions(s, ids, start)
 
-        return verifier.check(label, q.name, q.precision, s.tokenize, logits, score, weights)
+        return verifier.check(label, q.name, q.precision, s.tokenize, logits, score, own)
 
 
 def check_gguf(model_dir: Path, path: Path, *, adapter_dir: Path | None = None, quality: QualitySettings | None = None,

@@ -9,20 +9,23 @@ inverted, and each architecture's :meth:`~.archs.ArchSpec.untransform` undoes it
 
 from __future__ import annotations
 
+import contextlib
+import math
+import mmap
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from edgekit.errors import VerificationError
 
-from ..reference import ArtifactTensor
+from ..reference import ArtifactTensor, ArtifactWeights
 from ..source import SourceModel
 from .archs import ArchSpec, TextConfig
+from .inspect import TensorRow
 
 BLOCK_ROWS = 4096  # rows dequantized at a time: 4096 x 4096 x 4 B = 64 MiB
 
@@ -52,7 +55,11 @@ def hf_names(source: SourceModel, spec: ArchSpec, cfg: TextConfig) -> dict[str, 
 
 @dataclass
 class GGUFWeights:
-    """Iterates a GGUF's tensors as :class:`ArtifactTensor` (one dequantized tensor at a time)."""
+    """A GGUF's tensors as :class:`ArtifactTensor` (one dequantized tensor at a time), by HF name.
+
+    The tensor table comes from edgekit's own header reader (validated; gguf-py's reader
+    would also build a numpy object per vocabulary entry: 600 MB for a 262k vocabulary) and
+    the data from one read-only memory map, whose pages are dropped after each tensor."""
 
     path: Path
     source: SourceModel
@@ -60,13 +67,15 @@ class GGUFWeights:
     label: str
 
     def __post_init__(self) -> None:
-        import gguf
+        from .inspect import read_gguf
 
         self.cfg = TextConfig.from_hf(self.source.config)
-        self.reader = gguf.GGUFReader(self.path)  # memory-mapped: tensors are read when dequantized
+        self.tensors = read_gguf(self.path).tensors
+        with open(self.path, "rb") as f:
+            self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         self.names = hf_names(self.source, self.spec, self.cfg)
         self.extra = self.spec.extra_tensors(self.cfg)
-        in_file = {t.name for t in self.reader.tensors}
+        in_file = {t.name for t in self.tensors}
         missing = sorted(hf for g, hf in self.names.items() if g not in in_file)
         if missing:
             raise VerificationError(self.label, "weights", f"{len(missing)} source tensor(s) are missing from the "
@@ -77,38 +86,68 @@ class GGUFWeights:
                                                             f"e.g. {unknown[0]}")
 
     def type_counts(self) -> dict[str, int]:
-        return dict(Counter(t.tensor_type.name for t in self.reader.tensors))
+        return dict(Counter(t.type for t in self.tensors))
 
-    def __iter__(self) -> Iterator[ArtifactTensor]:
-        import gguf
-
-        for t in self.reader.tensors:
-            kind = t.tensor_type.name
-            shape = tuple(int(x) for x in reversed(t.shape.tolist()))  # ggml lists the fastest dimension first
+    def weights(self) -> ArtifactWeights:
+        """The file's weights by HF name, each dequantized when asked for; the tensors the
+        configuration implies (RoPE factors) are checked against it here."""
+        by_hf: dict[str, TensorRow] = {}
+        for t in self.tensors:
             if t.name in self.extra:
                 want = self.extra[t.name]
-                data = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape)
+                data = self._dequantize(t, 0, self._rows(t)).reshape(_hf_shape(t))
                 if want.shape != data.shape or not np.allclose(data, want, rtol=1e-3, atol=1e-6):
                     raise VerificationError(self.label, "weights", f"{t.name} differs from what the configuration "
                                                                     f"implies")
-                continue
-            hf = self.names[t.name]
-            if self.spec.untransform_rowwise(hf):
-                yield ArtifactTensor(hf, shape, partial(self._blocks, t, shape, hf), kind, bits_per_weight(kind))
-            else:  # rows move between heads: the whole tensor at once (q/k projections, small)
-                data = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape)
-                yield ArtifactTensor.whole(hf, self.spec.untransform(hf, data, self.cfg), kind, bits_per_weight(kind))
+            else:
+                by_hf[self.names[t.name]] = t
+        return ArtifactWeights(tuple(by_hf), lambda hf: self._tensor(by_hf[hf], hf))
 
-    def _blocks(self, t: Any, shape: tuple[int, ...], hf: str) -> Iterator[np.ndarray]:
-        """Dequantized rows, BLOCK_ROWS at a time (the raw data is a memory map: pages are read as needed)."""
+    @staticmethod
+    def _rows(t: TensorRow) -> int:
+        return math.prod(t.shape[1:]) if len(t.shape) > 1 else 1
+
+    def _dequantize(self, t: TensorRow, lo: int, hi: int) -> np.ndarray:
+        """Float32 rows ``[lo, hi)`` (ggml rows: ne0 values each) of a tensor, [rows, ne0]."""
         import gguf
 
-        raw = t.data
-        if len(shape) < 2:
-            yield self.spec.untransform(hf, np.asarray(gguf.quants.dequantize(raw, t.tensor_type),
-                                                       dtype=np.float32).reshape(shape), self.cfg)
+        row_bytes = t.nbytes // self._rows(t)
+        raw = np.frombuffer(self._mm, dtype=np.uint8, count=(hi - lo) * row_bytes,
+                            offset=t.offset + lo * row_bytes).reshape(hi - lo, row_bytes)
+        out = np.array(gguf.quants.dequantize(raw, gguf.GGMLQuantizationType[t.type]), dtype=np.float32)
+        del raw
+        return out.reshape(hi - lo, t.shape[0])
+
+    def _release(self, t: TensorRow) -> None:
+        """Drop a tensor's pages from this process's map of the file once dequantized: llama.cpp
+        maps the same file, and pages left mapped here would count twice."""
+        if not hasattr(mmap, "MADV_DONTNEED"):
             return
-        raw = raw.reshape(shape[0], -1)
-        for i in range(0, shape[0], BLOCK_ROWS):
-            block = np.asarray(gguf.quants.dequantize(raw[i:i + BLOCK_ROWS], t.tensor_type), dtype=np.float32)
-            yield self.spec.untransform(hf, block.reshape(-1, *shape[1:]), self.cfg)
+        lo = t.offset - t.offset % mmap.PAGESIZE
+        with contextlib.suppress(OSError, ValueError):
+            self._mm.madvise(mmap.MADV_DONTNEED, lo, t.offset + t.nbytes - lo)
+
+    def _tensor(self, t: TensorRow, hf: str) -> ArtifactTensor:
+        shape = _hf_shape(t)
+        if self.spec.untransform_rowwise(hf):
+            return ArtifactTensor(hf, shape, partial(self._blocks, t, shape, hf), t.type, bits_per_weight(t.type))
+        # rows move between heads: the whole tensor at once (q/k projections, small)
+        data = self._dequantize(t, 0, self._rows(t)).reshape(shape)
+        self._release(t)
+        return ArtifactTensor.whole(hf, self.spec.untransform(hf, data, self.cfg), t.type, bits_per_weight(t.type))
+
+    def _blocks(self, t: TensorRow, shape: tuple[int, ...], hf: str) -> Iterator[np.ndarray]:
+        """Dequantized HF rows, BLOCK_ROWS at a time (read from the map as needed)."""
+        if len(shape) < 2:
+            yield self.spec.untransform(hf, self._dequantize(t, 0, 1).reshape(shape), self.cfg)
+        else:
+            per = self._rows(t) // shape[0]  # ggml rows per HF row (1 for matrices)
+            for i in range(0, shape[0], BLOCK_ROWS):
+                n = min(BLOCK_ROWS, shape[0] - i)
+                block = self._dequantize(t, i * per, (i + n) * per)
+                yield self.spec.untransform(hf, block.reshape(n, *shape[1:]), self.cfg)
+        self._release(t)
+
+
+def _hf_shape(t: TensorRow) -> tuple[int, ...]:
+    return tuple(int(x) for x in reversed(t.shape))  # ggml lists the fastest dimension first

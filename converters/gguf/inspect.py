@@ -29,6 +29,7 @@ class TensorRow:
     type: str  # gguf.GGMLQuantizationType member name: Q4_K, F32
     shape: list[int]  # ggml order: shape[0] is the row length (ne0)
     nbytes: int
+    offset: int = 0  # of its data, from the start of the file
 
     @property
     def n_elements(self) -> int:
@@ -218,7 +219,7 @@ def _scan(path: Path, buf: Any, size: int) -> tuple[dict[str, Any], list[TensorR
         end = data_start + offset + nbytes
         if end > size:
             raise CorruptFileError(path, f"tensor {name} ends at byte {end}, past the end of the {size}-byte file")
-        rows.append(TensorRow(name, qtype.name, dims, nbytes))
+        rows.append(TensorRow(name, qtype.name, dims, nbytes, data_start + offset))
     return meta, rows
 
 

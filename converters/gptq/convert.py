@@ -305,7 +305,7 @@ def _verify_and_compare(ckpt: GPTQCheckpoint, ckpt_dir: Path, verifier: Verifier
     from transformers import AutoTokenizer
 
     from ..quality import make_windows, score_artifact
-    from ..reference import ArtifactTensor
+    from ..reference import ArtifactTensor, ArtifactWeights
 
     tokenizer = AutoTokenizer.from_pretrained(ckpt_dir)  # the checkpoint's own copy of the tokenizer
 
@@ -315,7 +315,8 @@ def _verify_and_compare(ckpt: GPTQCheckpoint, ckpt_dir: Path, verifier: Verifier
     gs = settings.group_size if settings.group_size > 0 else 0
     stored = f"int{settings.bits}/g{settings.group_size}"
     bits = settings.bits + (16 / gs if gs else 0.0)  # fp16 scale per group
-    weights = (ArtifactTensor.whole(f"{p}.weight", ckpt.dequantized_one(p), stored, bits) for p in ckpt.quantized)
+    weights = ArtifactWeights(tuple(f"{p}.weight" for p in ckpt.quantized),
+                              lambda n: ArtifactTensor.whole(n, ckpt.dequantized_one(n.removesuffix(".weight")), stored, bits))
     gptq_model = ckpt.float_model()
     verification = verifier.check(label, f"gptq-{scheme}", PRECISION[settings.bits], tokenize,
                                   partial(torch_logits, gptq_model), _model_score(gptq_model), weights)
@@ -325,7 +326,7 @@ def _verify_and_compare(ckpt: GPTQCheckpoint, ckpt_dir: Path, verifier: Verifier
         head = ref.encode("", True)
         windows = make_windows(ref.encode(heldout_text, False), head, n_ctx=ref.windows.first_scored * 2,
                                eval_tokens=ref.eval_settings.tokens, source="given held-out text")
-        scores = ref.scores_on(windows, verifier.expected)
+        scores = ref.scores_on(windows)
     with verifier.result.timer.step("held-out gptq vs rtn"):
         report(progress, "held-out", f"GPTQ vs round-to-nearest vs fp32 on {windows.n_scored} tokens")
         gptq = score_artifact(scores, windows, _model_score(gptq_model)) if heldout_text is not None else None

@@ -160,12 +160,12 @@ def verify_onnx(path: Path, label: str, q: OnnxQuant, verifier: Verifier, *, thr
 
     from .dequant import OnnxWeights
 
-    weights = OnnxWeights(path, verifier.inputs.source)
+    own = verifier.own_weights(q.name, OnnxWeights(path, verifier.inputs.source).weights())  # before ORT loads it
     with OnnxSession(path, n_ctx=0, n_threads=threads, device="cpu") as s:
         def score(ids: list[int], start: int) -> Iterator[np.ndarray]:
             yield s.logits(ids)[start:]
 
-        return verifier.check(label, q.name, q.precision, s.tokenize, s.logits, score, weights)
+        return verifier.check(label, q.name, q.precision, s.tokenize, s.logits, score, own)
 
 
 def _versions() -> dict[str, str]:

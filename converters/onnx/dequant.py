@@ -12,7 +12,6 @@ External data is memory-mapped, one tensor at a time.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..gguf.archs import TextConfig
-from ..reference import ArtifactTensor
+from ..reference import ArtifactTensor, ArtifactWeights
 from ..source import SourceModel
 
 # builder initializer prefix (after "model.layers.N.") -> HF module names it holds, in order
@@ -35,6 +34,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "mlp.down_proj": ("mlp.down_proj",),
 }
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)\.MatMul\.weight(?:_Q(\d+)G(\d+))?$")
+_HEAD = re.compile(r"^lm_head\.MatMul\.weight(?:_Q(\d+)G(\d+))?$")
 _ONNX_FLOAT = {1: np.float32, 10: np.float16, 11: np.float64}
 
 
@@ -49,6 +49,7 @@ class OnnxWeights:
         self.graph = onnx.load(str(self.model_dir / "model.onnx"), load_external_data=False).graph
         self.inits = {i.name: i for i in self.graph.initializer}
         self.cfg = TextConfig.from_hf(self.source.config)
+        self._last: tuple[str, Any] = ("", None)
 
     def _array(self, name: str) -> np.ndarray:
         from onnx import numpy_helper
@@ -71,31 +72,36 @@ class OnnxWeights:
             return (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.num_kv_heads * c.head_dim)
         return ()
 
-    def __iter__(self) -> Iterator[ArtifactTensor]:
+    def weights(self) -> ArtifactWeights:
+        """The graph's matrices by HF name (a fused q/k/v initializer stands for three), each
+        dequantized when asked for."""
+        where: dict[str, tuple[str, int]] = {}  # HF name -> (initializer, part)
         for name in self.inits:
-            if name == "lm_head.MatMul.weight" or name.startswith("lm_head.MatMul.weight_Q"):
-                targets: tuple[str, ...] = ("lm_head",)
-                parts: tuple[int, ...] = ()
-                m = re.match(r"^lm_head\.MatMul\.weight(?:_Q(\d+)G(\d+))?$", name)
-                assert m is not None
-                bits, block = m.group(1), m.group(2)
+            if (m := _HEAD.match(name)) is not None:
+                where["lm_head.weight"] = (name, 0)
             elif (m := _LAYER.match(name)) and m.group(2) in _MODULES:
-                layer, prefix, bits, block = m.groups()
-                targets = tuple(f"model.layers.{layer}.{t}" for t in _MODULES[prefix])
-                parts = self._split(prefix)
-            else:
-                continue
-            if bits is None:
-                w = np.asarray(self._array(name), dtype=np.float32).T  # MatMul B is [in, out]
-                stored, nbits = {1: "fp32", 10: "fp16"}.get(self.inits[name].data_type, "float"), 32.0
-                if stored == "fp16":
-                    nbits = 16.0
-            else:
-                w = self._nbits(name, int(bits), int(block))
-                stored, nbits = f"int{bits}/{block}", int(bits) + 16 / int(block)
-            rows: list[int] = [int(x) for x in np.cumsum(parts)[:-1]] if parts else []
-            for hf, piece in zip(targets, np.split(w, rows, axis=0) if len(targets) > 1 else [w], strict=True):
-                yield ArtifactTensor.whole(f"{hf}.weight", piece, stored, nbits)
+                for k, module in enumerate(_MODULES[m.group(2)]):
+                    where[f"model.layers.{m.group(1)}.{module}.weight"] = (name, k)
+        return ArtifactWeights(tuple(where), lambda hf: self._tensor(hf, *where[hf]))
+
+    def _tensor(self, hf: str, init: str, part: int) -> ArtifactTensor:
+        if init != self._last[0]:  # q, k and v are asked for in turn: split the fused matrix once
+            self._last = (init, self._matrix(init))
+        w, stored, nbits, parts = self._last[1]
+        rows = [0, *(int(x) for x in np.cumsum(parts))] if parts else [0, w.shape[0]]
+        return ArtifactTensor.whole(hf, w[rows[part]:rows[part + 1]], stored, nbits)
+
+    def _matrix(self, init: str) -> tuple[np.ndarray, str, float, tuple[int, ...]]:
+        """(float32 [out, in] matrix, stored type, bits per weight, fused row split) of an initializer."""
+        m = _HEAD.match(init) or _LAYER.match(init)
+        assert m is not None
+        bits, block = m.group(m.re.groups - 1), m.group(m.re.groups)
+        parts = self._split(m.group(2)) if m.re is _LAYER else ()
+        if bits is None:
+            w = np.asarray(self._array(init), dtype=np.float32).T  # MatMul B is [in, out]
+            stored = {1: "fp32", 10: "fp16"}.get(self.inits[init].data_type, "float")
+            return w, stored, 16.0 if stored == "fp16" else 32.0, parts
+        return self._nbits(init, int(bits), int(block)), f"int{bits}/{block}", int(bits) + 16 / int(block), parts
 
     def _nbits(self, name: str, bits: int, block: int) -> np.ndarray:
         base = name.rsplit("_Q", 1)[0]
