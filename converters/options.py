@@ -153,10 +153,15 @@ class GGUFOptions:
     format: ClassVar[Format] = Format.GGUF
     quants: tuple[str, ...] | None = None  # None: f16
     pre_tokenizer: str | None = None  # llama.cpp pre-tokenizer name, when detection cannot tell
+    # importance matrix for the quantizer: True computes one from the model on the calibration
+    # text (written to OUT_DIR/imatrix.gguf); a path reads one (llama-imatrix's GGUF or .dat)
+    imatrix: bool | Path | None = None
+    calibration: Path | None = None  # text for a computed imatrix (None: the packaged calibration mix)
+    tensor_type: tuple[str, ...] = ()  # "REGEX=TYPE" per-tensor types, as llama-quantize's --tensor-type
 
     def __post_init__(self) -> None:
         from .gguf.pretokenizers import PRE_TOKENIZERS
-        from .gguf.quants import parse_quants
+        from .gguf.quants import FLOAT_QUANTS, parse_quants
 
         if self.quants is not None:
             object.__setattr__(self, "quants", tuple(q.name for q in parse_quants(_names(self.quants))))
@@ -165,13 +170,82 @@ class GGUFOptions:
                                                or not self.pre_tokenizer.strip() or " " in self.pre_tokenizer):
             raise InputError(f"{opt('pre_tokenizer')} must be a llama.cpp pre-tokenizer name, not "
                              f"{self.pre_tokenizer!r}", hint=f"edgekit's table: {', '.join(PRE_TOKENIZERS)}")
+        quantized = [q for q in self.quant_names if q not in FLOAT_QUANTS]
+        self._check_imatrix(quantized)
+        object.__setattr__(self, "tensor_type", parse_tensor_types(self.tensor_type, bool(self.imatrix)))
+        if self.tensor_type and not quantized:
+            raise InputError(f"{opt('tensor_type')} sets types of quantized tensors, but this run makes "
+                             f"{','.join(self.quant_names)} only", hint=f"add a quantized type, e.g. "
+                                                                        f"{opt('quants', 'q4_k_m')}")
+
+    def _check_imatrix(self, quantized: list[str]) -> None:
+        from .gguf.imatrix import read_imatrix
+        from .gguf.quantize import imatrix_needed
+        from .gguf.quants import quant
+
+        value = self.imatrix
+        if value is False:
+            object.__setattr__(self, "imatrix", value := None)
+        if value is not None and not isinstance(value, bool | str | Path):
+            raise InputError(f"{opt('imatrix')} must be True (compute one) or a file, not {value!r}",
+                             hint=f"pass {opt('imatrix', 'True')} or {opt('imatrix', 'FILE')}")
+        if isinstance(value, str | Path):
+            object.__setattr__(self, "imatrix", value := Path(value))
+            read_imatrix(value)  # a clear error now (missing, not an imatrix); names are checked against the model
+        if (cal := _path(self, "calibration")) is not None:
+            if value is not True:
+                raise InputError(f"{opt('calibration')} is the text a computed importance matrix is made from, "
+                                 f"but {'a file is given' if value else 'none is computed'} for GGUF",
+                                 hint="add --imatrix / imatrix=True to compute one, or drop the calibration text")
+            if not cal.exists():
+                raise InputError(f"calibration text {cal} does not exist",
+                                 hint=f"pass a UTF-8 text file, a .jsonl file or a directory of them with "
+                                      f"{opt('calibration')}")
+        if value is not None and not quantized:
+            raise InputError(f"{opt('imatrix')} guides llama.cpp's quantizer, but this run makes "
+                             f"{','.join(self.quant_names)} only",
+                             hint=f"add a quantized type, e.g. {opt('quants', 'q4_k_m')}, or drop {opt('imatrix')}")
+        if value is None:
+            for name in quantized:
+                if quant(name).needs_imatrix:
+                    raise imatrix_needed(name)
 
     @property
     def quant_names(self) -> tuple[str, ...]:
         return self.quants or _names(DEFAULT_QUANTS[Format.GGUF])
 
     def converter_kwargs(self) -> dict[str, Any]:
-        return {"pre_override": self.pre_tokenizer}
+        return {"pre_override": self.pre_tokenizer, "imatrix": self.imatrix, "calibration": self.calibration,
+                "tensor_types": tuple(tuple(t.rsplit("=", 1)) for t in self.tensor_type)}
+
+
+def parse_tensor_types(value: Any, have_imatrix: bool) -> tuple[str, ...]:
+    """``"attn_v=q8_0"`` items (a string or a list of them) -> ``("attn_v=Q8_0", ...)``, each a
+    regular expression over GGUF tensor names and a ggml type llama.cpp can quantize to."""
+    import re
+
+    from .gguf.quantize import imatrix_needed
+    from .gguf.quants import IMATRIX_TYPES, TENSOR_TYPES
+
+    items = [value] if isinstance(value, str) else list(value or ())
+    out: list[str] = []
+    for item in items:
+        pattern, sep, type_name = str(item).rpartition("=")
+        if not isinstance(item, str) or not sep or not pattern or not type_name:
+            raise InputError(f"{opt('tensor_type')} takes PATTERN=TYPE, not {item!r}",
+                             hint=f"e.g. {opt('tensor_type', 'attn_v=q8_0')} (a regex over GGUF tensor names)")
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise InputError(f"{opt('tensor_type')} {item}: {pattern!r} is not a regular expression ({e})",
+                             hint="escape special characters, e.g. blk\\.0\\.ffn_down=q6_k") from e
+        key = type_name.strip().upper()
+        if key not in TENSOR_TYPES:
+            raise UnknownChoiceError("ggml tensor type", type_name, [n.lower() for n in TENSOR_TYPES])
+        if key in IMATRIX_TYPES and not have_imatrix:
+            raise imatrix_needed(key.lower())
+        out.append(f"{pattern}={key}")
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -259,12 +333,15 @@ def _fields(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
-# keyword -> the format whose record has it (None: common); ``quants`` is split by format
+# keywords more than one record has: ``quants`` is split by format; ``calibration`` is GPTQ's
+# text and a computed importance matrix's (GGUF, only with imatrix=True), one text for both
+SHARED = ("quants", "calibration")
+# keyword -> the format whose record has it (None: common)
 OWNER: dict[str, Format | None] = {**{n: None for n in _fields(CommonOptions)},
-                                   **{n: fmt for fmt, cls in RECORDS.items() for n in _fields(cls) if n != "quants"}}
-assert len(OWNER) == len(_fields(CommonOptions)) + sum(len(_fields(c)) - ("quants" in _fields(c))
+                                   **{n: fmt for fmt, cls in RECORDS.items() for n in _fields(cls) if n not in SHARED}}
+assert len(OWNER) == len(_fields(CommonOptions)) + sum(len([n for n in _fields(c) if n not in SHARED])
                                                        for c in RECORDS.values()), "a keyword in two records"
-KEYWORDS: tuple[str, ...] = ("quants", *sorted(OWNER))
+KEYWORDS: tuple[str, ...] = tuple(sorted((*SHARED, *OWNER)))
 
 
 def gptq_onnx_quants(asked: tuple[str, ...] | None, source: str) -> tuple[str, ...]:
@@ -328,6 +405,9 @@ def plan_conversion(to: str | list[str] | tuple[str, ...] = "gguf", *,
     for key, value in keywords.items():
         if key == "quants":
             continue
+        if key == "calibration":
+            _route_calibration(value, keywords, per_format)
+            continue
         if key not in OWNER:
             raise UnknownChoiceError("convert option", key, KEYWORDS)
         owner = OWNER[key]
@@ -353,6 +433,17 @@ def plan_conversion(to: str | list[str] | tuple[str, ...] = "gguf", *,
             per_format[fmt]["quants"] = _names(defaults[fmt])  # ONNX from GPTQ: int4, whatever the defaults
     records = tuple(RECORDS[fmt](**per_format[fmt]) for fmt in formats)
     return ConversionPlan(records, CommonOptions(**common))
+
+
+def _route_calibration(value: Any, keywords: dict[str, Any], per_format: dict[Format, dict[str, Any]]) -> None:
+    """The calibration text goes to GPTQ and to GGUF's computed importance matrix, whichever run."""
+    takers = [f for f in per_format if f is Format.GPTQ or (f is Format.GGUF and keywords.get("imatrix") is True)]
+    if not takers:
+        raise InputError(f"{opt('calibration')} is the text GPTQ and a computed importance matrix are made from, "
+                         f"but this run makes neither", hint="add gptq to --to / to=, or --imatrix / imatrix=True "
+                                                             "for GGUF, or drop the calibration text")
+    for fmt in takers:
+        per_format[fmt]["calibration"] = value
 
 
 def _bits_from_names(names: tuple[str, ...], bits: Any) -> int:

@@ -36,8 +36,8 @@ def convert(model_dir: str | Path, out_dir: str | Path, *, to: str = "gguf", **o
     Takes what ``edgekit convert`` takes, by the flags' names with underscores: ``quants``,
     ``adapter``, ``name``, ``verify``, ``threads``, ``progress``; ONNX: ``target``,
     ``block_size``, ``int4_algo``, ``from_gptq``; GPTQ: ``bits``, ``group_size``, ``act_order``,
-    ``calibration``, ``samples``, ``seq_len``, ``compressed_tensors``; GGUF: ``pre_tokenizer``
-    (the records in :mod:`edgekit.converters.options` document each). ``to`` may name several
+    ``calibration``, ``samples``, ``seq_len``, ``compressed_tensors``; GGUF: ``pre_tokenizer``,
+    ``imatrix`` (True: computed on ``calibration``; or a file), ``tensor_type`` (the records in :mod:`edgekit.converters.options` document each). ``to`` may name several
     formats (``"gguf,onnx"``): ``quants`` is then split by format (their names are disjoint),
     each option goes to the format it belongs to (an option of a format not in ``to`` is an
     error), the source is read and the reference computed once, and a list of results is

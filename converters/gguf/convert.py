@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,8 @@ from ..quality import QualitySettings
 from ..source import SourceModel
 from .archs import ArchSpec, spec_for
 from .dequant import GGUFWeights
-from .quantize import artifact_types, quantize_file
+from .imatrix import IMATRIX_FILE, Imatrix, check_against, compute_imatrix, matrix_widths, read_imatrix
+from .quantize import artifact_types, imatrix_needed, quantize_file
 from .quants import FLOAT_QUANTS, GGUFQuant, parse_quants
 from .writer import write_float_gguf
 
@@ -57,20 +58,34 @@ def convert_gguf(
     timer: StepTimer | None = None,
     prepared: Inputs | None = None,
     quality: QualitySettings | None = None,
+    imatrix: bool | Path | None = None,
+    calibration: Path | None = None,
+    tensor_types: Sequence[tuple[str, str]] = (),
 ) -> Conversion:
-    """Convert, quantize and verify. ``spec``/``pre_override`` exist to test the verifier."""
+    """Convert, quantize and verify. ``spec``/``pre_override`` exist to test the verifier.
+
+    ``imatrix``: True computes an importance matrix from the model on ``calibration`` (the
+    packaged calibration mix by default) and writes it to ``OUT_DIR/imatrix.gguf``; a path uses
+    that file. ``tensor_types``: (regex, ggml type) pairs llama.cpp applies per tensor."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     wanted: list[GGUFQuant] = parse_quants(quants)
+    if not imatrix:
+        for q in wanted:
+            if q.needs_imatrix:
+                raise imatrix_needed(q.name)  # before anything is read or written
     timer = timer or StepTimer()
     inputs = open_inputs(model_dir, adapter_dir, timer, prepared, quality)
     source, adapter = inputs.source, inputs.adapter
     spec = spec or spec_for(source.config)
+    given = _given_imatrix(imatrix, inputs, spec, wanted)  # a file is checked before anything is written
     result = start_output(out_dir, inputs, timer)
     verifier = Verifier(inputs, result, progress, threads)
     stem = slug(name or model_dir.resolve().name)
     report(progress, "source", f"{spec.name}, {len(source.names())} tensors, "
                                f"{source.weights_bytes / 2**20:.1f} MiB{' + LoRA' if adapter else ''}")
 
+    im_values, im_record = given or _computed_imatrix(imatrix, calibration, inputs, spec, out_dir, wanted, timer,
+                                                      progress, threads)
     base_type = _base_type(source.dtype_tags())
     # The lossless float type, when requested, is written first and doubles as the
     # quantization base; otherwise a temporary base is written and deleted at the end.
@@ -102,8 +117,13 @@ def convert_gguf(
                         assert base_path is not None
                         with timer.step(f"quantize {q.name}"):
                             report(progress, f"quantize {q.name}", "llama.cpp quantizer")
-                            quantize_file(base_path, tmp, q, threads=threads)
+                            quantize_file(base_path, tmp, q, threads=threads, imatrix=im_values,
+                                          tensor_types=tensor_types)
                     types = artifact_types(tmp, q, final.name)  # read from the file; warns on fallbacks
+                    if q.name not in FLOAT_QUANTS:
+                        types.update({"imatrix": im_record} if im_record else {})
+                        types.update({"tensor_type_overrides": [f"{p}={t}" for p, t in tensor_types]}
+                                     if tensor_types else {})
                     verification = None
                     if verify_artifacts:
                         verification = verify_gguf(tmp, final.name, q, verifier, source, spec, threads=threads)
@@ -121,6 +141,36 @@ def convert_gguf(
         if base_tmp is not None:
             base_tmp.unlink(missing_ok=True)
     return result
+
+
+ImatrixUse = tuple[dict[str, np.ndarray] | None, dict[str, Any] | None]  # (per-channel means, manifest record)
+
+
+def _given_imatrix(imatrix: bool | Path | None, inputs: Inputs, spec: ArchSpec,
+                   wanted: list[GGUFQuant]) -> ImatrixUse | None:
+    """An imatrix file, read and checked against the model's tensor names and widths."""
+    if imatrix is None or isinstance(imatrix, bool) or all(q.name in FLOAT_QUANTS for q in wanted):
+        return None
+    widths = matrix_widths(inputs.source, spec)
+    im = read_imatrix(Path(imatrix))
+    check_against(im, widths, str(imatrix))
+    return im.values(), {"file": str(imatrix), "computed": False, **im.describe(), "tensors_of_model": len(widths)}
+
+
+def _computed_imatrix(imatrix: bool | Path | None, calibration: Path | None, inputs: Inputs, spec: ArchSpec,
+                      out_dir: Path, wanted: list[GGUFQuant], timer: StepTimer, progress: ProgressFn | None,
+                      threads: int | None) -> ImatrixUse:
+    """imatrix=True: computed from the source model on the calibration text, kept as OUT_DIR/imatrix.gguf."""
+    if imatrix is not True or all(q.name in FLOAT_QUANTS for q in wanted):
+        return None, None
+    widths = matrix_widths(inputs.source, spec)
+    with timer.step("imatrix"):
+        im: Imatrix = compute_imatrix(inputs.model_dir, inputs.source, spec, adapter=inputs.adapter,
+                                      calibration=calibration, threads=threads, progress=progress)
+        check_against(im, widths, "computed from the model")  # edgekit's own names: a bug if not
+        with atomic_output(out_dir / IMATRIX_FILE) as tmp:
+            im.write(tmp)
+    return im.values(), {"file": IMATRIX_FILE, "computed": True, **im.describe(), "tensors_of_model": len(widths)}
 
 
 def verify_gguf(path: Path, label: str, q: GGUFQuant, verifier: Verifier, source: SourceModel, spec: ArchSpec,

@@ -27,6 +27,7 @@ class Precision(StrEnum):
     INT4 = "int4"
     INT3 = "int3"
     INT2 = "int2"
+    INT1 = "int1"
 
 
 @dataclass(frozen=True)
@@ -37,9 +38,12 @@ class GGUFQuant:
     bpw: float  # nominal bits per weight of main_type
     precision: Precision
     note: str
+    needs_imatrix: bool = False  # llama.cpp refuses it without an importance matrix (its main type does)
 
 
-# Only types llama.cpp can make without an importance matrix (IQ*, Q2_K_S need one).
+# The i-quants' main type is llama.cpp's llama_ftype_get_default_type (iq2_s is mostly IQ2_XS,
+# iq3_m/iq3_xs mostly IQ3_S); needs_imatrix marks those whose main type llama.cpp will not make
+# without one (tensor_requires_imatrix: IQ3_XXS, IQ2_*, IQ1_*). The others use one when given.
 QUANTS: tuple[GGUFQuant, ...] = (
     GGUFQuant("f32", "LLAMA_FTYPE_ALL_F32", "F32", 32.0, Precision.FP32, "lossless, 4 bytes/weight"),
     GGUFQuant("f16", "LLAMA_FTYPE_MOSTLY_F16", "F16", 16.0, Precision.FP16, "half precision"),
@@ -58,8 +62,32 @@ QUANTS: tuple[GGUFQuant, ...] = (
     GGUFQuant("q3_k_m", "LLAMA_FTYPE_MOSTLY_Q3_K_M", "Q3_K", 3.4375, Precision.INT3, "3-bit k-quant"),
     GGUFQuant("q3_k_s", "LLAMA_FTYPE_MOSTLY_Q3_K_S", "Q3_K", 3.4375, Precision.INT3, "3-bit k-quant, smallest"),
     GGUFQuant("q2_k", "LLAMA_FTYPE_MOSTLY_Q2_K", "Q2_K", 2.625, Precision.INT2, "2-bit k-quant, large quality loss"),
+    GGUFQuant("iq4_nl", "LLAMA_FTYPE_MOSTLY_IQ4_NL", "IQ4_NL", 4.5, Precision.INT4, "4-bit non-linear, blocks of 32"),
+    GGUFQuant("iq4_xs", "LLAMA_FTYPE_MOSTLY_IQ4_XS", "IQ4_XS", 4.25, Precision.INT4, "4-bit non-linear i-quant"),
+    GGUFQuant("iq3_m", "LLAMA_FTYPE_MOSTLY_IQ3_M", "IQ3_S", 3.4375, Precision.INT3, "3-bit i-quant, some tensors higher"),
+    GGUFQuant("iq3_s", "LLAMA_FTYPE_MOSTLY_IQ3_S", "IQ3_S", 3.4375, Precision.INT3, "3-bit i-quant"),
+    GGUFQuant("iq3_xs", "LLAMA_FTYPE_MOSTLY_IQ3_XS", "IQ3_S", 3.4375, Precision.INT3, "3-bit i-quant, some iq3_xxs"),
+    GGUFQuant("iq3_xxs", "LLAMA_FTYPE_MOSTLY_IQ3_XXS", "IQ3_XXS", 3.0625, Precision.INT3, "3-bit i-quant, smallest",
+              needs_imatrix=True),
+    GGUFQuant("iq2_m", "LLAMA_FTYPE_MOSTLY_IQ2_M", "IQ2_S", 2.5625, Precision.INT2, "2-bit i-quant, some tensors higher",
+              needs_imatrix=True),
+    GGUFQuant("iq2_s", "LLAMA_FTYPE_MOSTLY_IQ2_S", "IQ2_XS", 2.3125, Precision.INT2, "2-bit i-quant",
+              needs_imatrix=True),
+    GGUFQuant("iq2_xs", "LLAMA_FTYPE_MOSTLY_IQ2_XS", "IQ2_XS", 2.3125, Precision.INT2, "2-bit i-quant",
+              needs_imatrix=True),
+    GGUFQuant("iq2_xxs", "LLAMA_FTYPE_MOSTLY_IQ2_XXS", "IQ2_XXS", 2.0625, Precision.INT2, "2-bit i-quant, smallest",
+              needs_imatrix=True),
+    GGUFQuant("iq1_m", "LLAMA_FTYPE_MOSTLY_IQ1_M", "IQ1_M", 1.75, Precision.INT1, "1.75-bit i-quant, very large loss",
+              needs_imatrix=True),
+    GGUFQuant("iq1_s", "LLAMA_FTYPE_MOSTLY_IQ1_S", "IQ1_S", 1.5625, Precision.INT1, "1.5-bit i-quant, very large loss",
+              needs_imatrix=True),
 )
 _BY_NAME = {q.name: q for q in QUANTS}
+# ggml types a tensor can be given with --tensor-type (gguf.GGMLQuantizationType names), and those
+# llama.cpp will not make without an importance matrix (llama-quant.cpp tensor_requires_imatrix)
+TENSOR_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0", "Q3_K", "Q2_K",
+                "IQ4_XS", "IQ4_NL", "IQ3_S", "IQ3_XXS", "IQ2_S", "IQ2_XS", "IQ2_XXS", "IQ1_M", "IQ1_S")
+IMATRIX_TYPES = frozenset({"IQ3_XXS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_M", "IQ1_S"})
 FLOAT_QUANTS = frozenset({"f32", "f16", "bf16"})
 
 

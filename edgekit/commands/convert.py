@@ -36,6 +36,13 @@ _C, _O, _Q = CommonOptions, ONNXOptions, GPTQOptions
 @click.option("--name", default=None, help="Base name of the output files (default: the model dir's name).")
 @click.option("--pre-tokenizer", default=None,
               help="GGUF: llama.cpp pre-tokenizer name, when it cannot be derived from tokenizer.json.")
+@click.option("--imatrix", "imatrix", is_flag=False, flag_value="", default=None, metavar="[FILE]",
+              help="GGUF: give llama.cpp's quantizer an importance matrix: alone, computed from the model on the "
+                   "calibration text (written to OUT/imatrix.gguf); with FILE, one made by llama-imatrix (GGUF or "
+                   ".dat). Needed by iq3_xxs, iq2_*, iq1_*; lowers the loss of every quantized type.")
+@click.option("--tensor-type", "tensor_type", multiple=True, metavar="PATTERN=TYPE",
+              help="GGUF: quantize tensors whose name matches the regex PATTERN to TYPE (repeatable, as "
+                   "llama-quantize's), e.g. --tensor-type attn_v=q8_0.")
 @click.option("--target", default=str(_O.target), show_default=True,
               help="ONNX: where it will run, cpu|cuda|jetson (decides the graph the builder emits).")
 @click.option("--block-size", type=int, default=_O.block_size, show_default=True,
@@ -48,7 +55,7 @@ _C, _O, _Q = CommonOptions, ONNXOptions, GPTQOptions
 @click.option("--act-order/--no-act-order", default=_Q.act_order, show_default=True,
               help="GPTQ: process columns by activation size (better, same format).")
 @click.option("--calibration", type=click.Path(path_type=Path), default=None,
-              help="GPTQ: calibration text: .txt/.md/.rst files, a directory of them, or .jsonl with \"text\" "
+              help="GPTQ and --imatrix: calibration text: .txt/.md/.rst files, a directory of them, or .jsonl with \"text\" "
                    "or chat \"messages\" (rendered through the model's chat template) "
                    "(default: the packaged prose/code/dialogue mix).")
 @click.option("--samples", type=int, default=_Q.samples, show_default=True, help="GPTQ: calibration windows.")
@@ -83,6 +90,10 @@ def convert(model_dir: Path | None, to: str, out_dir: Path, demo: bool, as_json:
     given = {k: v for k, v in flags.items() if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
     if given.pop("no_verify", False):
         given["verify"] = False
+    if given.get("imatrix") == "":  # --imatrix without a file: compute one
+        given["imatrix"] = True
+    if "tensor_type" in given:
+        given["tensor_type"] = tuple(given["tensor_type"])
     defaults = None
     if demo:
         from edgekit.demo import demo_model_dir

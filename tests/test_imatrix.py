@@ -1,0 +1,202 @@
+"""Importance matrix from the source model, i-quants and --tensor-type (issue 15, first slice).
+
+On the packaged trained demo model (hidden 256, intermediate 512, 4 layers): the imatrix file
+is llama.cpp's format and holds what a plain transformers forward computes; llama.cpp's
+quantizer takes it in-process (an i-quant it refuses without one is made and verified with
+it); it lowers the KL of q2_k and q3_k_m on held-out text; a per-tensor type shows in the file.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import edgekit
+from edgekit.converters.gguf.archs import spec_for
+from edgekit.converters.gguf.imatrix import (
+    Imatrix,
+    calibration_windows,
+    compute_imatrix,
+    matrix_widths,
+    read_imatrix,
+)
+from edgekit.converters.source import open_source
+from edgekit.demo import demo_model_dir, heldout_path
+from edgekit.errors import InputError
+
+SAMPLES, SEQ_LEN = 32, 256
+
+
+@pytest.fixture(scope="module")
+def imatrix_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Imatrix]:
+    src = open_source(demo_model_dir())
+    im = compute_imatrix(demo_model_dir(), src, spec_for(src.config), samples=SAMPLES, seq_len=SEQ_LEN)
+    path = tmp_path_factory.mktemp("imatrix") / "imatrix.gguf"
+    im.write(path)
+    return path, im
+
+
+def test_file_is_llama_cpp_format(imatrix_file: tuple[Path, Imatrix]) -> None:
+    import gguf
+
+    path, im = imatrix_file
+    src = open_source(demo_model_dir())
+    widths = matrix_widths(src, spec_for(src.config))
+    r = gguf.GGUFReader(str(path))
+    assert r.get_field("general.type").contents() == "imatrix"
+    assert r.get_field("general.architecture") is None  # as llama-imatrix writes it
+    assert r.get_field("imatrix.datasets").contents() == ["packaged: calibration mix"]
+    assert r.get_field("imatrix.chunk_count").contents() == SAMPLES
+    assert r.get_field("imatrix.chunk_size").contents() == SEQ_LEN
+    tensors = {t.name: t for t in r.tensors}
+    # every matrix the writer produces (tied head: token_embd.weight, counted at the head's input)
+    assert set(tensors) == {f"{n}{s}" for n in widths for s in (".in_sum2", ".counts")}
+    for name, ne0 in widths.items():
+        sums, counts = tensors[name + ".in_sum2"], tensors[name + ".counts"]
+        assert sums.tensor_type == counts.tensor_type == gguf.GGMLQuantizationType.F32
+        assert [int(x) for x in sums.shape] == [ne0, 1] and [int(x) for x in counts.shape] == [1, 1]
+        assert float(np.asarray(counts.data).reshape(-1)[0]) == SAMPLES * SEQ_LEN  # every token of every window
+        assert np.all(np.asarray(sums.data) >= 0) and float(np.asarray(sums.data).sum()) > 0
+    back = read_imatrix(path)
+    assert set(back.sums) == set(im.sums)
+    assert all(np.array_equal(back.sums[n], im.sums[n]) for n in im.sums)
+    values = back.values()["blk.0.ffn_down.weight"]
+    assert values.shape == (512,)
+    np.testing.assert_allclose(values, im.sums["blk.0.ffn_down.weight"][0] / (SAMPLES * SEQ_LEN), rtol=1e-6)
+
+
+def test_sums_equal_a_plain_forward(tmp_path: Path) -> None:
+    """The layer-by-layer pass with hooks adds up what the whole model in transformers sees."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from edgekit.converters.gguf.archs import TextConfig
+    from edgekit.converters.gguf.dequant import hf_names
+    from edgekit.converters.textsets import calibration_texts, token_stream
+
+    d = demo_model_dir()
+    src = open_source(d)
+    spec = spec_for(src.config)
+    im = compute_imatrix(d, src, spec, samples=2, seq_len=64)
+    tok = AutoTokenizer.from_pretrained(d)
+    windows = calibration_windows(tok, token_stream(tok, [calibration_texts(None, tok).text()]), 2, 64)
+    model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+    to_gguf = {hf: g for g, hf in hf_names(src, spec, TextConfig.from_hf(src.config)).items()}
+    want: dict[str, Any] = {}
+
+    def hook(key: str) -> Any:
+        def pre(_: Any, args: tuple[Any, ...]) -> None:
+            x = args[0].reshape(-1, args[0].shape[-1]).double()
+            want[key] = want.get(key, 0) + x.square().sum(0)
+        return pre
+
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear):
+            key = to_gguf.get(f"{name}.weight", "token_embd.weight" if name == "lm_head" else None)
+            assert key is not None, name
+            mod.register_forward_pre_hook(hook(key))
+    with torch.inference_mode():
+        for w in windows:
+            model(input_ids=torch.tensor([w]))
+    assert set(want) == set(im.sums)
+    for key, sums in want.items():
+        np.testing.assert_allclose(im.sums[key][0], sums.numpy(), rtol=2e-3, atol=1e-6, err_msg=key)
+        assert float(im.counts[key][0]) == 2 * 64
+
+
+def test_legacy_dat_and_foreign_names(tmp_path: Path, imatrix_file: tuple[Path, Imatrix]) -> None:
+    _, im = imatrix_file
+    # legacy .dat: n, then (len, name, ncall, nval, values), then chunks and dataset
+    dat = tmp_path / "old.dat"
+    name = b"blk.0.attn_q.weight"
+    values = np.arange(256, dtype=np.float32)
+    dat.write_bytes(struct.pack("<ii", 1, len(name)) + name + struct.pack("<ii", 10, 256) + values.tobytes()
+                    + struct.pack("<ii", 10, 4) + b"wiki")
+    old = read_imatrix(dat)
+    assert old.datasets == ["wiki"] and old.chunk_count == 10
+    np.testing.assert_allclose(old.values()[name.decode()], values / 10)
+    # a file made for another model: one line naming what this model lacks, nothing written
+    foreign = Imatrix({**im.sums, "blk.99.attn_q.weight": im.sums["blk.0.attn_q.weight"]},
+                      {**im.counts, "blk.99.attn_q.weight": im.counts["blk.0.attn_q.weight"]}, ["x"], 1, 1)
+    bad = tmp_path / "foreign.gguf"
+    foreign.write(bad)
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match=r"names 1 tensor\(s\) this model does not have: blk\.99\.attn_q\.weight"):
+        edgekit.convert(demo_model_dir(), out, quants="q2_k", imatrix=bad, verify=False)
+    assert not out.exists()  # refused before anything was written
+    with pytest.raises(InputError, match="not an importance matrix"):
+        edgekit.convert(demo_model_dir(), out, quants="q2_k", imatrix=_model_file(tmp_path), verify=False)
+
+
+def _model_file(tmp_path: Path) -> Path:
+    res = edgekit.convert(demo_model_dir(), tmp_path / "f16", quants="f16", verify=False)
+    return tmp_path / "f16" / res.artifacts[0].file
+
+
+def test_iquant_refused_without_imatrix(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+
+    out = tmp_path / "o"
+    with pytest.raises(InputError, match="iq2_xxs needs an importance matrix") as e:
+        edgekit.convert(demo_model_dir(), out, quants="iq2_xxs")
+    assert "--imatrix / imatrix=True" in (e.value.hint or "")
+    assert not out.exists()  # refused before anything was read or written
+    r = CliRunner().invoke(main, ["convert", "--demo", "-q", "q4_k_m,iq1_s", "-o", str(out)])
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert r.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error: GGUF type iq1_s needs an importance")
+    with pytest.raises(InputError, match="iq2_xs needs an importance matrix"):  # a per-tensor type too
+        edgekit.convert(demo_model_dir(), out, quants="q4_k_m", tensor_type=["ffn_down=iq2_xs"])
+    with pytest.raises(InputError, match="calibration= is the text GPTQ and a computed importance matrix"):
+        edgekit.convert(demo_model_dir(), out, quants="q4_k_m", calibration=heldout_path())
+    with pytest.raises(InputError, match=r"guides llama\.cpp's quantizer, but this run makes f16 only"):
+        edgekit.convert(demo_model_dir(), out, quants="f16", imatrix=True)
+    assert not out.exists()
+
+
+def _kl(result: Any) -> dict[str, float]:
+    return {a.quant: a.verification["mean_kl"] for a in result.artifacts}
+
+
+def test_imatrix_lowers_kl_and_makes_iquants(tmp_path: Path, imatrix_file: tuple[Path, Imatrix]) -> None:
+    path, _ = imatrix_file
+    kwargs: dict[str, Any] = {"eval_text": heldout_path(), "eval_tokens": 1024}
+    with_im = edgekit.convert(demo_model_dir(), tmp_path / "im", quants="q2_k,q3_k_m,iq2_xxs,iq4_xs", imatrix=path,
+                              **kwargs)
+    plain = edgekit.convert(demo_model_dir(), tmp_path / "plain", quants="q2_k,q3_k_m", **kwargs)
+    assert not with_im.refused and not plain.refused
+    for a in with_im.artifacts:  # every i-quant made with the matrix passes the correctness check
+        assert a.verification["correctness"]["passed"], a.quant
+        assert a.extra["imatrix"]["tensors"] == 29 and a.extra["imatrix"]["file"] == str(path)
+    by_quant = {a.quant: a for a in with_im.artifacts}
+    assert by_quant["iq2_xxs"].extra["tensor_types"].get("iq2_xxs", 0) > 0
+    kl_im, kl_plain = _kl(with_im), _kl(plain)
+    assert kl_im["q2_k"] < kl_plain["q2_k"], (kl_im, kl_plain)
+    assert kl_im["q3_k_m"] < kl_plain["q3_k_m"], (kl_im, kl_plain)
+
+
+def test_tensor_type_override(tmp_path: Path) -> None:
+    from edgekit.converters.gguf.inspect import read_gguf
+
+    res = edgekit.convert(demo_model_dir(), tmp_path, quants="q4_k_s", verify=False,
+                          tensor_type=[r"attn_v=q8_0", r"blk\.0\.ffn_down=IQ4_NL"])
+    types = {t.name: t.type for t in read_gguf(tmp_path / res.artifacts[0].file).tensors}
+    assert {types[f"blk.{i}.attn_v.weight"] for i in range(4)} == {"Q8_0"}
+    assert types["blk.0.ffn_down.weight"] == "IQ4_NL" and types["blk.1.ffn_down.weight"] != "IQ4_NL"
+    assert types["blk.0.attn_q.weight"] == "Q4_K"
+    assert res.artifacts[0].extra["tensor_type_overrides"] == [r"attn_v=Q8_0", r"blk\.0\.ffn_down=IQ4_NL"]
+    with pytest.raises(InputError, match="PATTERN=TYPE"):
+        edgekit.convert(demo_model_dir(), tmp_path / "x", quants="q4_k_s", tensor_type=["attn_v"])
+    with pytest.raises(InputError, match="not a regular expression"):
+        edgekit.convert(demo_model_dir(), tmp_path / "x", quants="q4_k_s", tensor_type=["attn_v(=q8_0"])
+
+
+def test_binding_layout() -> None:
+    from edgekit.converters.gguf.quantize import check_binding
+
+    check_binding(True, True)  # the layout the binding declares is the one edgekit passes data through
