@@ -31,8 +31,11 @@ _log = logging.getLogger("edgekit.llama_cpp")
 _LEVELS = {0: logging.DEBUG, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.DEBUG, 5: logging.DEBUG}
 # llama_model_quantize, per tensor: "warning: blk.0.attn_q.weight - ncols 576 not divisible by
 # 256 (required for type q4_K)", "-> falling back to q5_0", then "N of M tensor(s) required
-# fallback quantization". Matched to pick a level only; nothing is counted from log text.
-_FALLBACK_LINES = re.compile(r"not divisible by \d+|falling back to|required fallback quantization")
+# fallback quantization"; with --tensor-type, "applying manual override: q2_K -> q8_0" per tensor
+# (the manifest records the overrides and the types the file holds). Matched to pick a level
+# only; nothing is counted from log text.
+_FALLBACK_LINES = re.compile(r"not divisible by \d+|falling back to|required fallback quantization"
+                             r"|applying manual override")
 _callback: Any = None  # keep a reference: ctypes would free the trampoline otherwise
 _patch_lock = threading.Lock()
 

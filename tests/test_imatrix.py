@@ -196,6 +196,32 @@ def test_tensor_type_override(tmp_path: Path) -> None:
         edgekit.convert(demo_model_dir(), tmp_path / "x", quants="q4_k_s", tensor_type=["attn_v(=q8_0"])
 
 
+def test_cli_flags(tmp_path: Path) -> None:
+    """``--imatrix`` alone computes one (on --calibration text: a few windows here), ``--imatrix FILE``
+    reads one, ``--tensor-type`` repeats."""
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+    from edgekit.converters.gguf.inspect import read_gguf
+
+    text = tmp_path / "cal.txt"
+    text.write_text(heldout_path().read_text(encoding="utf-8")[:6000], encoding="utf-8")
+    out = tmp_path / "a"
+    r = CliRunner().invoke(main, ["convert", "--demo", "-q", "iq2_xxs", "--imatrix", "--calibration", str(text),
+                                  "--no-verify", "--quiet", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    im = read_imatrix(out / "imatrix.gguf")
+    assert im.datasets == [str(text)] and 1 <= im.chunk_count < SAMPLES
+    r = CliRunner().invoke(main, ["convert", "--demo", "-q", "q2_k", "--imatrix", str(out / "imatrix.gguf"),
+                                  "--tensor-type", "attn_k=q8_0", "--tensor-type", "ffn_up=q6_k", "--no-verify",
+                                  "--json", "-o", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    types = {t.name: t.type for t in read_gguf(tmp_path / "b" / "edgekit-demo-q2_k.gguf").tensors}
+    assert (types["blk.3.attn_k.weight"], types["blk.3.ffn_up.weight"]) == ("Q8_0", "Q6_K")
+    r = CliRunner().invoke(main, ["convert", "--imatrix", str(demo_model_dir()), "-q", "q2_k"])
+    assert r.exit_code == 1 and "--imatrix took" in r.output and "put --imatrix after MODEL_DIR" in r.output
+
+
 def test_binding_layout() -> None:
     from edgekit.converters.gguf.quantize import check_binding
 

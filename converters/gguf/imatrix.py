@@ -95,6 +95,9 @@ class Imatrix:
 def read_imatrix(path: Path) -> Imatrix:
     """An imatrix file: llama.cpp's GGUF format, or the legacy ``.dat`` of older ``llama-imatrix``."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"importance matrix {path} is a directory, not a file",
+                         hint="--imatrix takes an optional FILE: put it after MODEL_DIR, or write --imatrix=FILE")
     if not path.is_file():
         raise InputError(f"importance matrix {path} does not exist",
                          hint=f"pass a file made by llama-imatrix or edgekit, or {_OPTION.split(' /')[0]} alone "

@@ -107,6 +107,9 @@ def convert(model_dir: Path | None, to: str, out_dir: Path, demo: bool, as_json:
 
         given.setdefault("eval_text", heldout_path())
         defaults = {Format(f): q for f, q in DEMO_DEFAULTS.items()}
+    if model_dir is None and isinstance(given.get("imatrix"), str) and Path(given["imatrix"]).is_dir():
+        raise InputError(f"--imatrix took {given['imatrix']} as its FILE, and MODEL_DIR is missing",
+                         hint="put --imatrix after MODEL_DIR, or write --imatrix=FILE")
     if model_dir is None:
         raise InputError("missing MODEL_DIR", hint="pass a Hugging Face model directory, or --demo")
     plan = plan_conversion(to, defaults=defaults, progress=StepPrinter(quiet=quiet or as_json), **given)
