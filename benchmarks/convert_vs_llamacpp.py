@@ -248,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="give up on the verified run after this many seconds (recorded as such)")
     ap.add_argument("--verify-arg", action="append", default=[],
                     help="extra argument for the verified edgekit run (repeatable), e.g. --verify-arg=--threads=2")
+    ap.add_argument("--verified-quant", default=None,
+                    help="type of the verified run (default: --outtype; q4_k_m for the 7B laptop figure)")
     ap.add_argument("--json", type=Path, default=Path("bench-out/convert_vs_llamacpp/results.json"))
     args = ap.parse_args(argv)
 
@@ -255,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     from edgekit.ui import format_table, human_bytes
 
     lc = find_llamacpp(args.llamacpp_dir)
+    vquant = args.verified_quant or args.outtype
     work = Path(tempfile.mkdtemp(prefix="ek-convbench-", dir=args.work_dir))
     try:
         if args.synthetic:
@@ -292,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         verified = None
         if not args.no_verified:
             print(f"  edgekit verified run (up to {args.verified_timeout:.0f} s) ...", flush=True)
-            verified = run_edgekit(model, args.outtype, work / "out-ek-verified", verify=True, extra=args.verify_arg,
+            verified = run_edgekit(model, vquant, work / "out-ek-verified", verify=True, extra=args.verify_arg,
                                    timeout=args.verified_timeout)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -307,10 +310,10 @@ def main(argv: list[str] | None = None) -> int:
                  ek_wall / _median(ref, "wall_s") if ref else None, human_bytes(ek_rss),
                  ek_rss / _median(ref, "peak_rss_bytes") if ref else None])
     if verified is not None and verified.get("timed_out"):
-        rows.append([f"edgekit convert -q {args.outtype} (verified): stopped, unfinished", verified["wall_s"],
+        rows.append([f"edgekit convert -q {vquant} (verified): stopped, unfinished", verified["wall_s"],
                      None, None, None])
     elif verified is not None:
-        rows.append([f"edgekit convert -q {args.outtype} (verified)", verified["wall_s"],
+        rows.append([f"edgekit convert -q {vquant} (verified)", verified["wall_s"],
                      verified["wall_s"] / _median(ref, "wall_s") if ref else None,
                      human_bytes(verified["peak_rss_bytes"]),
                      verified["peak_rss_bytes"] / _median(ref, "peak_rss_bytes") if ref else None])
@@ -319,6 +322,11 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(["conversion", "wall s", "x llama.cpp", "peak RSS", "RSS x llama.cpp"], rows))
     print(f"edgekit --no-verify peak RSS - largest tensor = {human_bytes(ek_rss - largest)}")
     if verified is not None and not verified.get("timed_out"):
+        # issue 14's memory goal for verification: peak <= 1.2 x max(source weights, artifact)
+        bound = max(weights, verified["size_bytes"])
+        verified["peak_over_max_source_artifact"] = verified["peak_rss_bytes"] / bound
+        print(f"edgekit verified peak RSS / max(source {human_bytes(weights)}, artifact "
+              f"{human_bytes(verified['size_bytes'])}) = {verified['peak_over_max_source_artifact']:.2f}")
         print("\nedgekit verified run, steps:")
         print(format_table(["step", "seconds", "peak RSS"],
                            [[s["step"], s["seconds"], human_bytes(s["peak_rss_bytes"])] for s in verified["steps"]]))
@@ -326,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                "cpus": os.cpu_count(), "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None,
                "model": str(model) if not args.synthetic else f"synthetic-{args.synthetic}",
                "weights_bytes": weights, "largest_tensor_bytes": largest, "outtype": args.outtype,
+               "verified_quant": vquant,
                "llamacpp_dir": str(lc) if lc else None, "runs": runs, "verified": verified,
                "median": {"edgekit": {"wall_s": ek_wall, "peak_rss_bytes": ek_rss},
                           **({"llama.cpp": {"wall_s": _median(ref, "wall_s"),
