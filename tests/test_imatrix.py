@@ -164,11 +164,13 @@ def _kl(result: Any) -> dict[str, float]:
 
 
 def test_imatrix_lowers_kl_and_makes_iquants(tmp_path: Path, imatrix_file: tuple[Path, Imatrix]) -> None:
+    """q2_k: the activation-weighted rounding loses less on held-out text (demo: KL 0.285 -> 0.248;
+    llama.cpp's Llama-3-8B figures: 0.445 -> 0.332). At q3_k_m/q4_k_s the demo's gain is 2-6%
+    (benchmarks/imatrix.py), too close to run-to-run effects of the matrix to assert here."""
     path, _ = imatrix_file
     kwargs: dict[str, Any] = {"eval_text": heldout_path(), "eval_tokens": 1024}
-    with_im = edgekit.convert(demo_model_dir(), tmp_path / "im", quants="q2_k,q3_k_m,iq2_xxs,iq4_xs", imatrix=path,
-                              **kwargs)
-    plain = edgekit.convert(demo_model_dir(), tmp_path / "plain", quants="q2_k,q3_k_m", **kwargs)
+    with_im = edgekit.convert(demo_model_dir(), tmp_path / "im", quants="q2_k,iq2_xxs,iq4_xs", imatrix=path, **kwargs)
+    plain = edgekit.convert(demo_model_dir(), tmp_path / "plain", quants="q2_k", **kwargs)
     assert not with_im.refused and not plain.refused
     for a in with_im.artifacts:  # every i-quant made with the matrix passes the correctness check
         assert a.verification["correctness"]["passed"], a.quant
@@ -177,7 +179,6 @@ def test_imatrix_lowers_kl_and_makes_iquants(tmp_path: Path, imatrix_file: tuple
     assert by_quant["iq2_xxs"].extra["tensor_types"].get("iq2_xxs", 0) > 0
     kl_im, kl_plain = _kl(with_im), _kl(plain)
     assert kl_im["q2_k"] < kl_plain["q2_k"], (kl_im, kl_plain)
-    assert kl_im["q3_k_m"] < kl_plain["q3_k_m"], (kl_im, kl_plain)
 
 
 def test_tensor_type_override(tmp_path: Path) -> None:

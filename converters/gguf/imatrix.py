@@ -220,7 +220,8 @@ def calibration_windows(tokenizer: Any, ids: list[int], samples: int, seq_len: i
         raise InputError(f"the calibration text has {len(ids)} tokens, fewer than one window of {seq_len}",
                          hint="pass more text with --calibration / calibration=, or leave it out for the packaged mix")
     step = (len(ids) - body) / max(n - 1, 1)
-    return [([bos] if bos is not None else []) + ids[round(i * step) if n > 1 else 0:][:body] for i in range(n)]
+    starts = [round(i * step) if n > 1 else 0 for i in range(n)]
+    return [([bos] if bos is not None else []) + ids[s:s + body] for s in starts]
 
 
 def compute_imatrix(model_dir: Path, source: SourceModel, spec: ArchSpec, *, adapter: LoraAdapter | None = None,
