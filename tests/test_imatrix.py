@@ -67,6 +67,56 @@ def test_file_is_llama_cpp_format(imatrix_file: tuple[Path, Imatrix]) -> None:
     values = back.values()["blk.0.ffn_down.weight"]
     assert values.shape == (512,)
     np.testing.assert_allclose(values, im.sums["blk.0.ffn_down.weight"][0] / (SAMPLES * SEQ_LEN), rtol=1e-6)
+    native = _ggml_reads(path)  # llama.cpp's reader, with the key types its imatrix loader demands
+    assert native["general.type"] == "imatrix" and native["datasets"] == ["packaged: calibration mix"]
+    assert (native["imatrix.chunk_count"], native["imatrix.chunk_size"]) == (SAMPLES, SEQ_LEN)
+    assert native["tensors"] == dict.fromkeys(tensors, 0)  # every tensor GGML_TYPE_F32
+
+
+def _ggml_reads(path: Path) -> dict[str, Any]:
+    """What ggml's own GGUF reader (llama.cpp's libggml-base, through ctypes) finds in the file: the
+    calls and type checks common_imatrix_load makes (its u32 getters abort on another type)."""
+    import ctypes
+
+    import llama_cpp
+
+    libs = sorted((Path(llama_cpp.__file__).parent / "lib").glob("*ggml-base.*"))
+    assert libs, "llama-cpp-python ships libggml-base"
+    lib = ctypes.CDLL(str(libs[0]))
+
+    class Params(ctypes.Structure):
+        _fields_ = [("no_alloc", ctypes.c_bool), ("ctx", ctypes.c_void_p)]
+
+    vp, i64 = ctypes.c_void_p, ctypes.c_int64
+    sigs: dict[str, tuple[Any, list[Any]]] = {
+        "gguf_init_from_file": (vp, [ctypes.c_char_p, Params]), "gguf_find_key": (i64, [vp, ctypes.c_char_p]),
+        "gguf_get_kv_type": (ctypes.c_int, [vp, i64]), "gguf_get_arr_type": (ctypes.c_int, [vp, i64]),
+        "gguf_get_val_u32": (ctypes.c_uint32, [vp, i64]), "gguf_get_val_str": (ctypes.c_char_p, [vp, i64]),
+        "gguf_get_arr_n": (ctypes.c_size_t, [vp, i64]), "gguf_get_arr_str": (ctypes.c_char_p, [vp, i64, ctypes.c_size_t]),
+        "gguf_get_n_tensors": (i64, [vp]), "gguf_get_tensor_name": (ctypes.c_char_p, [vp, i64]),
+        "gguf_get_tensor_type": (ctypes.c_int, [vp, i64]), "gguf_free": (None, [vp])}
+    for name, (res, args) in sigs.items():
+        getattr(lib, name).restype, getattr(lib, name).argtypes = res, args
+    g = lib.gguf_init_from_file(str(path).encode(), Params(True, None))
+    assert g, "ggml's GGUF reader refused the file"
+    uint32, string, array = 4, 8, 9  # enum gguf_type
+    out: dict[str, Any] = {}
+    try:
+        k = lib.gguf_find_key(g, b"general.type")
+        out["general.type"] = lib.gguf_get_val_str(g, k).decode() if k >= 0 and lib.gguf_get_kv_type(g, k) == string \
+            else None
+        k = lib.gguf_find_key(g, b"imatrix.datasets")
+        ok = k >= 0 and lib.gguf_get_kv_type(g, k) == array and lib.gguf_get_arr_type(g, k) == string
+        out["datasets"] = [lib.gguf_get_arr_str(g, k, i).decode() for i in range(lib.gguf_get_arr_n(g, k))] if ok \
+            else None
+        for key in ("imatrix.chunk_count", "imatrix.chunk_size"):
+            k = lib.gguf_find_key(g, key.encode())
+            out[key] = lib.gguf_get_val_u32(g, k) if k >= 0 and lib.gguf_get_kv_type(g, k) == uint32 else None
+        out["tensors"] = {lib.gguf_get_tensor_name(g, i).decode(): lib.gguf_get_tensor_type(g, i)
+                          for i in range(lib.gguf_get_n_tensors(g))}
+    finally:
+        lib.gguf_free(g)
+    return out
 
 
 def test_sums_equal_a_plain_forward(tmp_path: Path) -> None:
