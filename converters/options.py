@@ -157,6 +157,8 @@ class GGUFOptions:
     # text (written to OUT_DIR/imatrix.gguf); a path reads one (llama-imatrix's GGUF or .dat)
     imatrix: bool | Path | None = None
     calibration: Path | None = None  # text for a computed imatrix (None: the packaged calibration mix)
+    samples: int | None = None  # windows for a computed imatrix (None: GPTQ's default; fewer if the text is short)
+    seq_len: int | None = None  # tokens per window (None: GPTQ's default, at most the model's context)
     tensor_type: tuple[str, ...] = ()  # "REGEX=TYPE" per-tensor types, as llama-quantize's --tensor-type
 
     def __post_init__(self) -> None:
@@ -192,11 +194,20 @@ class GGUFOptions:
         if isinstance(value, str | Path):
             object.__setattr__(self, "imatrix", value := Path(value))
             read_imatrix(value)  # a clear error now (missing, not an imatrix); names are checked against the model
+        for name in ("calibration", "samples", "seq_len"):
+            if getattr(self, name) is not None and value is not True:
+                raise InputError(f"{opt(name)} sets how a computed importance matrix is made, but "
+                                 f"{'a file is given' if value else 'none is computed'} for GGUF",
+                                 hint=f"add --imatrix / imatrix=True to compute one, or drop {opt(name)}")
+        if self.samples is not None or self.seq_len is not None:
+            from .gptq.calibration import check_window
+
+            for name in ("samples", "seq_len"):
+                if getattr(self, name) is not None:
+                    _int(name, getattr(self, name), _any, "an integer", str(DEFAULT_SAMPLES if name == "samples"
+                                                                            else DEFAULT_SEQ_LEN))
+            check_window(self.samples or DEFAULT_SAMPLES, self.seq_len or DEFAULT_SEQ_LEN, None)
         if (cal := _path(self, "calibration")) is not None:
-            if value is not True:
-                raise InputError(f"{opt('calibration')} is the text a computed importance matrix is made from, "
-                                 f"but {'a file is given' if value else 'none is computed'} for GGUF",
-                                 hint="add --imatrix / imatrix=True to compute one, or drop the calibration text")
             if not cal.exists():
                 raise InputError(f"calibration text {cal} does not exist",
                                  hint=f"pass a UTF-8 text file, a .jsonl file or a directory of them with "
@@ -216,6 +227,7 @@ class GGUFOptions:
 
     def converter_kwargs(self) -> dict[str, Any]:
         return {"pre_override": self.pre_tokenizer, "imatrix": self.imatrix, "calibration": self.calibration,
+                "imatrix_samples": self.samples or DEFAULT_SAMPLES, "imatrix_seq_len": self.seq_len or DEFAULT_SEQ_LEN,
                 "tensor_types": tuple(tuple(t.rsplit("=", 1)) for t in self.tensor_type)}
 
 
@@ -333,9 +345,10 @@ def _fields(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
-# keywords more than one record has: ``quants`` is split by format; ``calibration`` is GPTQ's
-# text and a computed importance matrix's (GGUF, only with imatrix=True), one text for both
-SHARED = ("quants", "calibration")
+# keywords more than one record has: ``quants`` is split by format; the calibration text and
+# its windows are GPTQ's and a computed importance matrix's (GGUF, only with imatrix=True)
+CALIBRATION_KEYS = ("calibration", "samples", "seq_len")
+SHARED = ("quants", *CALIBRATION_KEYS)
 # keyword -> the format whose record has it (None: common)
 OWNER: dict[str, Format | None] = {**{n: None for n in _fields(CommonOptions)},
                                    **{n: fmt for fmt, cls in RECORDS.items() for n in _fields(cls) if n not in SHARED}}
@@ -405,8 +418,8 @@ def plan_conversion(to: str | list[str] | tuple[str, ...] = "gguf", *,
     for key, value in keywords.items():
         if key == "quants":
             continue
-        if key == "calibration":
-            _route_calibration(value, keywords, per_format)
+        if key in CALIBRATION_KEYS:
+            _route_calibration(key, value, keywords, per_format)
             continue
         if key not in OWNER:
             raise UnknownChoiceError("convert option", key, KEYWORDS)
@@ -435,15 +448,15 @@ def plan_conversion(to: str | list[str] | tuple[str, ...] = "gguf", *,
     return ConversionPlan(records, CommonOptions(**common))
 
 
-def _route_calibration(value: Any, keywords: dict[str, Any], per_format: dict[Format, dict[str, Any]]) -> None:
-    """The calibration text goes to GPTQ and to GGUF's computed importance matrix, whichever run."""
+def _route_calibration(key: str, value: Any, keywords: dict[str, Any], per_format: dict[Format, dict[str, Any]]) -> None:
+    """The calibration text and windows go to GPTQ and to GGUF's computed importance matrix, whichever run."""
     takers = [f for f in per_format if f is Format.GPTQ or (f is Format.GGUF and keywords.get("imatrix") is True)]
     if not takers:
-        raise InputError(f"{opt('calibration')} is the text GPTQ and a computed importance matrix are made from, "
-                         f"but this run makes neither", hint="add gptq to --to / to=, or --imatrix / imatrix=True "
-                                                             "for GGUF, or drop the calibration text")
+        raise InputError(f"{opt(key)} applies to gptq only (and to gguf with --imatrix / imatrix=True), but this "
+                         f"run converts to {','.join(f.value for f in per_format)}",
+                         hint=f"add gptq to --to / to=, or --imatrix / imatrix=True for GGUF, or drop {key}")
     for fmt in takers:
-        per_format[fmt]["calibration"] = value
+        per_format[fmt][key] = value
 
 
 def _bits_from_names(names: tuple[str, ...], bits: Any) -> int:

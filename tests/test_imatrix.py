@@ -202,8 +202,10 @@ def test_iquant_refused_without_imatrix(tmp_path: Path) -> None:
     assert r.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error: GGUF type iq1_s needs an importance")
     with pytest.raises(InputError, match="iq2_xs needs an importance matrix"):  # a per-tensor type too
         edgekit.convert(demo_model_dir(), out, quants="q4_k_m", tensor_type=["ffn_down=iq2_xs"])
-    with pytest.raises(InputError, match="calibration= is the text GPTQ and a computed importance matrix"):
+    with pytest.raises(InputError, match=r"calibration= applies to gptq only \(and to gguf with --imatrix"):
         edgekit.convert(demo_model_dir(), out, quants="q4_k_m", calibration=heldout_path())
+    with pytest.raises(InputError, match=r"samples= applies to gptq only \(and to gguf with --imatrix"):
+        edgekit.convert(demo_model_dir(), out, quants="q4_k_m", imatrix=heldout_path(), samples=4)  # a file: no windows
     with pytest.raises(InputError, match=r"guides llama\.cpp's quantizer, but this run makes f16 only"):
         edgekit.convert(demo_model_dir(), out, quants="f16", imatrix=True)
     assert not out.exists()
@@ -262,7 +264,12 @@ def test_cli_flags(tmp_path: Path) -> None:
                                   "--no-verify", "--quiet", "-o", str(out)])
     assert r.exit_code == 0, r.output
     im = read_imatrix(out / "imatrix.gguf")
-    assert im.datasets == [str(text)] and 1 <= im.chunk_count < SAMPLES
+    assert im.datasets == [str(text)] and 1 <= im.chunk_count < SAMPLES  # as many windows as the text holds
+    r = CliRunner().invoke(main, ["convert", "--demo", "-q", "q2_k", "--imatrix", "--samples", "3", "--seq-len", "128",
+                                  "--no-verify", "--quiet", "-o", str(tmp_path / "c")])
+    assert r.exit_code == 0, r.output
+    im = read_imatrix(tmp_path / "c" / "imatrix.gguf")
+    assert (im.chunk_count, im.chunk_size, float(im.counts["blk.0.attn_q.weight"][0])) == (3, 128, 3 * 128)
     r = CliRunner().invoke(main, ["convert", "--demo", "-q", "q2_k", "--imatrix", str(out / "imatrix.gguf"),
                                   "--tensor-type", "attn_k=q8_0", "--tensor-type", "ffn_up=q6_k", "--no-verify",
                                   "--json", "-o", str(tmp_path / "b")])

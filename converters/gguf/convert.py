@@ -19,6 +19,7 @@ from edgekit.fsutil import atomic_output, sha256_file, temp_path_for
 from edgekit.manifest import ArtifactEntry
 from edgekit.progress import ProgressFn, StepTimer, report
 
+from ..gptq.calibration import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN
 from ..pipeline import Conversion, Inputs, Verifier, open_inputs, record, slug, start_output
 from ..quality import QualitySettings
 from ..source import SourceModel
@@ -60,12 +61,15 @@ def convert_gguf(
     quality: QualitySettings | None = None,
     imatrix: bool | Path | None = None,
     calibration: Path | None = None,
+    imatrix_samples: int = DEFAULT_SAMPLES,
+    imatrix_seq_len: int = DEFAULT_SEQ_LEN,
     tensor_types: Sequence[tuple[str, str]] = (),
 ) -> Conversion:
     """Convert, quantize and verify. ``spec``/``pre_override`` exist to test the verifier.
 
     ``imatrix``: True computes an importance matrix from the model on ``calibration`` (the
-    packaged calibration mix by default) and writes it to ``OUT_DIR/imatrix.gguf``; a path uses
+    packaged calibration mix by default; ``imatrix_samples`` windows of ``imatrix_seq_len``
+    tokens at most) and writes it to ``OUT_DIR/imatrix.gguf``; a path uses
     that file. ``tensor_types``: (regex, ggml type) pairs llama.cpp applies per tensor."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     wanted: list[GGUFQuant] = parse_quants(quants)
@@ -84,8 +88,8 @@ def convert_gguf(
     report(progress, "source", f"{spec.name}, {len(source.names())} tensors, "
                                f"{source.weights_bytes / 2**20:.1f} MiB{' + LoRA' if adapter else ''}")
 
-    im_values, im_record = given or _computed_imatrix(imatrix, calibration, inputs, spec, out_dir, wanted, timer,
-                                                      progress, threads)
+    im_values, im_record = given or _computed_imatrix(imatrix, calibration, (imatrix_samples, imatrix_seq_len),
+                                                      inputs, spec, out_dir, wanted, timer, progress, threads)
     base_type = _base_type(source.dtype_tags())
     # The lossless float type, when requested, is written first and doubles as the
     # quantization base; otherwise a temporary base is written and deleted at the end.
@@ -157,7 +161,8 @@ def _given_imatrix(imatrix: bool | Path | None, inputs: Inputs, spec: ArchSpec,
     return im.values(), {"file": str(imatrix), "computed": False, **im.describe(), "tensors_of_model": len(widths)}
 
 
-def _computed_imatrix(imatrix: bool | Path | None, calibration: Path | None, inputs: Inputs, spec: ArchSpec,
+def _computed_imatrix(imatrix: bool | Path | None, calibration: Path | None, window: tuple[int, int],
+                      inputs: Inputs, spec: ArchSpec,
                       out_dir: Path, wanted: list[GGUFQuant], timer: StepTimer, progress: ProgressFn | None,
                       threads: int | None) -> ImatrixUse:
     """imatrix=True: computed from the source model on the calibration text, kept as OUT_DIR/imatrix.gguf."""
@@ -166,7 +171,8 @@ def _computed_imatrix(imatrix: bool | Path | None, calibration: Path | None, inp
     widths = matrix_widths(inputs.source, spec)
     with timer.step("imatrix"):
         im: Imatrix = compute_imatrix(inputs.model_dir, inputs.source, spec, adapter=inputs.adapter,
-                                      calibration=calibration, threads=threads, progress=progress)
+                                      calibration=calibration, samples=window[0], seq_len=window[1],
+                                      threads=threads, progress=progress)
         check_against(im, widths, "computed from the model")  # edgekit's own names: a bug if not
         with atomic_output(out_dir / IMATRIX_FILE) as tmp:
             im.write(tmp)

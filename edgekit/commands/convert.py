@@ -58,8 +58,8 @@ _C, _O, _Q = CommonOptions, ONNXOptions, GPTQOptions
               help="GPTQ and --imatrix: calibration text: .txt/.md/.rst files, a directory of them, or .jsonl with \"text\" "
                    "or chat \"messages\" (rendered through the model's chat template) "
                    "(default: the packaged prose/code/dialogue mix).")
-@click.option("--samples", type=int, default=_Q.samples, show_default=True, help="GPTQ: calibration windows.")
-@click.option("--seq-len", type=int, default=_Q.seq_len, show_default=True, help="GPTQ: tokens per calibration window.")
+@click.option("--samples", type=int, default=_Q.samples, show_default=True, help="GPTQ and --imatrix: calibration windows.")
+@click.option("--seq-len", type=int, default=_Q.seq_len, show_default=True, help="GPTQ and --imatrix: tokens per calibration window.")
 @click.option("--compressed-tensors", is_flag=True,
               help="GPTQ: also write llmcompressor's compressed-tensors checkpoint.")
 @click.option("--from-gptq", type=click.Path(path_type=Path), default=None,
