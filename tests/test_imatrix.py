@@ -119,8 +119,11 @@ def _ggml_reads(path: Path) -> dict[str, Any]:
     return out
 
 
-def test_sums_equal_a_plain_forward(tmp_path: Path) -> None:
-    """The layer-by-layer pass with hooks adds up what the whole model in transformers sees."""
+@pytest.mark.parametrize("which", ["demo", "llama", "gemma3"])
+def test_sums_equal_a_plain_forward(which: str, model_factory: Any) -> None:
+    """The layer-by-layer pass with hooks adds up what the whole model in transformers sees: the
+    demo (f16, tied head: token_embd.weight), a Llama with its own head (output.weight) and
+    Gemma 3 (sliding window, scaled embedding, soft-capped logits)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -128,7 +131,7 @@ def test_sums_equal_a_plain_forward(tmp_path: Path) -> None:
     from edgekit.converters.gguf.dequant import hf_names
     from edgekit.converters.textsets import calibration_texts, token_stream
 
-    d = demo_model_dir()
+    d = demo_model_dir() if which == "demo" else model_factory(which, "bpe_tok")
     src = open_source(d)
     spec = spec_for(src.config)
     im = compute_imatrix(d, src, spec, samples=2, seq_len=64)
@@ -153,6 +156,7 @@ def test_sums_equal_a_plain_forward(tmp_path: Path) -> None:
         for w in windows:
             model(input_ids=torch.tensor([w]))
     assert set(want) == set(im.sums)
+    assert ("output.weight" in want) == (which == "llama")  # untied: the head's own matrix
     for key, sums in want.items():
         np.testing.assert_allclose(im.sums[key][0], sums.numpy(), rtol=2e-3, atol=1e-6, err_msg=key)
         assert float(im.counts[key][0]) == 2 * 64
