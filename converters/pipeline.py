@@ -177,7 +177,7 @@ class Verifier:
             return own_weights(self.reference, weights, self.expected)
 
     def check(self, label: str, quant: str, precision: str, tokenize: TokenizeFn, logits: LogitsFn,
-              score: ScoreFn, weights: ArtifactWeights | OwnWeights) -> dict[str, Any]:
+              score: ScoreFn, weights: ArtifactWeights | OwnWeights, *, imatrix: bool = False) -> dict[str, Any]:
         """Verify one artifact and measure its quality.
 
         Raises VerificationError (broken: not kept, the run stops) or QualityGateError (over
@@ -193,7 +193,8 @@ class Verifier:
             report(self.progress, f"quality {quant}", f"{ref.windows.n_scored} evaluation tokens")
             metrics = score_artifact(ref.scores, ref.windows, score)
         gate = self.inputs.quality.gate
-        q = QualityReport(metrics, ref.windows.describe(), gate, gate.failures(metrics), metrics.warning(label, quant))
+        q = QualityReport(metrics, ref.windows.describe(), gate, gate.failures(metrics),
+                          metrics.warning(label, quant, imatrix))
         self.result.quality.append(q)
         m = rep.metrics
         assert m is not None

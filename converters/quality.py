@@ -189,16 +189,18 @@ class QualityMetrics:
         d["ppl_delta_ci95_pct"] = [_r(x) for x in self.ppl_delta_ci95_pct]
         return {k: _r(v) if isinstance(v, float) else v for k, v in d.items()}
 
-    def warning(self, artifact: str, quant: str) -> str | None:
-        """One plain-words line when the loss is large, else None."""
+    def warning(self, artifact: str, quant: str, imatrix: bool = False) -> str | None:
+        """One plain-words line when the loss is large, else None (``imatrix``: one was used
+        already, so it is not suggested)."""
         if self.mean_kl <= WARN_KL and self.ppl_delta_pct <= WARN_PPL_PCT:
             return None
         what = (f"loses {self.ppl_delta_pct:.1f}% perplexity on this model (mean KL {self.mean_kl:.3g}"
                 if self.ppl_delta_pct > WARN_PPL_PCT else
                 f"departs from the source on this model (mean KL {self.mean_kl:.3g}, perplexity "
                 f"{self.ppl_delta_pct:+.1f}%")
-        return (f"{artifact}: {quant} {what}, top-1 {self.top1 * 100:.1f}%); a higher-bit type (q5_k_m, q6_k), "
-                f"an importance matrix or GPTQ would lose less")
+        remedy = "or GPTQ" if imatrix else "an importance matrix or GPTQ"
+        return (f"{artifact}: {quant} {what}, top-1 {self.top1 * 100:.1f}%); a higher-bit type (q5_k_m, q6_k) "
+                f"{remedy} would lose less")
 
 
 def _r(v: float) -> float:

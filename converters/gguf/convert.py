@@ -130,7 +130,8 @@ def convert_gguf(
                                      if tensor_types else {})
                     verification = None
                     if verify_artifacts:
-                        verification = verify_gguf(tmp, final.name, q, verifier, source, spec, threads=threads)
+                        verification = verify_gguf(tmp, final.name, q, verifier, source, spec, threads=threads,
+                                                   imatrix=im_values is not None)
                     entry = ArtifactEntry(file=final.name, format="gguf", quant=q.name, precision=q.precision.value,
                                           size_bytes=tmp.stat().st_size, sha256=digest or sha256_file(tmp),
                                           verification=verification, seconds=round(time.perf_counter() - t0, 3),
@@ -180,7 +181,7 @@ def _computed_imatrix(imatrix: bool | Path | None, calibration: Path | None, win
 
 
 def verify_gguf(path: Path, label: str, q: GGUFQuant, verifier: Verifier, source: SourceModel, spec: ArchSpec,
-                *, threads: int | None = None) -> dict[str, Any]:
+                *, threads: int | None = None, imatrix: bool = False) -> dict[str, Any]:
     """Correctness against the file's own weights (dequantized), then quality on the evaluation set."""
     from edgekit.runtimes.llamacpp import LlamaCppSession
     from edgekit.runtimes.llamacpp_score import score_positions
@@ -198,7 +199,7 @@ def verify_gguf(path: Path, label: str, q: GGUFQuant, verifier: Verifier, source
         def score(ids: list[int], start: int) -> Iterator[np.ndarray]:
             return score_positions(s, ids, start)
 
-        return verifier.check(label, q.name, q.precision, s.tokenize, logits, score, own)
+        return verifier.check(label, q.name, q.precision, s.tokenize, logits, score, own, imatrix=imatrix)
 
 
 def check_gguf(model_dir: Path, path: Path, *, adapter_dir: Path | None = None, quality: QualitySettings | None = None,
