@@ -175,3 +175,20 @@ def test_cli_gate_keeps_the_others_and_exits_1(tmp_path: Path) -> None:
     assert (out / f"{demo_model_dir().name}-q8_0.gguf").is_file() and not list(out.glob("*q2_k*"))
     r = CliRunner().invoke(main, ["convert", str(demo_model_dir()), "--max-kl", "-1", "-o", str(tmp_path / "x")])
     assert r.exit_code == 1 and "--max-kl / max_kl=" in r.output and not (tmp_path / "x").exists()
+
+
+def test_top1_is_judged_only_where_the_source_is_decisive() -> None:
+    """Near-ties (a random model's flat logits) are decided by runtime arithmetic; a clear top-1 is not."""
+    from edgekit.converters.verify import DECISIVE_NATS, compare
+
+    rng = np.random.default_rng(0)
+    flat = rng.normal(0, 0.05, size=(100, 1000)).astype(np.float32)
+    noise = rng.normal(0, 0.05, size=flat.shape).astype(np.float32)
+    m = compare([flat], [flat + noise])
+    assert m.n_decisive == 0 and m.top1 < 0.9  # the argmax of near-ties is noise
+    peaked = flat.copy()
+    peaked[np.arange(100), rng.integers(0, 1000, 100)] += 2 * DECISIVE_NATS
+    m = compare([peaked], [peaked + noise])
+    assert m.n_decisive == 100 and m.top1_decisive == 1.0
+    m = compare([peaked], [peaked[::-1].copy()])  # another position's distribution: broken
+    assert m.n_decisive == 100 and m.top1_decisive < 0.1
