@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,3 +15,36 @@ def save_results(results: dict[str, Any], dest: Path) -> Path:
     write_json_atomic(dest, results)
     print(f"\nresults: {dest}")
     return dest
+
+
+@dataclass
+class QualityRun:
+    """What the quality benchmarks share: the model, the output folder, one set of inputs (one
+    reference pass over the evaluation set for every artifact) and the keywords every convert takes."""
+
+    model: Path
+    out: Path
+    inputs: Any
+    timer: Any
+    n_params: int
+    common: dict[str, Any]
+
+
+def quality_run(model: Path | None, gemma: bool, out: Path, eval_tokens: int, threads: int, name: str) -> QualityRun:
+    """``model`` (default: the demo model; ``gemma``: Gemma 3 270M from prepare_gemma.py) opened once."""
+    from edgekit.converters.pipeline import open_inputs
+    from edgekit.converters.quality import EvalSettings, QualitySettings
+    from edgekit.demo import demo_model_dir
+    from edgekit.progress import StepTimer
+
+    if gemma:
+        from prepare_gemma import prepare  # benchmarks/ sibling
+
+        model = prepare()
+    model = Path(model or demo_model_dir())
+    out.mkdir(parents=True, exist_ok=True)
+    timer = StepTimer()
+    inputs = open_inputs(model, None, timer, quality=QualitySettings(EvalSettings(tokens=eval_tokens)))
+    n_params = sum(math.prod(i.shape) for i in inputs.source.iter_infos())
+    common: dict[str, Any] = {"name": name, "threads": threads, "prepared": inputs, "timer": timer}
+    return QualityRun(model, out, inputs, timer, n_params, common)

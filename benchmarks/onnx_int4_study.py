@@ -133,30 +133,15 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(_BY_NAME)}")
 
-    from _results import save_results
+    from _results import quality_run, save_results
 
     from edgekit.converters.gguf.convert import convert_gguf
     from edgekit.converters.onnx.convert import convert_onnx
-    from edgekit.converters.pipeline import open_inputs
-    from edgekit.converters.quality import EvalSettings, QualitySettings
-    from edgekit.demo import demo_model_dir
     from edgekit.fsutil import write_json_atomic
-    from edgekit.progress import StepTimer
     from edgekit.ui import format_table, human_bytes
 
-    if args.gemma:
-        from prepare_gemma import prepare
-
-        model = prepare()
-    else:
-        model = args.model or demo_model_dir()
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    quality = QualitySettings(EvalSettings(tokens=args.eval_tokens))
-    timer = StepTimer()
-    inputs = open_inputs(Path(model), None, timer, quality=quality)
-    n_params = sum(math.prod(i.shape) for i in inputs.source.iter_infos())
-    common: dict[str, Any] = {"name": "s", "threads": args.threads, "prepared": inputs, "timer": timer}
+    run = quality_run(args.model, args.gemma, args.out, args.eval_tokens, args.threads, "s")
+    model, out, inputs, timer, n_params, common = run.model, run.out, run.inputs, run.timer, run.n_params, run.common
     t0 = time.perf_counter()
 
     # Every variant is built before the reference model is loaded: the builder (a child process)

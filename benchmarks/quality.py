@@ -15,7 +15,6 @@ artifact's own weights) passed. Prints a table, writes JSON and a KL-vs-bits plo
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -41,27 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="where to write results (default OUT/results.json)")
     args = ap.parse_args(argv)
 
-    from _results import save_results
+    from _results import quality_run, save_results
 
-    from edgekit.converters.pipeline import open_inputs
-    from edgekit.converters.quality import EvalSettings, QualitySettings
-    from edgekit.demo import demo_model_dir
-    from edgekit.progress import StepTimer
     from edgekit.ui import format_table, human_bytes
 
-    if args.gemma:
-        from prepare_gemma import prepare
-
-        model = prepare()
-    else:
-        model = args.model or demo_model_dir()
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    quality = QualitySettings(EvalSettings(tokens=args.eval_tokens))
-    timer = StepTimer()
-    inputs = open_inputs(Path(model), None, timer, quality=quality)
-    n_params = sum(math.prod(i.shape) for i in inputs.source.iter_infos())
-    common: dict[str, Any] = {"name": "q", "threads": args.threads, "prepared": inputs, "timer": timer}
+    run = quality_run(args.model, args.gemma, args.out, args.eval_tokens, args.threads, "q")
+    model, out, timer, n_params, common = run.model, run.out, run.timer, run.n_params, run.common
     t0 = time.perf_counter()
     runs: list[tuple[str, str, Any]] = []  # (family, label, Conversion)
 
