@@ -45,8 +45,11 @@ def test_every_precision_is_exported_and_verified(demo_onnx: Path) -> None:
         assert e["format"] == "onnx" and e["extra"]["verified_on"] == "cpu"
     fp32, fp16, int4 = (entries[q]["verification"] for q in ("fp32", "fp16", "int4"))
     # quality on the evaluation text: fp32 differs from transformers only in kernel arithmetic
-    assert fp32["mean_kl"] < 1e-4 and fp32["top1"] > 0.99
-    assert fp16["mean_kl"] < 1e-3
+    # (~1e-6 relative on any CPU: KL ~1e-5, bound 1e-4); its argmax can flip only at near-ties,
+    # so top-1 is asserted where the source leads by a nat (verify.DECISIVE_NATS), where no
+    # kernel's rounding reaches
+    assert fp32["mean_kl"] < 1e-4 and fp32["correctness"]["logits"]["top1_decisive"] == 1.0
+    assert fp16["mean_kl"] < 1e-3  # fp16 rounding of weights and activations: ~1e-5..1e-4 here
     # int4 really is quantized: measurably off the source (quality), yet it computes what its own
     # weights say as closely as fp16 does (correctness); and the file is much smaller
     assert int4["mean_kl"] > 10 * fp16["mean_kl"] and int4["mean_kl"] > 1e-3

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import math
 import mmap
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -84,9 +83,6 @@ class GGUFWeights:
         if unknown:
             raise VerificationError(self.label, "weights", f"the file holds tensor(s) the source does not have, "
                                                             f"e.g. {unknown[0]}")
-
-    def type_counts(self) -> dict[str, int]:
-        return dict(Counter(t.type for t in self.tensors))
 
     def weights(self) -> ArtifactWeights:
         """The file's weights by HF name, each dequantized when asked for; the tensors the
