@@ -11,7 +11,7 @@ from edgekit._compat import StrEnum
 from edgekit.errors import UnknownChoiceError
 
 if TYPE_CHECKING:
-    from .options import ConversionPlan
+    from .plan import ConversionPlan
 
 
 class Format(StrEnum):

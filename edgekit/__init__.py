@@ -42,7 +42,7 @@ def convert(model_dir: str | Path, out_dir: str | Path, *, to: str = "gguf", **o
     each option goes to the format it belongs to (an option of a format not in ``to`` is an
     error), the source is read and the reference computed once, and a list of results is
     returned; one format returns its result alone."""
-    from edgekit.converters.options import plan_conversion
+    from edgekit.converters.plan import plan_conversion
     from edgekit.converters.registry import convert_formats
     from edgekit.logs import third_party_to_log
 

@@ -286,13 +286,8 @@ def test_option_records_check_their_values(llama_bpe: Path, tmp_path: Path, kwar
 
 
 def test_option_records_are_the_cli_defaults() -> None:
-    from edgekit.converters.options import (
-        ConversionPlan,
-        GGUFOptions,
-        GPTQOptions,
-        ONNXOptions,
-        plan_conversion,
-    )
+    from edgekit.converters.options import GGUFOptions, GPTQOptions, ONNXOptions
+    from edgekit.converters.plan import ConversionPlan, plan_conversion
 
     plan = plan_conversion("onnx,gptq,gguf", quants="q8_0")
     assert [type(r) for r in plan.formats] == [GPTQOptions, ONNXOptions, GGUFOptions]  # GPTQ before ONNX reads it

@@ -81,7 +81,7 @@ def convert(model_dir: Path | None, to: str, out_dir: Path, demo: bool, as_json:
             **flags: Any) -> None:
     """Convert MODEL_DIR (a Hugging Face model directory) and verify every artifact against it."""
     from edgekit.converters.gptq.chain import gain_lines
-    from edgekit.converters.options import plan_conversion
+    from edgekit.converters.plan import plan_conversion
     from edgekit.converters.registry import Format, convert_formats
     from edgekit.errors import InputError
 
