@@ -2,8 +2,8 @@
 
 Sizes come from the real tensor list of the architecture (what the GGUF converter writes)
 and ggml's block sizes (``gguf.GGML_QUANT_SIZES``), not from a bytes-per-parameter guess.
-For the mixed llama.cpp types (``_M``) the per-tensor type follows llama.cpp's
-``llama_tensor_get_type`` (src/llama-quant.cpp) for the types edgekit offers:
+The per-tensor type of each llama.cpp quant type is llama.cpp's own choice, ported in
+:mod:`.llama_types` (every mix, the i-quants and the fallbacks); in short:
 
 * ``output.weight`` (or ``token_embd.weight`` when the embeddings are tied and no output
   tensor exists) becomes Q6_K unless the type is Q8_0 (or its rows do not split into blocks: Q8_0);
@@ -18,19 +18,19 @@ For the mixed llama.cpp types (``_M``) the per-tensor type follows llama.cpp's
   back (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, Q2_K/Q3_K -> Q4_0, then F16).
 
 Checked tensor by tensor against llama_model_quantize output in tests/test_profiles.py.
-MoE and imatrix-dependent rules are not modelled (edgekit converts dense models only).
+MoE rules are not modelled (edgekit converts dense models only).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgekit.converters.gguf.quants import FLOAT_QUANTS, quant
 
+from .llama_types import choose_types
 from .schema import Backend, OnnxPrecision
 
 if TYPE_CHECKING:
@@ -119,44 +119,6 @@ def model_shapes(config: dict[str, Any]) -> ModelShapes:
     return ModelShapes(spec.name, c, tuple(t), window, local)
 
 
-# -- llama.cpp's per-tensor type choice -----------------------------------------------------
-
-def _more_bits(i: int, n: int) -> bool:
-    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
-
-
-# (tensor kind, llama.cpp ftype) -> rule(layer, n_layers, gqa) giving the tensor's type, or
-# None for the ftype's default: llama_tensor_get_type's branches for the types edgekit offers.
-_Rule = Callable[[int, int, int], str | None]
-_TYPE_RULES: dict[tuple[str, str], _Rule] = {
-    ("attn_v", "Q2_K"): lambda i, n, gqa: "Q4_K" if gqa >= 4 else "Q3_K",
-    ("attn_v", "Q3_K_M"): lambda i, n, gqa: "Q5_K" if i < 2 else "Q4_K",
-    ("attn_v", "Q3_K_L"): lambda i, n, gqa: "Q5_K",
-    ("attn_v", "Q4_K_M"): lambda i, n, gqa: "Q6_K" if _more_bits(i, n) else None,
-    ("attn_v", "Q5_K_M"): lambda i, n, gqa: "Q6_K" if _more_bits(i, n) else None,
-    ("attn_v", "Q4_K_S"): lambda i, n, gqa: "Q5_K" if i < 4 else None,
-    ("ffn_down", "Q2_K"): lambda i, n, gqa: "Q3_K",
-    ("ffn_down", "Q3_K_M"): lambda i, n, gqa: "Q5_K" if i < n // 16 else "Q4_K",
-    ("ffn_down", "Q3_K_L"): lambda i, n, gqa: "Q5_K",
-    ("ffn_down", "Q4_K_M"): lambda i, n, gqa: "Q6_K" if _more_bits(i, n) else None,
-    ("ffn_down", "Q5_K_M"): lambda i, n, gqa: "Q6_K" if _more_bits(i, n) else None,
-    ("ffn_down", "Q4_K_S"): lambda i, n, gqa: "Q5_K" if i < n // 8 else None,
-    ("attn_output", "Q2_K"): lambda i, n, gqa: "Q3_K",
-    ("attn_output", "Q3_K_M"): lambda i, n, gqa: "Q4_K",
-    ("attn_output", "Q3_K_L"): lambda i, n, gqa: "Q5_K",
-}
-
-# ggml types a row length must split into (fallbacks when it does not).
-# (older llama.cpp sent Q2_K/Q3_K to IQ4_NL: same 4.5 bits per weight.)
-_FALLBACK = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0", "Q2_K": "Q4_0", "Q3_K": "Q4_0"}
-
-
-def block_size(type_name: str) -> int:
-    import gguf
-
-    return int(gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[type_name]][0])
-
-
 def tensor_bytes(ne: tuple[int, ...], type_name: str) -> int:
     import gguf
 
@@ -167,40 +129,13 @@ def tensor_bytes(ne: tuple[int, ...], type_name: str) -> int:
     return rows * (ne[0] // blk) * size
 
 
-def gguf_tensor_types(shapes: ModelShapes, quant_name: str) -> dict[str, str]:
-    """GGUF type name per tensor for an edgekit quant name (f16, q8_0, q4_k_m, ...)."""
+def gguf_tensor_types(shapes: ModelShapes, quant_name: str, *, imatrix: bool = False) -> dict[str, str]:
+    """GGUF type name per tensor for an edgekit quant name (f16, q8_0, q4_k_m, iq3_m, ...):
+    llama.cpp's own choice (:mod:`.llama_types`); ``imatrix``: quantized with an importance matrix."""
     q = quant(quant_name)
-    ftype = q.name.upper()
-    default = q.main_type
-    c = shapes.config
-    n_layers = c.num_layers
-    gqa = c.num_heads // max(c.num_kv_heads, 1)
-    out: dict[str, str] = {}
-    for t in shapes.tensors:
-        if not t.is_matrix:
-            out[t.name] = "F32"
-            continue
-        if q.name in FLOAT_QUANTS:
-            out[t.name] = default
-            continue
-        new = default
-        kind = t.name.split(".")[-2]
-        i = t.layer
-        if t.name == "output.weight" or (not shapes.has_output and t.name == "token_embd.weight"):
-            if t.ne[0] % block_size(new) != 0:
-                new = "Q8_0"
-            elif new != "Q8_0":
-                new = "Q6_K"
-        elif t.name == "token_embd.weight":
-            pass
-        elif (rule := _TYPE_RULES.get((kind, ftype))) is not None:
-            new = rule(i, n_layers, gqa) or new
-        if t.ne[0] % block_size(new) != 0:
-            new = _FALLBACK.get(new, "F16")
-            if t.ne[0] % block_size(new) != 0:
-                new = "F16"
-        out[t.name] = new
-    return out
+    if q.name in FLOAT_QUANTS:
+        return {t.name: q.main_type if t.is_matrix else "F32" for t in shapes.tensors}
+    return choose_types(shapes, q.name.upper(), q.main_type, imatrix=imatrix)
 
 
 @dataclass(frozen=True)
