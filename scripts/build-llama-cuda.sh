@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Build a llama-cpp-python wheel with llama.cpp's CUDA backend, from its sdist.
+#
+#   scripts/build-llama-cuda.sh SDIST_OR_VERSION ARCHS OUTDIR
+#
+#   SDIST_OR_VERSION  a llama_cpp_python-X.Y.Z.tar.gz on disk, or a version (0.3.36) that pip
+#                     downloads as an sdist (needs a package index)
+#   ARCHS             CMAKE_CUDA_ARCHITECTURES, ';' or ',' separated: 90 (H100/H200), 87 (Orin),
+#                     110 (Thor), 89 (Ada), 86 (Ampere), 80 (A100); `edgekit doctor` prints the
+#                     one for the GPU it sees
+#   OUTDIR            the wheel and build.log land here
+#
+# Environment:
+#   CUDACXX       nvcc to use (default: nvcc on PATH, else /usr/local/cuda/bin/nvcc)
+#   CUBLAS_ROOT   a directory with include/cublas_v2.h and lib/libcublas.so*, for a toolkit that
+#                 ships only the compiler and cudart (as on a pip- or container-installed nvcc):
+#                 e.g. the nvidia/cu13 directory of the `nvidia-cublas` wheel. Found by itself
+#                 in the toolkit, or in the Python's site-packages (torch's CUDA wheels bring it)
+#   NATIVE=1      -march=native CPU code (default: a portable AVX2/FMA/F16C build, so the wheel
+#                 runs on another x86-64 host than the one that built it)
+#   EXTRA_CMAKE_ARGS   appended to CMAKE_ARGS
+#   CMAKE_BUILD_PARALLEL_LEVEL  compile jobs (default: all cores)
+#
+# Why the explicit CUDACXX: without it CMake may not find nvcc (it is not on PATH on Jetson's
+# JetPack by default) and llama-cpp-python then builds a CPU-only library without an error
+# (llama-cpp-python #1779). This script refuses instead, and checks the built library for
+# CUDA before it reports success.
+#
+# At run time libggml-cuda.so needs libcudart.so.* and libcublas.so.* on the loader's path
+# (LD_LIBRARY_PATH, or the ones in torch's nvidia/cu13/lib).
+set -euo pipefail
+
+die() { echo "build-llama-cuda: error: $*" >&2; exit 2; }
+
+[ $# -eq 3 ] || die "usage: $0 SDIST_OR_VERSION ARCHS OUTDIR (e.g. 0.3.36 90 /tmp/llama-cuda)"
+src=$1
+archs=${2//,/;}
+out=$3
+[[ $archs =~ ^[0-9]+[af]?(-real|-virtual)?(\;[0-9]+[af]?(-real|-virtual)?)*$ ]] \
+    || die "ARCHS '$2' is not a list of CUDA architectures -- give numbers like 90 or 87;110"
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+
+nvcc=${CUDACXX:-$(command -v nvcc || true)}
+[ -n "$nvcc" ] || nvcc=/usr/local/cuda/bin/nvcc
+[ -x "$nvcc" ] || die "nvcc not found -- install the CUDA toolkit or set CUDACXX=/path/to/nvcc"
+# nvcc may be a wrapper script (as /usr/local/bin/nvcc is on some images): ask it where it lives.
+here=$("$nvcc" --dryrun -c -x cu /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ _HERE_=//p' | head -1)
+[ -n "$here" ] || here=$(dirname "$(readlink -f "$nvcc")")
+nvcc=$here/nvcc
+cuda_home=$(cd "$here/.." && pwd)
+cuda_version=$("$nvcc" --version | sed -n 's/.*release \([0-9]*\.[0-9]*\).*/\1/p')
+cuda_major=${cuda_version%%.*}
+[ -n "$cuda_version" ] || die "could not read the CUDA version from '$nvcc --version'"
+
+# cuBLAS: ggml-cuda links it. Toolkit first, then CUBLAS_ROOT, then a pip-installed wheel.
+cublas_args=""
+if [ -e "$cuda_home/include/cublas_v2.h" ]; then
+    cublas_root=$cuda_home
+else
+    cublas_root=${CUBLAS_ROOT:-}
+    if [ -z "$cublas_root" ]; then
+        cublas_root=$(python3 - "$cuda_major" <<'EOF' || true
+import importlib.util, pathlib, sys
+for name in (f"nvidia.cu{sys.argv[1]}", "nvidia.cublas"):
+    try:
+        spec = importlib.util.find_spec(name)
+    except ModuleNotFoundError:
+        continue
+    for loc in (spec.submodule_search_locations or []) if spec else []:
+        if (pathlib.Path(loc) / "include" / "cublas_v2.h").exists():
+            print(loc)
+            raise SystemExit(0)
+EOF
+)
+    fi
+    [ -n "$cublas_root" ] && [ -e "$cublas_root/include/cublas_v2.h" ] || die \
+        "cuBLAS headers not in $cuda_home -- pip install --target DIR nvidia-cublas==$cuda_version.* and set CUBLAS_ROOT=DIR/nvidia/cu$cuda_major (or install the toolkit's cuBLAS package)"
+    libdir=$cublas_root/lib
+    lib=$(ls "$libdir"/libcublas.so* 2>/dev/null | head -1)
+    liblt=$(ls "$libdir"/libcublasLt.so* 2>/dev/null | head -1)
+    [ -n "$lib" ] && [ -n "$liblt" ] || die "no libcublas.so* / libcublasLt.so* in $libdir"
+    # The wheel ships only versioned names; pass the files so find_library needs no symlink.
+    cublas_args="-DCUDA_cublas_LIBRARY=$lib -DCUDA_cublasLt_LIBRARY=$liblt"
+    cublas_args+=" -DCMAKE_CUDA_FLAGS=-I$cublas_root/include -DCMAKE_CXX_FLAGS=-I$cublas_root/include"
+    cublas_args+=" -DCMAKE_SHARED_LINKER_FLAGS=-Wl,-rpath-link,$libdir"
+fi
+
+# The driver library (libcuda.so) comes with the GPU driver, not the compiler. ggml-cuda links it
+# for its virtual-memory pool; on a build host without a driver link a stub, as the toolkit's own
+# lib64/stubs/libcuda.so is: every driver entry point cuda.h declares, as empty functions, under
+# the driver's soname, so the real libcuda.so.1 is loaded at run time. The stub goes nowhere else.
+driver_args=""
+if ! ls "$cuda_home"/lib64/stubs/libcuda.so "$cuda_home"/targets/*/lib/stubs/libcuda.so \
+        /usr/lib/*/libcuda.so /usr/lib64/libcuda.so >/dev/null 2>&1; then
+    mkdir -p "$out/stubs"
+    gcc -E -P -I"$cuda_home/include" -x c - <<<'#include <cuda.h>' \
+        | grep -oE '\bcu[A-Z][A-Za-z0-9_]*\s*\(' | sed 's/\s*($//' | sort -u \
+        | sed 's/.*/void &(void) {}/' >"$out/stubs/libcuda_stub.c"
+    gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$out/stubs/libcuda.so" "$out/stubs/libcuda_stub.c"
+    driver_args="-DCUDA_cuda_driver_LIBRARY=$out/stubs/libcuda.so"
+fi
+
+if [ -f "$src" ]; then
+    sdist=$(readlink -f "$src")
+else
+    mkdir -p "$out/sdist"
+    python3 -m pip download --no-deps --no-binary :all: -d "$out/sdist" "llama-cpp-python==$src"
+    sdist=$(ls "$out"/sdist/llama_cpp_python-*.tar.gz | head -1)
+fi
+
+native=OFF
+[ "${NATIVE:-0}" = 1 ] && native=ON
+export CUDACXX=$nvcc
+export CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$archs -DCUDAToolkit_ROOT=$cuda_home -DGGML_NATIVE=$native $cublas_args $driver_args ${EXTRA_CMAKE_ARGS:-}"
+export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
+
+# Build isolation needs a package index for scikit-build-core; without one, use the installed one.
+isolation=""
+python3 -c "import scikit_build_core" 2>/dev/null && isolation="--no-build-isolation"
+
+echo "sdist:   $sdist"
+echo "nvcc:    $nvcc (CUDA $cuda_version)"
+echo "cuBLAS:  $cublas_root"
+echo "driver:  ${driver_args:-system libcuda}"
+echo "archs:   $archs   jobs: $CMAKE_BUILD_PARALLEL_LEVEL   native CPU: $native"
+echo "CMAKE_ARGS=$CMAKE_ARGS"
+start=$(date +%s)
+python3 -m pip wheel --no-deps $isolation -w "$out" -v "$sdist" >"$out/build.log" 2>&1 \
+    || die "build failed after $(( $(date +%s) - start )) s -- see $out/build.log"
+secs=$(( $(date +%s) - start ))
+
+wheel=$(ls -t "$out"/llama_cpp_python-*.whl | head -1)
+# A wheel without libggml-cuda is the silent CPU-only build this script exists to prevent.
+unzip -l "$wheel" | grep -q 'libggml-cuda\.so' \
+    || die "$wheel has no libggml-cuda.so: CUDA was not built -- see $out/build.log"
+echo "built:   $wheel"
+echo "size:    $(du -m "$wheel" | cut -f1) MiB   time: ${secs} s"
