@@ -117,15 +117,19 @@ def _drop_scores(llm: Any) -> None:
 
 
 def _gpu_layers(device: str, n_gpu_layers: int) -> int:
-    """``--device cuda`` means "offload everything" on a GPU build; refuse it on a CPU-only build."""
-    if device == "cpu":
-        return n_gpu_layers
+    """``--device cuda`` means "offload everything" on a GPU build. On a build without GPU offload,
+    both it and ``--n-gpu-layers N`` (N != 0) are refused: llama.cpp would otherwise ignore the
+    layer count and run on the CPU without a word (the common llama-cpp-python CUDA build failure)."""
+    if device == "cpu" and n_gpu_layers == 0:
+        return 0
+    if device not in ("cpu", "cuda", "gpu", "metal"):
+        raise UnknownChoiceError("device for GGUF artifacts", device, ["cpu", "cuda", "metal"])
     import llama_cpp
 
-    if device not in ("cuda", "gpu", "metal"):
-        raise UnknownChoiceError("device for GGUF artifacts", device, ["cpu", "cuda", "metal"])
     if not llama_cpp.llama_supports_gpu_offload():
-        raise RuntimeLoadError(f"this llama-cpp-python build has no GPU offload for --device / device={device}",
-                               hint="available devices: cpu; reinstall llama-cpp-python with "
-                                    "CMAKE_ARGS='-DGGML_CUDA=on' (or Metal on macOS)")
-    return n_gpu_layers or -1
+        asked = f"--n-gpu-layers / n_gpu_layers={n_gpu_layers}" if device == "cpu" else f"--device / device={device}"
+        raise RuntimeLoadError(f"this llama-cpp-python build has no GPU offload for {asked}",
+                               hint="run on the CPU with --n-gpu-layers 0 / n_gpu_layers=0 and --device cpu, or reinstall "
+                                    "llama-cpp-python with CMAKE_ARGS='-DGGML_CUDA=on' (Metal on macOS): "
+                                    "`edgekit doctor` prints the exact command for this host")
+    return n_gpu_layers if device == "cpu" else n_gpu_layers or -1

@@ -2,7 +2,8 @@
 
 Published edge numbers are often unreproducible because the board, power mode, engine
 build or thread count went unrecorded. Host facts come from the profiler's detector
-(:mod:`edgekit.profiles.detect`); versions from package metadata (no heavy imports);
+(:mod:`edgekit.profiles.detect`); the engines' GPU builds, the driver and the execution
+providers from :mod:`edgekit.doctor` (as ``edgekit doctor`` prints them); versions from package metadata;
 the power mode from ``nvpmodel -q`` on Jetson, else the CPU frequency governor and the
 ACPI platform profile (what a laptop's "power saver / performance" switch sets).
 """
@@ -110,8 +111,19 @@ def host_conditions(profile_name: str | None = None, label: str | None = None, *
         "l4t": facts.l4t or None, "os": f"{platform.system()} {platform.release()}",
         "power": power_settings(nvpmodel_mode=facts.nvpmodel_mode),
         "load_average_1m": round(load, 2) if load is not None else None,
-        "libraries": library_versions(), "llama_cpp_build": llama_cpp_build(),
+        "libraries": library_versions(), "llama_cpp_build": llama_cpp_build(), "doctor": doctor_facts(),
     }
+
+
+def doctor_facts() -> dict[str, Any]:
+    """`edgekit doctor`'s facts and findings: the engines' GPU builds, the driver, the providers."""
+    try:
+        from edgekit.doctor import build_facts
+
+        return build_facts()
+    except Exception as e:  # a conditions record never fails a benchmark
+        log.warning("doctor facts unavailable: %s", e)
+        return {}
 
 
 def result_conditions(host: dict[str, Any], *, backend: str, threads: int, n_ctx: int, device: str, sha256: str,
