@@ -177,15 +177,17 @@ class Verifier:
             return own_weights(self.reference, weights, self.expected)
 
     def check(self, label: str, quant: str, precision: str, tokenize: TokenizeFn, logits: LogitsFn,
-              score: ScoreFn, weights: ArtifactWeights | OwnWeights, *, imatrix: bool = False) -> dict[str, Any]:
+              score: ScoreFn, weights: ArtifactWeights | OwnWeights, *, imatrix: bool = False,
+              is_eog: Callable[[int], bool] | None = None) -> dict[str, Any]:
         """Verify one artifact and measure its quality.
 
         Raises VerificationError (broken: not kept, the run stops) or QualityGateError (over
-        the user's gate: not kept, the caller goes on with the next artifact)."""
+        the user's gate: not kept, the caller goes on with the next artifact). ``is_eog``: the
+        runtime's end-of-generation test, for the stop-token check."""
         ref = self.reference
         with self.result.timer.step(f"verify {quant}"):
             own = own_weights(ref, weights, self.expected) if isinstance(weights, ArtifactWeights) else weights
-            rep = verify(ref, label, precision, tokenize, logits, own)
+            rep = verify(ref, label, precision, tokenize, logits, own, is_eog=is_eog)
         self.result.reports.append(rep)
         if not rep.passed:
             raise VerificationError(label, rep.failures[0].split(":")[0], "; ".join(rep.failures))

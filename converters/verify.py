@@ -1,6 +1,6 @@
 """Correctness of an artifact: does it compute what its own weights say? A broken artifact is refused.
 
-Three checks, every format alike (a format supplies ``tokenize``, ``logits`` and its weights,
+Four checks, every format alike (a format supplies ``tokenize``, ``logits`` and its weights,
 dequantized: :class:`~.reference.ArtifactTensor`):
 
 1. **tokens**: the artifact's tokenizer gives the source tokenizer's ids on the probe texts
@@ -12,6 +12,9 @@ dequantized: :class:`~.reference.ArtifactTensor`):
    weights* agree on the probe texts within :data:`LOGIT_BOUNDS` -- bounds as tight at q2_k as
    at f16, since quantization is no longer part of the difference: a wrong graph, rope,
    norm or soft-cap shows as O(1) relative error.
+
+4. **stop tokens**: every end-of-generation id the source declares is one in the artifact
+   (:func:`check_stops`).
 
 What quantization costs is quality, measured and reported by :mod:`.quality`, never a
 reason to refuse an artifact (unless the user sets a gate).
@@ -116,6 +119,7 @@ class VerificationReport:
     bounds: LogitBounds
     weights: dict[str, Any] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    stop_tokens: dict[str, Any] = field(default_factory=dict)  # the declared stops and those missing
 
     @property
     def passed(self) -> bool:
@@ -131,6 +135,8 @@ class VerificationReport:
             "weights": self.weights,
             "failures": self.failures,
         }
+        if self.stop_tokens:
+            d["stop_tokens"] = self.stop_tokens
         if self.metrics is not None:
             d["logits"] = {k: round_metric(v) for k, v in asdict(self.metrics).items()}
         return d
@@ -225,9 +231,23 @@ def own_weights(ref: SourceReference, weights: ArtifactWeights, expected: Callab
     return OwnWeights(check, logits)
 
 
+def check_stops(ref: SourceReference, is_eog: Callable[[int], bool]) -> tuple[dict[str, Any], list[str]]:
+    """4. **stop tokens**: every end-of-generation token the source declares (generation
+    config, tokenizer config, the chat template's end of turn: :mod:`.stop_tokens`) ends
+    generation in the artifact's runtime. One missing is a broken artifact: the model runs
+    past the end of its turn, whatever its weights."""
+    from .stop_tokens import declared_stops, stop_failures
+
+    stops = declared_stops(ref.model_dir, ref.tokenizer.get_vocab(), n_vocab=ref.vocab)
+    failures = stop_failures(stops, is_eog)
+    return {**stops.to_dict(), "missing": [t.id for t in stops.missing(is_eog)]}, failures
+
+
 def verify(ref: SourceReference, artifact: str, precision: str, tokenize: TokenizeFn, logits: LogitsFn,
-           own: OwnWeights, bounds: LogitBounds | None = None) -> VerificationReport:
-    """Tokens, weights and logits of one artifact against the source model carrying its weights."""
+           own: OwnWeights, bounds: LogitBounds | None = None, is_eog: Callable[[int], bool] | None = None
+           ) -> VerificationReport:
+    """Tokens, weights, logits and (given the runtime's ``is_eog``) stop tokens of one artifact
+    against the source model carrying its weights."""
     dtype = str(ref.dtype).removeprefix("torch.")
     th = bounds or LOGIT_BOUNDS.get(dtype, LOGIT_BOUNDS["float32"])
     n_probes, mismatches = check_tokens(ref, tokenize)
@@ -246,7 +266,12 @@ def verify(ref: SourceReference, artifact: str, precision: str, tokenize: Tokeni
     if metrics.rel_err > th.max_rel_err:
         failures.append(f"logits: relative error {metrics.rel_err:.3g} > {th.max_rel_err:g} against the artifact's "
                         f"own weights")
-    report = VerificationReport(artifact, precision, n_probes, mismatches, metrics, th, wcheck.summary(), failures)
+    stops: dict[str, Any] = {}
+    if is_eog is not None:
+        stops, stop_failures = check_stops(ref, is_eog)
+        failures += stop_failures
+    report = VerificationReport(artifact, precision, n_probes, mismatches, metrics, th, wcheck.summary(), failures,
+                                stops)
     log.info("correctness of %s: %s (logit rel. error %.3g, KL %.3g; worst weight %s)", artifact,
              "pass" if report.passed else "; ".join(failures), metrics.rel_err, metrics.mean_kl,
              wcheck.summary().get("max_rel_err"))

@@ -33,9 +33,11 @@ _LEVELS = {0: logging.DEBUG, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNI
 # 256 (required for type q4_K)", "-> falling back to q5_0", then "N of M tensor(s) required
 # fallback quantization"; with --tensor-type, "applying manual override: q2_K -> q8_0" per tensor
 # (the manifest records the overrides and the types the file holds). Matched to pick a level
-# only; nothing is counted from log text.
+# only; nothing is counted from log text. Loading: "special_eot_id is not in special_eog_ids"
+# is llama.cpp adding an end-of-turn id it does not know by name (a fine-tune's own marker,
+# written on purpose by edgekit's converter, converters/stop_tokens.py): not a fault.
 _FALLBACK_LINES = re.compile(r"not divisible by \d+|falling back to|required fallback quantization"
-                             r"|applying manual override")
+                             r"|applying manual override|special_eo[tm]_id is not in special_eog_ids")
 _callback: Any = None  # keep a reference: ctypes would free the trampoline otherwise
 _patch_lock = threading.Lock()
 

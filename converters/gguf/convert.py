@@ -199,7 +199,8 @@ def verify_gguf(path: Path, label: str, q: GGUFQuant, verifier: Verifier, source
         def score(ids: list[int], start: int) -> Iterator[np.ndarray]:
             return score_positions(s, ids, start)
 
-        return verifier.check(label, q.name, q.precision, s.tokenize, logits, score, own, imatrix=imatrix)
+        return verifier.check(label, q.name, q.precision, s.tokenize, logits, score, own, imatrix=imatrix,
+                              is_eog=s.is_end)
 
 
 def check_gguf(model_dir: Path, path: Path, *, adapter_dir: Path | None = None, quality: QualitySettings | None = None,

@@ -25,6 +25,7 @@ from edgekit.progress import ProgressFn, StepTimer, report
 from ..merged_source import write_merged_source
 from ..pipeline import Conversion, Inputs, Verifier, open_inputs, record, slug, start_output
 from ..quality import QualitySettings
+from ..stop_tokens import declared_stops, tokenizer_index, write_genai_stops
 from .builder import check_builder_available, run_builder
 from .quants import (
     DEFAULT_BLOCK_SIZE,
@@ -136,6 +137,8 @@ def convert_onnx(
                                                            f"-e {ep}{', block ' + str(block_size) if 'block_size' in opts else ''})")
                         run_builder(src, tmp, precision=q.builder_precision, ep=ep, cache_dir=Path(scratch) / "cache",
                                     extra_options=opts, n_layers=n_layers, progress=progress, label=f"build {q.name}")
+                        # the builder lists generation_config's eos ids only: add the template's end of turn
+                        write_genai_stops(tmp, declared_stops(model_dir, tokenizer_index(tmp)))
                     verification = None
                     if verify_artifacts:
                         verification = verify_onnx(tmp, final.name, q, verifier, threads=threads)
@@ -165,7 +168,7 @@ def verify_onnx(path: Path, label: str, q: OnnxQuant, verifier: Verifier, *, thr
         def score(ids: list[int], start: int) -> Iterator[np.ndarray]:
             yield s.logits(ids)[start:]
 
-        return verifier.check(label, q.name, q.precision, s.tokenize, s.logits, score, own)
+        return verifier.check(label, q.name, q.precision, s.tokenize, s.logits, score, own, is_eog=s.is_end)
 
 
 def _versions() -> dict[str, str]:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from ...source import read_json
+from ...stop_tokens import StopTokens, declared_stops, token_text
 from .common import CONTROL, Sources, Vocab
 
 log = logging.getLogger(__name__)
@@ -15,13 +17,14 @@ log = logging.getLogger(__name__)
 # these by text, but writing the id makes the file self-describing.
 _EOT_TEXTS = ("<|eot_id|>", "<|im_end|>", "<end_of_turn>", "<|end|>")
 _EOM_TEXTS = ("<|eom_id|>",)
+# Token texts llama.cpp (llama-vocab.cpp, this version) makes end-of-generation by name
+LLAMA_CPP_EOG_TEXTS = frozenset({
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>", "<end_of_turn>",
+    "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]", "<|end_of_text|>",
+    "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>", "<｜end▁of▁sentence｜>", "[e~[",
+})
 
-def _token_text(entry: Any) -> str | None:
-    if isinstance(entry, str):
-        return entry
-    if isinstance(entry, Mapping) and isinstance(entry.get("content"), str):
-        return str(entry["content"])
-    return None
+_token_text = token_text
 
 
 def _config_id(value: Any) -> int | None:
@@ -44,11 +47,32 @@ def special_ids(src: Sources, vocab: Vocab) -> dict[str, int]:
             tid = vocab.default_ids.get(typ)
         if tid is not None and 0 <= tid < len(vocab.tokens):
             ids[typ] = tid
+    stops = declared_stops(src.model_dir, index, n_vocab=len(vocab.tokens))
+    if stops.end_of_turn is not None and stops.end_of_turn.id != ids.get("eos"):
+        ids["eot"] = stops.end_of_turn.id
     for typ, texts in (("eot", _EOT_TEXTS), ("eom", _EOM_TEXTS)):
         tid = next((index[t] for t in texts if t in index and vocab.types[index[t]] == CONTROL), None)
-        if tid is not None:
+        if tid is not None and typ not in ids:
             ids[typ] = tid
+    _mark_stops(stops, ids, vocab)
     return ids
+
+
+def _mark_stops(stops: StopTokens, ids: dict[str, int], vocab: Vocab) -> None:
+    """Every declared stop end-of-generation in llama.cpp: it marks eos, eot and eom and the
+    texts of LLAMA_CPP_EOG_TEXTS; a stop it would miss takes a free eot/eom slot (the only
+    id keys this llama.cpp reads; it has no list key)."""
+    marked = {ids.get("eos"), ids.get("eot"), ids.get("eom")}
+    for t in stops.tokens:
+        if t.id in marked or vocab.tokens[t.id] in LLAMA_CPP_EOG_TEXTS:
+            continue
+        slot = next((s for s in ("eot", "eom") if s not in ids), None)
+        if slot is None:
+            log.warning("stop token %s has no free GGUF id key (eot %s, eom %s): llama.cpp will not stop on it",
+                        t.describe(), ids.get("eot"), ids.get("eom"))
+            continue
+        ids[slot] = t.id
+        marked.add(t.id)
 
 
 def _template_flags(processor: Mapping[str, Any] | None, index: Mapping[str, int], ids: dict[str, int]
@@ -93,11 +117,17 @@ def add_special_flags(src: Sources, vocab: Vocab, ids: dict[str, int]) -> tuple[
 
 def read_chat_template(src: Sources) -> tuple[str | list[dict[str, str]] | None, str | None]:
     """(value for GGUF, the default template) from tokenizer_config.json or the files beside it."""
-    value: Any = src.config.get("chat_template")
-    if value is None and (src.model_dir / "chat_template.jinja").is_file():
-        value = (src.model_dir / "chat_template.jinja").read_text(encoding="utf-8")
-    if value is None and (src.model_dir / "chat_template.json").is_file():
-        value = read_json(src.model_dir / "chat_template.json").get("chat_template")
+    return read_template_files(src.config, src.model_dir)
+
+
+def read_template_files(config: Mapping[str, Any], model_dir: Path
+                        ) -> tuple[str | list[dict[str, str]] | None, str | None]:
+    """:func:`read_chat_template` from tokenizer_config.json's contents and its directory."""
+    value: Any = config.get("chat_template")
+    if value is None and (model_dir / "chat_template.jinja").is_file():
+        value = (model_dir / "chat_template.jinja").read_text(encoding="utf-8")
+    if value is None and (model_dir / "chat_template.json").is_file():
+        value = read_json(model_dir / "chat_template.json").get("chat_template")
     if isinstance(value, str):
         return value, value
     if isinstance(value, list) and all(isinstance(t, Mapping) and "template" in t for t in value):
