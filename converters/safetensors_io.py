@@ -9,6 +9,7 @@ instead of a crash deep inside a converter, and lets us stream one tensor at a t
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import mmap
@@ -72,37 +73,35 @@ class SafetensorsFile:
                 if len(head) < 8:
                     raise CorruptFileError(path, "file is shorter than a safetensors header")
                 (n,) = struct.unpack("<Q", head)
-                if n > _MAX_HEADER or 8 + n > size:
-                    raise CorruptFileError(path, f"header length {n} does not fit in a {size}-byte file")
+                # refused before anything is read or allocated by it
+                if n == 0 or n > _MAX_HEADER or 8 + n > size:
+                    raise CorruptFileError(path, f"header length {n} (byte 0) does not fit in a {size}-byte file")
                 raw = f.read(n)
         except OSError as e:
             raise CorruptFileError(path, f"cannot read: {e.strerror}", hint="check the path and permissions") from e
         try:
             header = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CorruptFileError(path, f"header is not valid JSON ({e})") from e
+        except UnicodeDecodeError as e:
+            raise CorruptFileError(path, f"header is not UTF-8 (byte {8 + e.start})") from e
+        except json.JSONDecodeError as e:
+            raise CorruptFileError(path, f"header is not valid JSON ({e.msg} at byte {8 + e.pos})") from e
+        except RecursionError as e:
+            raise CorruptFileError(path, "header JSON is nested deeper than any real header") from e
         if not isinstance(header, dict):
-            raise CorruptFileError(path, "header is not a JSON object")
-        self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
+            raise CorruptFileError(path, "header (byte 8) is not a JSON object")
+        meta = header.pop("__metadata__", None) or {}
+        if not isinstance(meta, dict) or any(not isinstance(v, str) for v in meta.values()):
+            raise CorruptFileError(path, "__metadata__ must map strings to strings")
+        self.metadata: dict[str, str] = meta
         base = 8 + n
         self.tensors: dict[str, TensorInfo] = {}
         for name, spec in header.items():
-            try:
-                dtype = spec["dtype"]
-                shape = tuple(int(d) for d in spec["shape"])
-                lo, hi = (int(x) for x in spec["data_offsets"])
-            except (KeyError, TypeError, ValueError) as e:
-                raise CorruptFileError(path, f"tensor {name!r} has a malformed header entry") from e
-            if dtype not in _DTYPES:
-                raise CorruptFileError(path, f"tensor {name!r} has unsupported dtype {dtype}",
-                                       hint=f"supported: {', '.join(_DTYPES)}")
-            info = TensorInfo(name, dtype, shape, base + lo, base + hi)
-            if lo > hi or info.end > size:
-                raise CorruptFileError(path, f"tensor {name!r} data [{lo}, {hi}) lies past the end of the file "
-                                             f"({size - base} data bytes)")
-            if info.nbytes != info.numel * _DTYPES[dtype][1]:
-                raise CorruptFileError(path, f"tensor {name!r}: {info.nbytes} bytes for shape {shape} {dtype}")
-            self.tensors[name] = info
+            self.tensors[name] = _tensor_info(path, name, spec, base, size)
+        spans = sorted((t for t in self.tensors.values() if t.nbytes), key=lambda t: t.start)
+        for a, b in itertools.pairwise(spans):
+            if b.start < a.end:
+                raise CorruptFileError(path, f"tensors {a.name!r} [{a.start}, {a.end}) and {b.name!r} "
+                                             f"[{b.start}, {b.end}) overlap at byte {b.start}")
 
     def raw(self, name: str) -> np.ndarray:
         """The tensor's data as stored, read into its own buffer.
@@ -167,6 +166,38 @@ class SafetensorsFile:
                 mm.close()
             except BufferError:  # the caller still holds the last view: the map closes when it is dropped
                 pass
+
+
+def _tensor_info(path: Path, name: str, spec: object, base: int, size: int) -> TensorInfo:
+    """One header entry, checked: known dtype, whole non-negative shape, data inside the file and of
+    exactly the shape's size (byte offsets are absolute in the messages)."""
+    try:
+        assert isinstance(spec, dict)
+        dtype = spec["dtype"]
+        raw_shape, raw_offsets = spec["shape"], spec["data_offsets"]
+        assert isinstance(raw_shape, list) and isinstance(raw_offsets, list) and len(raw_offsets) == 2
+        assert all(isinstance(d, int) and not isinstance(d, bool) for d in [*raw_shape, *raw_offsets])
+    except (AssertionError, KeyError, TypeError) as e:
+        raise CorruptFileError(path, f"tensor {name!r} has a malformed header entry "
+                                     f"(needs dtype, an integer shape list and two integer data_offsets)") from e
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
+        raise CorruptFileError(path, f"tensor {name!r} has unsupported dtype {dtype!r}",
+                               hint=f"supported: {', '.join(_DTYPES)}")
+    shape = tuple(raw_shape)
+    lo, hi = raw_offsets
+    if any(d < 0 for d in shape):
+        raise CorruptFileError(path, f"tensor {name!r} has a negative dimension in shape {list(shape)}")
+    if base + hi > size:
+        raise CorruptFileError(path, f"tensor {name!r} data [{base + lo}, {base + hi}) runs past the end of the "
+                                     f"{size}-byte file")
+    if lo < 0 or lo > hi:
+        raise CorruptFileError(path, f"tensor {name!r} data [{base + lo}, {base + hi}) lies outside the data section "
+                                     f"[{base}, {size}) of the file")
+    info = TensorInfo(name, dtype, shape, base + lo, base + hi)
+    if info.nbytes != info.numel * _DTYPES[dtype][1]:
+        raise CorruptFileError(path, f"tensor {name!r}: {info.nbytes} bytes at byte {info.start} for shape "
+                                     f"{list(shape)} {dtype} ({info.numel * _DTYPES[dtype][1]} expected)")
+    return info
 
 
 def _release(mm: mmap.mmap, start: int, length: int) -> None:

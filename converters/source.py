@@ -7,7 +7,6 @@ near the largest tensor.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,10 +91,10 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise CorruptFileError(path, f"not valid JSON ({e.msg} at line {e.lineno})", hint="fix or re-download it") from e
+    from edgekit.validate import MAX_TOKENIZER_JSON, read_json_bounded
+
+    try:  # refused by size before it is read, by depth while it is parsed (untrusted input)
+        data = read_json_bounded(path, MAX_TOKENIZER_JSON)
     except OSError as e:
         raise InputError(f"cannot read {path}: {e.strerror}") from e
     if not isinstance(data, dict):
@@ -119,8 +118,11 @@ def load_config(model_dir: Path) -> dict[str, Any]:
 
 
 def open_source(model_dir: Path) -> SourceModel:
+    from edgekit.validate import check_tokenizer_files
+
     model_dir = Path(model_dir)
     config = load_config(model_dir)
+    check_tokenizer_files(model_dir, parse=False)  # sizes first; the vocabulary reader parses them
     index = model_dir / INDEX_FILE
     if index.is_file():
         weight_map = read_json(index).get("weight_map")

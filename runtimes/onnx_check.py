@@ -53,12 +53,17 @@ def read_genai_config(path: Path) -> dict[str, Any]:
         raise ModelNotFoundError(f"{path} has no {GENAI_CONFIG}",
                                  hint="pass a directory written by `edgekit convert --to onnx` (or ONNX Runtime "
                                       "GenAI's model builder)")
+    from edgekit.validate import read_json_bounded
+
     try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        cfg = read_json_bounded(cfg_path)  # size first, then parsed (CorruptFileError)
         str(cfg["model"]["decoder"]["filename"])  # presence check: KeyError/TypeError below
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise CorruptFileError(cfg_path, f"not a valid GenAI config ({type(e).__name__}: {e})",
                                hint="re-export the model with `edgekit convert --to onnx`") from e
+    from edgekit.validate import check_genai_config
+
+    check_genai_config(cfg, cfg_path)  # ONNX Runtime GenAI sizes its buffers from these values
     assert isinstance(cfg, dict)
     return cfg
 
@@ -75,6 +80,9 @@ def check_onnx_dir(path: Path) -> OnnxModelInfo:
     """Validate ``path`` (a GenAI model directory); raise a one-line error naming the problem."""
     path = Path(path)
     cfg = read_genai_config(path)
+    from edgekit.validate import check_tokenizer_files
+
+    check_tokenizer_files(path)  # ONNX Runtime GenAI's tokenizer parses these natively
     decoder = _safe_relative(path, str(cfg["model"]["decoder"]["filename"]), path / GENAI_CONFIG)
     if not decoder.is_file() or decoder.stat().st_size == 0:
         raise CorruptFileError(decoder, "missing or empty", hint="the copy is incomplete; copy the whole directory")

@@ -76,7 +76,7 @@ def _varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(buf: memoryview, start: int, end: int) -> Iterator[tuple[int, Wire, int, int]]:
+def fields(buf: memoryview, start: int, end: int) -> Iterator[tuple[int, Wire, int, int]]:
     """(field number, wire type, value start, value end or the varint's value) for each field."""
     pos = start
     while pos < end:
@@ -112,13 +112,13 @@ def _text(buf: memoryview, start: int, end: int) -> str:
 
 def _tensor(buf: memoryview, start: int, end: int) -> TensorRef:
     t = TensorRef()
-    for number, wire, a, b in _fields(buf, start, end):
+    for number, wire, a, b in fields(buf, start, end):
         if number == TENSOR_NAME and wire == Wire.LEN:
             t.name = _text(buf, a, b)
         elif number == TENSOR_DATA_LOCATION and wire == Wire.VARINT:
             t.external_flag = a == DATA_LOCATION_EXTERNAL
         elif number == TENSOR_EXTERNAL_DATA and wire == Wire.LEN:
-            entry = {n: _text(buf, x, y) for n, w, x, y in _fields(buf, a, b) if w == Wire.LEN}
+            entry = {n: _text(buf, x, y) for n, w, x, y in fields(buf, a, b) if w == Wire.LEN}
             t.external[entry.get(ENTRY_KEY, "")] = entry.get(ENTRY_VALUE, "")
         elif (number == TENSOR_RAW_DATA or number in TENSOR_INLINE_PAYLOADS) and wire != Wire.VARINT:
             t.inline_bytes += b - a
@@ -126,7 +126,7 @@ def _tensor(buf: memoryview, start: int, end: int) -> TensorRef:
 
 
 def _sparse(buf: memoryview, start: int, end: int) -> Iterator[TensorRef]:
-    for number, wire, a, b in _fields(buf, start, end):
+    for number, wire, a, b in fields(buf, start, end):
         if number in (SPARSE_VALUES, SPARSE_INDICES) and wire == Wire.LEN:
             yield _tensor(buf, a, b)
 
@@ -134,7 +134,7 @@ def _sparse(buf: memoryview, start: int, end: int) -> Iterator[TensorRef]:
 def _graph(buf: memoryview, start: int, end: int, depth: int) -> Iterator[TensorRef]:
     if depth > MAX_DEPTH:
         raise ProtoError(f"subgraphs nested deeper than {MAX_DEPTH}")
-    for number, wire, a, b in _fields(buf, start, end):
+    for number, wire, a, b in fields(buf, start, end):
         if wire != Wire.LEN:
             continue
         if number == GRAPH_INITIALIZER:
@@ -142,13 +142,13 @@ def _graph(buf: memoryview, start: int, end: int, depth: int) -> Iterator[Tensor
         elif number == GRAPH_SPARSE_INITIALIZER:
             yield from _sparse(buf, a, b)
         elif number == GRAPH_NODE:
-            for n2, w2, c, d in _fields(buf, a, b):
+            for n2, w2, c, d in fields(buf, a, b):
                 if n2 == NODE_ATTRIBUTE and w2 == Wire.LEN:
                     yield from _attribute(buf, c, d, depth)
 
 
 def _attribute(buf: memoryview, start: int, end: int, depth: int) -> Iterator[TensorRef]:
-    for number, wire, a, b in _fields(buf, start, end):
+    for number, wire, a, b in fields(buf, start, end):
         if wire != Wire.LEN:
             continue
         if number in (ATTR_T, ATTR_TENSORS):
@@ -168,7 +168,7 @@ def model_tensors(path: Path) -> list[TensorRef]:
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
             buf = memoryview(m)
             try:
-                graphs = [(a, b) for n, w, a, b in _fields(buf, 0, size) if n == MODEL_GRAPH and w == Wire.LEN]
+                graphs = [(a, b) for n, w, a, b in fields(buf, 0, size) if n == MODEL_GRAPH and w == Wire.LEN]
                 if not graphs:
                     raise ProtoError("no graph")
                 return [t for a, b in graphs for t in _graph(buf, a, b, 0)]

@@ -110,6 +110,9 @@ def read_imatrix(path: Path) -> Imatrix:
 def _read_gguf(path: Path) -> Imatrix:
     import gguf
 
+    from .inspect import read_gguf
+
+    read_gguf(path)  # untrusted: edgekit's validator before gguf-py's reader sizes arrays from the header
     try:
         r = gguf.GGUFReader(str(path))
     except (ValueError, OSError, struct.error) as e:

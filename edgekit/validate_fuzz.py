@@ -1,0 +1,243 @@
+"""Hostile inputs for the validators: mutants of valid files, by format, and their region maps.
+
+Used by ``benchmarks/fuzz.py`` (thousands of mutants, edgekit beside the raw native library)
+and by the test suite (a bounded hypothesis run). A mutant is made from a valid file's bytes by
+one of: a bit flip, a 64-bit overwrite with a boundary value (0, 2^32-1, 2^40, 2^63-1, 2^64-1,
+the file size), a truncation at a region boundary, appended junk, or two tensors' offsets
+swapped; JSON files also get value-level mutations (a number made huge or negative, a key
+dropped, a value's type changed). Regions are where the format's parser makes decisions:
+the fixed header, each metadata entry, each tensor-table entry, the data section.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# 64-bit values that sit on the edges parsers get wrong
+BOUNDARY_U64 = (0, 1, 0xFF, 0xFFFF, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**40, 2**50, 2**62, 2**63 - 1, 2**63,
+                2**64 - 1)
+
+
+@dataclass(frozen=True)
+class Region:
+    name: str  # "header", "kv 3 llama.block_count", "tensor 5 blk.0.attn_q.weight", "data"
+    start: int
+    end: int
+
+
+def gguf_regions(data: bytes) -> list[Region]:
+    """The regions of a valid GGUF (fixed header, each metadata entry, each tensor entry, data)."""
+    from edgekit.converters.gguf.inspect import _HeaderScanner
+
+    sc = _HeaderScanner(data, len(data))
+    sc.off = 8
+    n_tensors, n_kv = sc.unpack("<Q", "header"), sc.unpack("<Q", "header")
+    out = [Region("header", 0, 24)]
+    alignment = 32
+    for i in range(n_kv):
+        start = sc.off
+        key = sc.string("key")
+        vtype = sc.unpack("<I", "type")
+        value = sc.value(vtype, key)
+        if key == "general.alignment":
+            alignment = int(value)
+        out.append(Region(f"kv {i} {key}", start, sc.off))
+    for i in range(n_tensors):
+        start = sc.off
+        name = sc.string("name")
+        n_dims = sc.unpack("<I", "dims")
+        sc.take(8 * n_dims + 4 + 8, name)
+        out.append(Region(f"tensor {i} {name}", start, sc.off))
+    data_start = -(-sc.off // alignment) * alignment
+    out.append(Region("padding", sc.off, data_start))
+    out.append(Region("data", data_start, len(data)))
+    return out
+
+
+def gguf_tensor_offsets(data: bytes, regions: list[Region]) -> list[int]:
+    """Byte positions of each tensor entry's 64-bit data offset (its last 8 bytes)."""
+    return [r.end - 8 for r in regions if r.name.startswith("tensor ")]
+
+
+def safetensors_regions(data: bytes) -> list[Region]:
+    (n,) = struct.unpack_from("<Q", data, 0)
+    return [Region("length", 0, 8), Region("header", 8, 8 + n), Region("data", 8 + n, len(data))]
+
+
+def _overwrite64(data: bytearray, pos: int, rng: random.Random, size: int) -> None:
+    value = rng.choice((*BOUNDARY_U64, size, size + 1, size - 1, rng.getrandbits(64)))
+    data[pos:pos + 8] = struct.pack("<Q", value % 2**64)[: len(data) - pos]
+
+
+def mutate_binary(data: bytes, regions: list[Region], rng: random.Random,
+                  swap_points: list[int] | None = None) -> tuple[str, bytes]:
+    """One mutant of a binary file: (what was done, the bytes)."""
+    structural = [r for r in regions if r.name != "data" and r.end > r.start]
+    kind = rng.choice(("bitflip", "bitflip", "overwrite64", "overwrite64", "overwrite64", "truncate", "junk",
+                       "swap_offsets", "multi"))
+    out = bytearray(data)
+    region = rng.choice(structural)
+    if kind == "bitflip":
+        pos = rng.randrange(region.start, region.end)
+        out[pos] ^= 1 << rng.randrange(8)
+        return f"bitflip {region.name} @{pos}", bytes(out)
+    if kind == "overwrite64":
+        pos = rng.randrange(region.start, max(region.start + 1, region.end - 7))
+        _overwrite64(out, pos, rng, len(data))
+        return f"overwrite64 {region.name} @{pos}", bytes(out)
+    if kind == "truncate":
+        r = rng.choice(regions)
+        cut = max(0, min(len(data) - 1, rng.choice((r.start, r.end)) + rng.randint(-8, 8)))
+        return f"truncate @{cut} ({r.name})", bytes(out[:cut])
+    if kind == "junk":
+        junk = rng.randbytes(rng.choice((1, 7, 64, 4096)))
+        return f"junk +{len(junk)}", bytes(out) + junk
+    if kind == "swap_offsets" and swap_points and len(swap_points) >= 2:
+        a, b = rng.sample(swap_points, 2)
+        out[a:a + 8], out[b:b + 8] = data[b:b + 8], data[a:a + 8]
+        return f"swap_offsets @{a}<->@{b}", bytes(out)
+    for _ in range(rng.randint(2, 6)):  # multi: several overwrites and flips at once
+        region = rng.choice(structural)
+        pos = rng.randrange(region.start, region.end)
+        if rng.random() < 0.5:
+            out[pos] ^= 1 << rng.randrange(8)
+        else:
+            _overwrite64(out, min(pos, len(out) - 1), rng, len(data))
+    return "multi", bytes(out)
+
+
+_HOSTILE_VALUES: tuple[Any, ...] = (0, -1, 2**31, 2**40, 2**63, 1e308, -1e308, "", "x" * 300, None, True, [], {},
+                                    [[[[[]]]]], "../../etc/passwd", "/etc/passwd")
+
+
+def _json_paths(obj: Any, path: tuple[Any, ...] = (), limit: int = 4000) -> Iterator[tuple[Any, ...]]:
+    """Paths to the values of a JSON document (breadth-limited: a 262k vocabulary is sampled, not walked)."""
+    yield path
+    if isinstance(obj, dict):
+        keys = list(obj)
+        for k in keys if len(keys) <= 64 else keys[:32] + keys[-8:]:
+            yield from _json_paths(obj[k], (*path, k), limit)
+    elif isinstance(obj, list):
+        idx = range(len(obj)) if len(obj) <= 64 else [*range(8), len(obj) // 2, len(obj) - 1]
+        for i in idx:
+            yield from _json_paths(obj[i], (*path, i), limit)
+
+
+def mutate_json(doc: Any, rng: random.Random) -> tuple[str, Any]:
+    """One value-level mutation of a parsed JSON document (a deep copy is changed)."""
+    doc = json.loads(json.dumps(doc))
+    paths = [p for p in _json_paths(doc) if p]
+    if not paths:
+        return "whole", rng.choice(_HOSTILE_VALUES)
+    path = rng.choice(paths)
+    parent = doc
+    for k in path[:-1]:
+        parent = parent[k]
+    last = path[-1]
+    kind = rng.choice(("replace", "replace", "replace", "drop", "huge_list"))
+    if kind == "drop" and isinstance(parent, dict):
+        del parent[last]
+        return f"drop {'.'.join(map(str, path))}", doc
+    if kind == "huge_list":
+        parent[last] = [0] * rng.choice((0, 1, 100_000))
+        return f"list {'.'.join(map(str, path))}", doc
+    parent[last] = rng.choice(_HOSTILE_VALUES)
+    return f"replace {'.'.join(map(str, path))}={parent[last]!r:.20}", doc
+
+
+def mutate_json_file(text: bytes, rng: random.Random) -> tuple[str, bytes]:
+    """A mutant of a JSON file: value-level most of the time, else byte-level (flip, cut, junk, deep nesting)."""
+    roll = rng.random()
+    if roll < 0.6:
+        what, doc = mutate_json(json.loads(text), rng)
+        return what, json.dumps(doc).encode()
+    if roll < 0.7:
+        depth = rng.choice((100, 5000, 200_000))
+        return f"nest {depth}", b"[" * depth + b"]" * depth
+    regions = [Region("text", 0, len(text))]
+    kind = rng.choice(("bitflip", "truncate", "junk"))
+    out = bytearray(text)
+    if kind == "bitflip":
+        for _ in range(rng.randint(1, 4)):
+            pos = rng.randrange(len(out))
+            out[pos] ^= 1 << rng.randrange(8)
+        return "bitflip", bytes(out)
+    if kind == "truncate":
+        cut = rng.randrange(len(out))
+        return f"truncate @{cut}", bytes(out[:cut])
+    del regions
+    return "junk", bytes(out) + rng.randbytes(64)
+
+
+def safetensors_mutant(data: bytes, rng: random.Random) -> tuple[str, bytes]:
+    """Header-JSON mutations (offsets, shapes, dtypes) half the time, byte-level the rest."""
+    (n,) = struct.unpack_from("<Q", data, 0)
+    if rng.random() < 0.5:
+        header = json.loads(data[8:8 + n])
+        names = [k for k in header if k != "__metadata__"]
+        name = rng.choice(names)
+        kind = rng.choice(("offsets", "offsets", "shape", "dtype", "swap", "overlap", "value"))
+        entry = header[name]
+        if kind == "offsets":
+            i = rng.randrange(2)
+            entry["data_offsets"][i] = rng.choice((*BOUNDARY_U64[:10], -8, len(data), entry["data_offsets"][i] + 1))
+        elif kind == "shape":
+            entry["shape"] = rng.choice(([2**40, 2**40], [-1, 4], [0], [], [*entry["shape"], 2], [1] * 9))
+        elif kind == "dtype":
+            entry["dtype"] = rng.choice(("F8_E4M3", "Q4", "", 7, "bf16", "U64"))
+        elif kind == "swap" and len(names) > 1:
+            other = header[rng.choice([x for x in names if x != name])]
+            entry["data_offsets"], other["data_offsets"] = other["data_offsets"], entry["data_offsets"]
+        elif kind == "overlap" and len(names) > 1:
+            other = header[rng.choice([x for x in names if x != name])]
+            entry["data_offsets"] = list(other["data_offsets"])
+        else:
+            _, header = mutate_json(header, rng)
+        blob = json.dumps(header).encode()
+        return f"header {kind} {name}", struct.pack("<Q", len(blob)) + blob + data[8 + n:]
+    return mutate_binary(data, safetensors_regions(data), rng)
+
+
+def rebuild_gguf(src: Path, dst: Path, *, keep_layers: int | None = None,
+                 metadata: Callable[[str, Any, Any], tuple[Any, Any] | None] | None = None) -> Path:
+    """Rewrite a GGUF with gguf-py: ``keep_layers`` drops later blocks (block_count follows);
+    ``metadata(key, value, type)`` may return a replacement (value, GGUFValueType) or None to drop."""
+    import gguf
+    import numpy as np
+
+    r = gguf.GGUFReader(str(src))
+    arch = str(r.fields["general.architecture"].contents())
+    w = gguf.GGUFWriter(str(dst), arch, use_temp_file=False)
+    skip = {"GGUF.version", "GGUF.tensor_count", "GGUF.kv_count", "general.architecture"}
+    for key, f in r.fields.items():
+        if key in skip:
+            continue
+        vtype = f.types[0]
+        value = f.contents()
+        if keep_layers is not None and key == f"{arch}.block_count":
+            value = keep_layers
+        sub = f.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        if metadata is not None:
+            new = metadata(key, value, vtype)
+            if new is None:
+                continue
+            value, vtype = new
+        if vtype == gguf.GGUFValueType.ARRAY:
+            w.add_key_value(key, value, vtype, sub_type=sub)
+        else:
+            w.add_key_value(key, value, vtype)
+    for t in r.tensors:
+        if keep_layers is not None and t.name.startswith("blk.") and int(t.name.split(".")[1]) >= keep_layers:
+            continue
+        w.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)  # byte shape -> ggml dims
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return dst
