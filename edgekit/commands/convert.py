@@ -73,6 +73,8 @@ _C, _O, _Q = CommonOptions, ONNXOptions, GPTQOptions
 @click.option("--max-ppl-increase", type=float, default=None,
               help="Quality gate: refuse an artifact whose perplexity rises by more than this many percent.")
 @click.option("--no-verify", is_flag=True, help="Skip verification against the source model (not recommended).")
+@click.option("--ollama", is_flag=True,
+              help="Also write an Ollama Modelfile beside each GGUF (TEMPLATE, stops; num_ctx from --ctx).")
 @click.option("--threads", type=int, default=None, help="Threads for quantization and verification.")
 @click.option("--demo", is_flag=True, help="Convert the packaged demo model (no download needed).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -85,6 +87,7 @@ def convert(model_dir: Path | None, to: str, out_dir: Path, demo: bool, as_json:
     from edgekit.converters.registry import Format, convert_formats
     from edgekit.errors import InputError
 
+    ollama = flags.pop("ollama")
     ctx = click.get_current_context()
     # the flags given, by their keyword names (--no-verify is verify=False)
     given = {k: v for k, v in flags.items() if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
@@ -114,11 +117,13 @@ def convert(model_dir: Path | None, to: str, out_dir: Path, demo: bool, as_json:
         raise InputError("missing MODEL_DIR", hint="pass a Hugging Face model directory, or --demo")
     plan = plan_conversion(to, defaults=defaults, progress=StepPrinter(quiet=quiet or as_json), **given)
     results = convert_formats(model_dir, out_dir, plan)
+    modelfiles = _modelfiles(results, out_dir, flags.get("fit_ctx")) if ollama else []
     refused = [x for r in results for x in r.refused]
     if as_json:
         emit_json({"out_dir": str(out_dir), "manifest": results[-1].manifest.to_dict(), "refused": refused,
                    "warnings": [w for r in results for w in r.warnings],
-                   "steps": [s for r in results for s in r.timer.as_dict()]})
+                   "steps": [s for r in results for s in r.timer.as_dict()],
+                   **({"modelfiles": [m.to_dict() for m in modelfiles]} if ollama else {})})
     else:
         click.echo(artifact_table([asdict(a) for r in results for a in r.artifacts]))
         ref = next((a.verification for r in results for a in r.artifacts if a.verification), None)
@@ -130,8 +135,18 @@ def convert(model_dir: Path | None, to: str, out_dir: Path, demo: bool, as_json:
             click.echo(line)
         for w in (w for r in results for w in r.warnings):
             click.echo(f"warning: {w}")
+        for m in modelfiles:
+            click.echo(f"ollama: {m.path}" + "".join(f"; {n}" for n in m.notes))
     if refused:
         from edgekit.errors import QualityGateError
 
         names = ", ".join(f"{x['artifact']} ({'; '.join(x['reasons'])})" for x in refused)
         raise QualityGateError(f"{len(refused)} artifact(s)", [names], {})
+
+
+def _modelfiles(results: list[Any], out_dir: Path, num_ctx: int | None) -> list[Any]:
+    """--ollama: a Modelfile beside every GGUF the run wrote (edgekit.export.ollama)."""
+    from edgekit.export import write_modelfile
+
+    return [write_modelfile(out_dir / a.file, num_ctx=num_ctx) for r in results for a in r.artifacts
+            if a.format == "gguf"]

@@ -24,7 +24,7 @@ class GoTemplateError(EdgekitError):
 
 _ACTION = re.compile(r"\{\{(-\s)?(.*?)(\s-)?\}\}", re.S)
 _TOKEN = re.compile(r'\s*("(?:[^"\\]|\\.)*"|\(|\)|:=|=|\$[A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*'
-                    r"|\.[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*|\.|-?[0-9]+|[A-Za-z_][A-Za-z0-9_]*|,)")
+                    r"|\||\.[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*|\.|-?[0-9]+|[A-Za-z_][A-Za-z0-9_]*|,)")
 _ESCAPES = {"n": "\n", "t": "\t", '"': '"', "\\": "\\", "r": "\r"}
 
 
@@ -39,13 +39,17 @@ class _Node:
 
 
 def _lex(expr: str) -> list[str]:
-    out, pos = [], 0
+    out: list[str] = []
+    pos = 0
     expr = expr.strip()
     while pos < len(expr):
         m = _TOKEN.match(expr, pos)
         if m is None or m.end() == pos:
             raise GoTemplateError(f"Go template: cannot read {expr[pos:pos + 20]!r}")
-        out.append(m.group(1))
+        tok = m.group(1)
+        if tok.startswith(".") and len(tok) > 1 and out and out[-1] == ")" and m.start(1) == pos:
+            tok = "@" + tok  # (expr).Field: a field of the parenthesized value
+        out.append(tok)
         pos = m.end()
     return out
 
@@ -191,6 +195,25 @@ _FUNCS: dict[str, Any] = {
 
 
 def _eval(tokens: list[str], dot: Any, scope: _Scope) -> Any:
+    """A pipeline: ``a | f x`` is ``f x a`` (each stage's value is the next one's last argument)."""
+    stages: list[list[str]] = [[]]
+    depth = 0
+    for t in tokens:
+        depth += {"(": 1, ")": -1}.get(t, 0)
+        if t == "|" and depth == 0:
+            stages.append([])
+        else:
+            stages[-1].append(t)
+    value: Any = _NOTHING
+    for stage in stages:
+        value = _command(stage, dot, scope, value)
+    return value
+
+
+_NOTHING = object()
+
+
+def _command(tokens: list[str], dot: Any, scope: _Scope, piped: Any) -> Any:
     args, i = [], 0
     while i < len(tokens):
         t = tokens[i]
@@ -201,11 +224,16 @@ def _eval(tokens: list[str], dot: Any, scope: _Scope) -> Any:
                     raise GoTemplateError("Go template: unbalanced parenthesis")
                 depth += {"(": 1, ")": -1}.get(tokens[j], 0)
                 j += 1
-            args.append(("value", _eval(tokens[i + 1:j - 1], dot, scope)))
+            value = _eval(tokens[i + 1:j - 1], dot, scope)
+            if j < len(tokens) and tokens[j].startswith("@."):
+                value, j = _field(value, tokens[j][2:].split(".")), j + 1
+            args.append(("value", value))
             i = j
             continue
         args.append(("name", t) if t in _FUNCS else ("value", _term(t, dot, scope)))
         i += 1
+    if piped is not _NOTHING:
+        args.append(("value", piped))
     if not args:
         raise GoTemplateError("Go template: empty expression")
     kind, head = args[0]

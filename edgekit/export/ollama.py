@@ -4,7 +4,7 @@ Ollama without a template and stop words is the classic "the fine-tune never sto
 The TEMPLATE is the model's chat template translated to Go-template syntax for the
 fixed-shape families (:mod:`.templates`), used only when it renders the same text on the
 check conversations. Without a translation the Modelfile has no TEMPLATE, and says why:
-newer Ollama versions then render the Jinja template the GGUF carries. A GGUF without any
+``ollama create`` then derives one from the Jinja template the GGUF carries. A GGUF without any
 chat template gets a plain completion template (``{{ .Prompt }}``) and a note saying so.
 """
 
@@ -146,7 +146,7 @@ def plan_modelfile(gguf: Path, *, num_ctx: int | None = None) -> Modelfile:
         tr = translate(info.template, info.eos, system or "")
         family, template = tr.family, tr.go
         if tr.go is None:
-            notes.append(f"no TEMPLATE: {tr.reason}; Ollama 0.3+ renders the GGUF's own chat template instead")
+            notes.append(f"no TEMPLATE: {tr.reason}; `ollama create` then derives one from the GGUF's own chat template")
         else:
             notes.append(f"TEMPLATE translated from the {tr.family} chat template (checked: {tr.reason})")
     for key in ("eot", "eom", "eos"):
