@@ -86,6 +86,23 @@ def test_subset_renderer_matches_go_on_its_constructs() -> None:
             assert render_go(t, data) == g
 
 
+def test_default_system_prompt_becomes_system() -> None:
+    from edgekit.export.ollama import default_system
+
+    qwen_like = ("{% if messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are Qwen.<|im_end|>\n' }}"
+                 "{% endif %}" + FAMILY_TEMPLATES["chatml"].jinja)
+    system = default_system(qwen_like, "<|im_end|>")
+    assert system == "You are Qwen."
+    assert default_system(FAMILY_TEMPLATES["chatml"].jinja, "<|im_end|>") is None
+    tr = translate(qwen_like, "<|im_end|>", system)
+    assert tr.go == go_template(FAMILY_TEMPLATES["chatml"], "<|im_end|>")
+    assert translate(qwen_like, "<|im_end|>").go is None  # without SYSTEM the default would be lost
+    # Ollama puts SYSTEM first when a request has none: Go then renders what the template does
+    convs = [list(c) for c in CHECK_CONVERSATIONS]
+    with_system = [[{"role": "system", "content": system}, *c] for c in convs]
+    assert go_render([(tr.go, c) for c in with_system]) == [render_jinja(qwen_like, c, "<|im_end|>") for c in convs]
+
+
 def test_edited_template_gets_no_translation() -> None:
     edited = FAMILY_TEMPLATES["chatml"].jinja.replace("'<|im_start|>assistant\n'", "'<|im_start|>assistant\n<think>'")
     assert edited != FAMILY_TEMPLATES["chatml"].jinja
