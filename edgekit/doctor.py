@@ -464,7 +464,13 @@ def diagnose(p: Probes) -> Report:
 
 def _diagnose_llama(p: Probes, gpus: list[Gpu], facts: dict[str, dict[str, Any]], findings: list[Finding]) -> None:
     if p.llama is None:
-        facts["llama_cpp"] = {"installed": False, "error": p.llama_error or None}
+        facts["llama_cpp"] = {"installed": "llama-cpp-python" in p.distributions, "error": p.llama_error or None}
+        # a CUDA build whose CUDA libraries the loader cannot find fails at import, not at load
+        m = re.search(r"(lib[\w.+-]+\.so[\d.]*): cannot open shared object file", p.llama_error)
+        if m:
+            findings.append(Finding("error", "llama.cpp", f"llama-cpp-python does not load: {m.group(1)} not found by the loader",
+                                    "put its folder on LD_LIBRARY_PATH (pip's nvidia-* wheels: site-packages/nvidia/cu13/lib "
+                                    "or nvidia/*/lib; the toolkit: /usr/local/cuda/lib64)"))
         return
     sysinfo = parse_system_info(p.llama.get("system_info", ""))
     backends = list(p.llama.get("backends") or sysinfo)

@@ -212,6 +212,17 @@ def test_driver_older_than_the_loaded_cuda_runtime() -> None:
     assert "CUDA 13 runtime" in err.problem and "CUDA 12" in err.problem
 
 
+def test_cuda_build_missing_its_cuda_libraries() -> None:
+    # llama_cpp/_ctypes_extensions.py's message around the loader's OSError
+    error = ("RuntimeError: Failed to load shared library '/venv/llama_cpp/lib/libggml-cuda.so': "
+             "libcublas.so.13: cannot open shared object file: No such file or directory")
+    report = doctor.diagnose(doctor.Probes(machine="x86_64", llama_error=error, nvml=NATIVE["nvml_h200"],
+                                           distributions={"llama-cpp-python": "0.3.36"}))
+    (err,) = _errors(report, "llama.cpp")
+    assert "libcublas.so.13 not found" in err.problem and "LD_LIBRARY_PATH" in err.fix
+    assert report.facts["llama_cpp"]["installed"] is True
+
+
 def test_parsers_on_recorded_formats() -> None:
     assert doctor.parse_tegra_release(NATIVE["jetson_agx_orin"]["tegra_release"]) == "36.4.3"
     assert doctor.parse_nvpmodel("NV Power Mode: MAXN_SUPER\n2\n") == ("MAXN_SUPER", "2")
