@@ -30,8 +30,10 @@ class QualityRun:
     common: dict[str, Any]
 
 
-def quality_run(model: Path | None, gemma: bool, out: Path, eval_tokens: int, threads: int, name: str) -> QualityRun:
-    """``model`` (default: the demo model; ``gemma``: Gemma 3 270M from prepare_gemma.py) opened once."""
+def quality_run(model: Path | None, gemma: bool, out: Path, eval_tokens: int, threads: int, name: str,
+                eval_text: Path | None = None) -> QualityRun:
+    """``model`` (default: the demo model; ``gemma``: Gemma 3 270M from prepare_gemma.py) opened once,
+    measured on ``eval_text`` (default: the packaged evaluation mix)."""
     from edgekit.converters.pipeline import open_inputs
     from edgekit.converters.quality import EvalSettings, QualitySettings
     from edgekit.demo import demo_model_dir
@@ -44,7 +46,8 @@ def quality_run(model: Path | None, gemma: bool, out: Path, eval_tokens: int, th
     model = Path(model or demo_model_dir())
     out.mkdir(parents=True, exist_ok=True)
     timer = StepTimer()
-    inputs = open_inputs(model, None, timer, quality=QualitySettings(EvalSettings(tokens=eval_tokens)))
+    text = {"text": eval_text.read_text(encoding="utf-8"), "source": str(eval_text)} if eval_text else {}
+    inputs = open_inputs(model, None, timer, quality=QualitySettings(EvalSettings(tokens=eval_tokens, **text)))
     n_params = sum(math.prod(i.shape) for i in inputs.source.iter_infos())
     common: dict[str, Any] = {"name": name, "threads": threads, "prepared": inputs, "timer": timer}
     return QualityRun(model, out, inputs, timer, n_params, common)

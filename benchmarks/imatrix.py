@@ -3,6 +3,15 @@
     python benchmarks/imatrix.py                         # the packaged demo model
     python benchmarks/imatrix.py MODEL_DIR --eval-tokens 8192
     python benchmarks/imatrix.py --iquants all           # every i-quant (correctness of each)
+    python benchmarks/imatrix.py --gemma --eval-tokens 2048 --threads 1   # Gemma 3 270M (prepare_gemma.py)
+
+Fitted mixes (``--fit-size``, converters/gguf/fit.py) are made at three budgets, the file sizes
+of the stock q2_k, q3_k_m and q4_k_m with the matrix (``--fit-at``), once with each pricing
+method (kl: measured per class; error: imatrix-weighted quantization error), and each is set
+against the stock types' KL-vs-size curve (log KL interpolated in bits per weight): a ratio
+below 1 is a mix on or under the curve. Which pricing predicts measured KL better is judged
+by the rank correlation of each method's predicted loss with the measured KL over every
+artifact of the run (stock types included: their per-tensor types are read from the files).
 
 The importance matrix is computed once from the source model on the packaged calibration mix
 (``--calibration`` for other text; edgekit.converters.gguf.imatrix) and every quantized type is
@@ -27,7 +36,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-STOCK = "q4_k_s,q3_k_m,q2_k"
+STOCK = "q4_k_m,q4_k_s,q3_k_m,q2_k"
+FIT_AT = "q2_k,q3_k_m,q4_k_m"
 IQUANTS = "iq4_xs,iq3_m,iq2_m"
 
 
@@ -37,70 +47,173 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-o", "--out", type=Path, default=Path("bench-out/imatrix"))
     ap.add_argument("--stock", default=STOCK, help="stock types made with and without the matrix")
     ap.add_argument("--iquants", default=IQUANTS, help="i-quants made with the matrix ('all': every one)")
+    ap.add_argument("--fit-at", default=FIT_AT, help="stock types whose file sizes are the fit budgets ('': none)")
+    ap.add_argument("--fit-methods", default="kl,error", help="pricing methods to fit with")
+    ap.add_argument("--gemma", action="store_true", help="Gemma 3 270M (benchmarks/prepare_gemma.py) instead")
     ap.add_argument("--calibration", type=Path, default=None, help="calibration text (default: the packaged mix)")
     ap.add_argument("--eval-tokens", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--json", type=Path, default=None, help="where to write results (default OUT/results.json)")
     args = ap.parse_args(argv)
 
-    from _results import save_results
+    from _results import quality_run, save_results
 
     from edgekit.converters.gguf.convert import convert_gguf
     from edgekit.converters.gguf.imatrix import IMATRIX_FILE
     from edgekit.converters.gguf.quants import QUANTS
-    from edgekit.converters.pipeline import open_inputs
-    from edgekit.converters.quality import EvalSettings, QualitySettings
-    from edgekit.demo import demo_model_dir, heldout_path
-    from edgekit.progress import StepTimer
     from edgekit.ui import format_table, human_bytes
 
-    model = Path(args.model or demo_model_dir())
     iquants = ",".join(q.name for q in QUANTS if q.name.startswith("iq")) if args.iquants == "all" else args.iquants
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    text = heldout_path() if args.model is None else None
-    settings = EvalSettings(tokens=args.eval_tokens, **({"text": text.read_text(encoding="utf-8"),
-                                                         "source": str(text)} if text else {}))
-    timer = StepTimer()
-    inputs = open_inputs(model, None, timer, quality=QualitySettings(settings))
-    n_params = sum(math.prod(i.shape) for i in inputs.source.iter_infos())
-    common: dict[str, Any] = {"name": "q", "threads": args.threads, "prepared": inputs, "timer": timer}
+    from edgekit.demo import heldout_path
+
+    # the demo model knows Python docstrings only: measured on its own held-out docstrings
+    run = quality_run(args.model, args.gemma, args.out, args.eval_tokens, args.threads, "q",
+                      eval_text=None if (args.model or args.gemma) else heldout_path())
+    model, out, n_params, common, timer = run.model, run.out, run.n_params, run.common, run.timer
     t0 = time.perf_counter()
     with_im = convert_gguf(model, out / "imatrix", ",".join(filter(None, [args.stock, iquants])), imatrix=True,
                            calibration=args.calibration, **common)
     plain = convert_gguf(model, out / "plain", args.stock, **common) if args.stock else None
+    sizes = {a.quant: a.size_bytes for a in with_im.artifacts}
+    fits = []
+    for method in filter(None, args.fit_methods.split(",")):
+        for at in filter(None, args.fit_at.split(",")):
+            if at in sizes:
+                fits.append((method, at, convert_gguf(model, out / f"fit-{method}-{at}", "", imatrix=True,
+                                                      calibration=args.calibration, fit_size=sizes[at],
+                                                      fit_method=method, **common)))
 
     rows: list[dict[str, Any]] = []
     kl_plain = {a.quant: (a.verification or {}).get("mean_kl") for a in (plain.artifacts if plain else [])}
-    for variant, conv in (("imatrix", with_im), ("plain", plain)):
+    variants = [("imatrix", with_im), ("plain", plain)] + [(f"fit {m} @{at}", c) for m, at, c in fits]
+    for variant, conv in variants:
         for a in conv.artifacts if conv else []:
             v = a.verification or {}
             ratio = v.get("mean_kl") / kl_plain[a.quant] if variant == "imatrix" and kl_plain.get(a.quant) else None
-            rows.append({"artifact": f"{a.quant} {variant}", "quant": a.quant, "imatrix": variant == "imatrix",
+            label = f"{a.quant} {variant}" if not variant.startswith("fit") else f"{variant} ({a.quant})"
+            rows.append({"artifact": label, "quant": a.quant, "imatrix": variant != "plain",
+                         "variant": variant.split(" @")[0],
+                         "file": str(Path(conv.out_dir) / a.file), "fit": a.extra.get("fit"),
                          "size_bytes": a.size_bytes, "bits_per_weight": a.size_bytes * 8 / n_params,
                          "mean_kl": v.get("mean_kl"), "top1": v.get("top1"), "ppl_delta_pct": v.get("ppl_delta_pct"),
                          "ppl_delta_ci95_pct": v.get("ppl_delta_ci95_pct"),
                          "correct": bool(v.get("correctness", {}).get("passed")), "kl_vs_plain": ratio,
                          "tensor_types": a.extra.get("tensor_types")})
     rows.sort(key=lambda r: (-r["bits_per_weight"], r["artifact"]))
+    _against_curve(rows)
+    methods = _method_agreement(rows)
     first = next((a.verification for a in with_im.artifacts if a.verification), {}) or {}
     im_info = next((a.extra.get("imatrix") for a in with_im.artifacts if a.extra.get("imatrix")), None)
     print(f"\n{model}: {n_params / 1e6:.1f}M parameters; evaluation set {first.get('eval_set')}; "
           f"source perplexity {first.get('ppl_ref')}; importance matrix {im_info}")
     print(format_table(
-        ["artifact", "size", "bpw", "mean KL", "vs plain", "top-1", "ppl Δ", "95% CI", "correct"],
+        ["artifact", "size", "bpw", "mean KL", "vs plain", "vs curve", "top-1", "ppl Δ", "95% CI", "correct"],
         [[r["artifact"], human_bytes(r["size_bytes"]), f"{r['bits_per_weight']:.2f}", _g(r["mean_kl"]),
-          "-" if r["kl_vs_plain"] is None else f"{r['kl_vs_plain']:.3f}x", f"{r['top1'] * 100:.1f}%",
+          "-" if r["kl_vs_plain"] is None else f"{r['kl_vs_plain']:.3f}x",
+          "-" if r.get("kl_vs_curve") is None else f"{r['kl_vs_curve']:.3f}x", f"{r['top1'] * 100:.1f}%",
           f"{r['ppl_delta_pct']:+.2f}%", f"{r['ppl_delta_ci95_pct'][0]:+.2f}..{r['ppl_delta_ci95_pct'][1]:+.2f}%",
           "yes" if r["correct"] else "NO"] for r in rows]))
+    for m, v in methods.items():
+        print(f"pricing {m}: rank correlation of predicted loss with measured KL {v['spearman']:+.3f} "
+              f"over {v['n']} artifacts")
+    png = _plot(rows, out / "kl_vs_bits.png", str(model))
     wall = time.perf_counter() - t0
     steps = timer.as_dict()
     im_s = sum(s["seconds"] for s in steps if s["step"] == "imatrix")
     print(f"\n{len(rows)} artifacts in {wall:.0f} s (importance matrix {im_s:.1f} s, {out / 'imatrix' / IMATRIX_FILE})")
     save_results({"model": str(model), "n_params": n_params, "eval_tokens": args.eval_tokens, "imatrix": im_info,
-                  "imatrix_seconds": round(im_s, 1), "rows": rows, "seconds": round(wall, 1), "steps": steps},
+                  "imatrix_seconds": round(im_s, 1), "rows": rows, "pricing_methods": methods,
+                  "fit_seconds": {f"{m}@{at}": round(sum(st["seconds"] for st in c.timer.as_dict()
+                                                         if st["step"] == "fit"), 1) for m, at, c in fits},
+                  "plot": str(png) if png else None, "seconds": round(wall, 1), "steps": steps},
                  args.json or out / "results.json")
     return 0
+
+
+def _against_curve(rows: list[dict[str, Any]]) -> None:
+    """kl_vs_curve: an artifact's KL over the stock types' (with the matrix) at its bits per weight,
+    log KL interpolated linearly in bits between the neighbouring stock types."""
+    curve = sorted((r["bits_per_weight"], math.log(r["mean_kl"])) for r in rows
+                   if r["variant"] == "imatrix" and not r["quant"].startswith("iq") and r["mean_kl"])
+    for r in rows:
+        r["kl_vs_curve"] = None
+        if not r["variant"].startswith("fit") or not r["mean_kl"] or len(curve) < 2:
+            continue
+        b = r["bits_per_weight"]
+        lo = max((p for p in curve if p[0] <= b), default=curve[0])
+        hi = min((p for p in curve if p[0] >= b), default=curve[-1])
+        f = 0.0 if hi[0] == lo[0] else (b - lo[0]) / (hi[0] - lo[0])
+        r["kl_vs_curve"] = r["mean_kl"] / math.exp(lo[1] + f * (hi[1] - lo[1]))
+
+
+def _method_agreement(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each pricing method's predicted loss for every artifact (sum over tensor classes of the
+    class's loss at each tensor's type, averaged over the class's tensors) against measured KL."""
+    from edgekit.converters.gguf.inspect import read_gguf
+
+    tables: dict[str, dict[str, dict[str, float]]] = {}
+    for r in rows:
+        fit = r.get("fit")
+        if fit and fit["method"] not in tables:
+            tables[fit["method"]] = {c: v["loss"] for c, v in fit["classes"].items()}
+    out: dict[str, dict[str, Any]] = {}
+    for method, loss in tables.items():
+        pairs = []
+        for r in rows:
+            if not r["mean_kl"]:
+                continue
+            types = {t.name: t.type for t in read_gguf(Path(r["file"])).tensors}
+            total, ok = 0.0, True
+            for cls, per_type in loss.items():
+                members = [t for n, t in types.items() if n == cls or n.endswith("." + cls)]
+                if not members or any(t not in per_type for t in members):
+                    ok = False  # a type the fit did not price (i-quants, fallbacks)
+                    break
+                total += sum(per_type[t] for t in members) / len(members)
+            if ok:
+                pairs.append((total, r["mean_kl"], r["artifact"]))
+        out[method] = {"spearman": _spearman([p[0] for p in pairs], [p[1] for p in pairs]), "n": len(pairs),
+                       "predicted": {p[2]: round(p[0], 6) for p in pairs}}
+    return out
+
+
+def _spearman(x: list[float], y: list[float]) -> float:
+    import numpy as np
+
+    if len(x) < 3:
+        return float("nan")
+    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def _plot(rows: list[dict[str, Any]], dest: Path, title: str) -> Path | None:
+    """Mean KL vs bits per weight, as benchmarks/quality.py draws it, one series per variant."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install 'edgekit[bench]')")
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for variant, marker in (("plain", "o"), ("imatrix", "s"), ("fit kl", "^"), ("fit error", "v")):
+        pts = [r for r in rows if r["variant"] == variant and r["mean_kl"]]
+        if pts:
+            ax.scatter([r["bits_per_weight"] for r in pts], [r["mean_kl"] for r in pts], marker=marker, label=variant)
+            for r in pts:
+                ax.annotate(r["quant"], (r["bits_per_weight"], r["mean_kl"]), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")
+    ax.set_yscale("log")
+    ax.set_xlabel("bits per weight (file size / parameters)")
+    ax.set_ylabel("mean KL vs source (nats)")
+    ax.set_title(f"importance matrix and fitted mixes: {Path(title).name}")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(dest, dpi=120)
+    plt.close(fig)
+    return dest
 
 
 def _g(v: float | None) -> str:

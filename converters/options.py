@@ -39,7 +39,7 @@ from .registry import DEFAULT_QUANTS, Format
 GPTQ_ONNX_QUANT = "int4"  # the builder precision that keeps GPTQ's prequantized weights as MatMulNBits
 
 # keywords whose CLI spelling is not ``--`` + the keyword with dashes
-_CLI_SPELLING = {"quants": "--quant"}
+_CLI_SPELLING = {"quants": "--quant", "fit_ctx": "--ctx"}
 # names the converter functions of 0.1 use, accepted by edgekit.convert for the same option
 ALIASES = {"verify_artifacts": "verify", "adapter_dir": "adapter"}
 
@@ -159,6 +159,12 @@ class GGUFOptions:
     samples: int | None = None  # windows for a computed imatrix (None: GPTQ's default; fewer if the text is short)
     seq_len: int | None = None  # tokens per window (None: GPTQ's default, at most the model's context)
     tensor_type: tuple[str, ...] = ()  # "REGEX=TYPE" per-tensor types, as llama-quantize's --tensor-type
+    # one more artifact, a mix of types per tensor class fitted to a file size ("1.2GB") or to what a
+    # device profile leaves for weights at fit_ctx tokens of context (converters/gguf/fit.py)
+    fit_size: str | int | None = None
+    fit: str | None = None  # a profile name (edgekit profile list)
+    fit_ctx: int | None = None  # context the --fit profile's budget keeps room for (default 4096)
+    fit_method: str = "kl"  # how each class's loss per type is priced: kl (measured) or error (proxy)
 
     def __post_init__(self) -> None:
         from .gguf.pretokenizers import PRE_TOKENIZERS
@@ -171,13 +177,39 @@ class GGUFOptions:
                                                or not self.pre_tokenizer.strip() or " " in self.pre_tokenizer):
             raise InputError(f"{opt('pre_tokenizer')} must be a llama.cpp pre-tokenizer name, not "
                              f"{self.pre_tokenizer!r}", hint=f"edgekit's table: {', '.join(PRE_TOKENIZERS)}")
-        quantized = [q for q in self.quant_names if q not in FLOAT_QUANTS]
+        self._check_fit()
+        quantized = [q for q in self.quant_names if q not in FLOAT_QUANTS] + (["fit"] if self.fits else [])
         self._check_imatrix(quantized)
         object.__setattr__(self, "tensor_type", parse_tensor_types(self.tensor_type, bool(self.imatrix)))
         if self.tensor_type and not quantized:
             raise InputError(f"{opt('tensor_type')} sets types of quantized tensors, but this run makes "
                              f"{','.join(self.quant_names)} only", hint=f"add a quantized type, e.g. "
                                                                         f"{opt('quants', 'q4_k_m')}")
+
+    @property
+    def fits(self) -> bool:
+        """A fitted mix is asked for (--fit-size or --fit)."""
+        return self.fit_size is not None or self.fit is not None
+
+    def _check_fit(self) -> None:
+        from .gguf.fit import METHODS, parse_size
+
+        if self.fit_size is not None and self.fit is not None:
+            raise InputError(f"{opt('fit_size')} and {opt('fit')} both set the budget of the fitted mix",
+                             hint="pass one of them")
+        if self.fit_size is not None:
+            parse_size(self.fit_size)
+        if self.fit is not None:
+            from edgekit.profiles.store import get_profile
+
+            get_profile(str(self.fit))  # an unknown name lists the known ones
+        if self.fit_ctx is not None:
+            if self.fit is None:
+                raise InputError(f"{opt('fit_ctx')} sizes the KV cache a --fit profile keeps room for, but no "
+                                 f"profile is given", hint=f"add {opt('fit', 'PROFILE')}, or drop {opt('fit_ctx')}")
+            _int("fit_ctx", self.fit_ctx, lambda v: v >= 1, "a positive number of tokens", "4096")
+        if self.fit_method not in METHODS:
+            raise UnknownChoiceError("--fit-method / fit_method", str(self.fit_method), METHODS)
 
     def _check_imatrix(self, quantized: list[str]) -> None:
         from .gguf.imatrix import read_imatrix
@@ -194,6 +226,8 @@ class GGUFOptions:
             object.__setattr__(self, "imatrix", value := Path(value))
             read_imatrix(value)  # a clear error now (missing, not an imatrix); names are checked against the model
         for name in ("calibration", "samples", "seq_len"):
+            if name == "calibration" and self.fits and self.fit_method == "kl":
+                continue  # the kl fit scores its candidates on the calibration text
             if getattr(self, name) is not None and value is not True:
                 raise InputError(f"{opt(name)} sets how a computed importance matrix is made, but "
                                  f"{'a file is given' if value else 'none is computed'} for GGUF",
@@ -217,15 +251,19 @@ class GGUFOptions:
                              hint=f"add a quantized type, e.g. {opt('quants', 'q4_k_m')}, or drop {opt('imatrix')}")
         if value is None:
             for name in quantized:
-                if quant(name).needs_imatrix:
+                if name != "fit" and quant(name).needs_imatrix:
                     raise imatrix_needed(name)
 
     @property
     def quant_names(self) -> tuple[str, ...]:
+        if self.quants is None and self.fits:
+            return ()  # the fitted mix alone
         return self.quants or split_names(DEFAULT_QUANTS[Format.GGUF])
 
     def converter_kwargs(self) -> dict[str, Any]:
         return {"pre_override": self.pre_tokenizer, "imatrix": self.imatrix, "calibration": self.calibration,
+                "fit_size": self.fit_size, "fit_profile": self.fit, "fit_ctx": self.fit_ctx,
+                "fit_method": self.fit_method,
                 "imatrix_samples": self.samples or DEFAULT_SAMPLES, "imatrix_seq_len": self.seq_len or DEFAULT_SEQ_LEN,
                 "tensor_types": tuple(tuple(t.rsplit("=", 1)) for t in self.tensor_type)}
 

@@ -132,7 +132,10 @@ def plan_conversion(to: str | list[str] | tuple[str, ...] = "gguf", *,
 
 def _route_calibration(key: str, value: Any, keywords: dict[str, Any], per_format: dict[Format, dict[str, Any]]) -> None:
     """The calibration text and windows go to GPTQ and to GGUF's computed importance matrix, whichever run."""
-    takers = [f for f in per_format if f is Format.GPTQ or (f is Format.GGUF and keywords.get("imatrix") is True)]
+    fit_kl = (keywords.get("fit_size") is not None or keywords.get("fit") is not None) \
+        and keywords.get("fit_method", "kl") == "kl" and key == "calibration"
+    takers = [f for f in per_format if f is Format.GPTQ
+              or (f is Format.GGUF and (keywords.get("imatrix") is True or fit_kl))]
     if not takers:
         raise InputError(f"{opt(key)} applies to gptq only (and to gguf with --imatrix / imatrix=True), but this "
                          f"run converts to {','.join(f.value for f in per_format)}",

@@ -25,7 +25,9 @@ from ..quality import QualitySettings
 from ..source import SourceModel
 from .archs import ArchSpec, spec_for
 from .dequant import GGUFWeights
+from .fit import FitPlan, fit_placeholder, plan_fit, resolve_fit
 from .imatrix import IMATRIX_FILE, Imatrix, check_against, compute_imatrix, matrix_widths, read_imatrix
+from .inspect import read_gguf
 from .quantize import artifact_types, imatrix_needed, quantize_file
 from .quants import FLOAT_QUANTS, GGUFQuant, parse_quants
 from .writer import write_float_gguf
@@ -64,24 +66,34 @@ def convert_gguf(
     imatrix_samples: int = DEFAULT_SAMPLES,
     imatrix_seq_len: int = DEFAULT_SEQ_LEN,
     tensor_types: Sequence[tuple[str, str]] = (),
+    fit_size: str | int | None = None,
+    fit_profile: str | None = None,
+    fit_ctx: int | None = None,
+    fit_method: str = "kl",
 ) -> Conversion:
     """Convert, quantize and verify. ``spec``/``pre_override`` exist to test the verifier.
 
     ``imatrix``: True computes an importance matrix from the model on ``calibration`` (the
     packaged calibration mix by default; ``imatrix_samples`` windows of ``imatrix_seq_len``
     tokens at most) and writes it to ``OUT_DIR/imatrix.gguf``; a path uses
-    that file. ``tensor_types``: (regex, ggml type) pairs llama.cpp applies per tensor."""
+    that file. ``tensor_types``: (regex, ggml type) pairs llama.cpp applies per tensor.
+    ``fit_size`` (bytes or "1.2GB") or ``fit_profile`` (+ ``fit_ctx``) adds one artifact, a mix of
+    types per tensor class chosen for the least loss within that budget (:mod:`.fit`)."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    wanted: list[GGUFQuant] = parse_quants(quants)
+    wanted: list[GGUFQuant] = parse_quants(quants) if quants else []
     if not imatrix:
         for q in wanted:
             if q.needs_imatrix:
                 raise imatrix_needed(q.name)  # before anything is read or written
     timer = timer or StepTimer()
-    inputs = open_inputs(model_dir, adapter_dir, timer, prepared, quality)
+    inputs = open_inputs(model_dir, adapter_dir, timer, prepared, quality, fmt="gguf")
     source, adapter = inputs.source, inputs.adapter
     spec = spec or spec_for(source.config)
-    given = _given_imatrix(imatrix, inputs, spec, wanted)  # a file is checked before anything is written
+    fit = resolve_fit(source.config, fit_size, fit_profile, fit_ctx, fit_method) \
+        if fit_size is not None or fit_profile is not None else None
+    if not wanted and fit is None:
+        wanted = parse_quants(quants)  # the one-line error for an empty list
+    given = _given_imatrix(imatrix, inputs, spec, wanted, fit is not None)  # a file is checked before anything is written
     result = start_output(out_dir, inputs, timer)
     verifier = Verifier(inputs, result, progress, threads)
     stem = slug(name or model_dir.resolve().name)
@@ -89,7 +101,8 @@ def convert_gguf(
                                f"{source.weights_bytes / 2**20:.1f} MiB{' + LoRA' if adapter else ''}")
 
     im_values, im_record = given or _computed_imatrix(imatrix, calibration, (imatrix_samples, imatrix_seq_len),
-                                                      inputs, spec, out_dir, wanted, timer, progress, threads)
+                                                      inputs, spec, out_dir, wanted, timer, progress, threads,
+                                                      fit is not None)
     base_type = _base_type(source.dtype_tags())
     # The lossless float type, when requested, is written first and doubles as the
     # quantization base; otherwise a temporary base is written and deleted at the end.
@@ -105,11 +118,27 @@ def convert_gguf(
             return write_float_gguf(source, path, spec=spec, out_type=q_name, adapter=adapter, name=name,
                                     pre_override=pre_override, progress=progress, compare_tokenizer=verify_artifacts)
 
+    def quantize(src: Path, dst: Path, q: GGUFQuant, types: Sequence[tuple[str, str]]) -> None:
+        quantize_file(src, dst, q, threads=threads, imatrix=im_values, tensor_types=types)
+
     try:
-        for q in ordered:
+        jobs: list[tuple[GGUFQuant, Sequence[tuple[str, str]]]] = [(q, tensor_types) for q in ordered]
+        if fit is not None:
+            jobs.append((fit_placeholder(fit), tensor_types))
+        for q, types in jobs:
             if q.name not in FLOAT_QUANTS and base_path is None:
                 base_tmp = base_path = temp_path_for(out_dir / f"{stem}-{base_type}.gguf")
                 write(base_type, base_tmp, " (base for quantization)")
+            plan: FitPlan | None = None
+            if fit is not None and q.name == fit_placeholder(fit).name:
+                assert base_path is not None
+                with timer.step("fit"):
+                    report(progress, "fit", f"{fit.basis}: {fit.budget_bytes / 1e9:.3g} GB for the file")
+                    text = _fit_text(model_dir, calibration) if fit.method == "kl" else ""
+                    plan = plan_fit(base_path, fit, out_dir, quantize, calibration=text, imatrix=im_values,
+                                    threads=threads, progress=progress)
+                q = plan.quant()
+                types = [*tensor_types, *plan.tensor_types]  # the user's --tensor-type patterns match first
             final = out_dir / f"{stem}-{q.name}.gguf"
             t0 = time.perf_counter()
             try:
@@ -121,13 +150,16 @@ def convert_gguf(
                         assert base_path is not None
                         with timer.step(f"quantize {q.name}"):
                             report(progress, f"quantize {q.name}", "llama.cpp quantizer")
-                            quantize_file(base_path, tmp, q, threads=threads, imatrix=im_values,
-                                          tensor_types=tensor_types)
-                    types = artifact_types(tmp, q, final.name)  # read from the file; warns on fallbacks
+                            quantize(base_path, tmp, q, types)
+                    # read from the file; warns on fallbacks (a fitted mix has none: its rungs divide the rows)
+                    info = artifact_types(tmp, q, final.name, fallbacks=plan is None)
                     if q.name not in FLOAT_QUANTS:
-                        types.update({"imatrix": im_record} if im_record else {})
-                        types.update({"tensor_type_overrides": [f"{p}={t}" for p, t in tensor_types]}
-                                     if tensor_types else {})
+                        info.update({"imatrix": im_record} if im_record else {})
+                        info.update({"tensor_type_overrides": [f"{p}={t}" for p, t in tensor_types]}
+                                    if tensor_types else {})
+                    if plan is not None:
+                        info["fit"] = {**plan.to_dict(), "file_bytes": tmp.stat().st_size,
+                                       "tensor_types": {t.name: t.type for t in read_gguf(tmp).tensors}}
                     verification = None
                     if verify_artifacts:
                         verification = verify_gguf(tmp, final.name, q, verifier, source, spec, threads=threads,
@@ -135,7 +167,7 @@ def convert_gguf(
                     entry = ArtifactEntry(file=final.name, format="gguf", quant=q.name, precision=q.precision.value,
                                           size_bytes=tmp.stat().st_size, sha256=digest or sha256_file(tmp),
                                           verification=verification, seconds=round(time.perf_counter() - t0, 3),
-                                          extra=types)
+                                          extra=info)
             except QualityGateError as e:
                 verifier.refuse(e, q.name)
                 continue
@@ -152,9 +184,10 @@ ImatrixUse = tuple[dict[str, np.ndarray] | None, dict[str, Any] | None]  # (per-
 
 
 def _given_imatrix(imatrix: bool | Path | None, inputs: Inputs, spec: ArchSpec,
-                   wanted: list[GGUFQuant]) -> ImatrixUse | None:
+                   wanted: list[GGUFQuant], fitting: bool = False) -> ImatrixUse | None:
     """An imatrix file, read and checked against the model's tensor names and widths."""
-    if imatrix is None or isinstance(imatrix, bool) or all(q.name in FLOAT_QUANTS for q in wanted):
+    if imatrix is None or isinstance(imatrix, bool) or (all(q.name in FLOAT_QUANTS for q in wanted)
+                                                        and not fitting):
         return None
     widths = matrix_widths(inputs.source, spec)
     im = read_imatrix(Path(imatrix))
@@ -165,9 +198,9 @@ def _given_imatrix(imatrix: bool | Path | None, inputs: Inputs, spec: ArchSpec,
 def _computed_imatrix(imatrix: bool | Path | None, calibration: Path | None, window: tuple[int, int],
                       inputs: Inputs, spec: ArchSpec,
                       out_dir: Path, wanted: list[GGUFQuant], timer: StepTimer, progress: ProgressFn | None,
-                      threads: int | None) -> ImatrixUse:
+                      threads: int | None, fitting: bool = False) -> ImatrixUse:
     """imatrix=True: computed from the source model on the calibration text, kept as OUT_DIR/imatrix.gguf."""
-    if imatrix is not True or all(q.name in FLOAT_QUANTS for q in wanted):
+    if imatrix is not True or (all(q.name in FLOAT_QUANTS for q in wanted) and not fitting):
         return None, None
     widths = matrix_widths(inputs.source, spec)
     with timer.step("imatrix"):
@@ -178,6 +211,15 @@ def _computed_imatrix(imatrix: bool | Path | None, calibration: Path | None, win
         with atomic_output(out_dir / IMATRIX_FILE) as tmp:
             im.write(tmp)
     return im.values(), {"file": IMATRIX_FILE, "computed": True, **im.describe(), "tensors_of_model": len(widths)}
+
+
+def _fit_text(model_dir: Path, calibration: Path | None) -> str:
+    """The calibration text the kl fit scores on (chat JSONL rendered through the template)."""
+    from transformers import AutoTokenizer
+
+    from ..textsets import calibration_texts
+
+    return calibration_texts(calibration, AutoTokenizer.from_pretrained(model_dir)).text()
 
 
 def verify_gguf(path: Path, label: str, q: GGUFQuant, verifier: Verifier, source: SourceModel, spec: ArchSpec,
@@ -211,7 +253,6 @@ def check_gguf(model_dir: Path, path: Path, *, adapter_dir: Path | None = None, 
     the file is broken and QualityGateError when it is over ``quality``'s gate."""
     from edgekit.manifest import Manifest
 
-    from .inspect import read_gguf
     from .quants import names_by_file_type, quant
 
     path = Path(path)

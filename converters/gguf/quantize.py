@@ -151,7 +151,7 @@ def fallback_tensors(tensors: list[TensorRow], q: GGUFQuant) -> list[TensorRow]:
             and t.type not in (q.main_type, "F32") and not (t.name == head and t.type == "Q8_0")]
 
 
-def artifact_types(path: Path, q: GGUFQuant, label: str) -> dict[str, Any]:
+def artifact_types(path: Path, q: GGUFQuant, label: str, *, fallbacks: bool = True) -> dict[str, Any]:
     """The manifest's record of what ``path`` holds: tensors per type and bits per weight.
 
     When llama.cpp fell back to other types, one warning says how many tensors and why: a
@@ -159,7 +159,7 @@ def artifact_types(path: Path, q: GGUFQuant, label: str) -> dict[str, Any]:
     tensors = read_gguf(path).tensors
     types = weight_types(tensors)
     extra = types.to_extra()
-    fell = fallback_tensors(tensors, q)
+    fell = fallback_tensors(tensors, q) if fallbacks else []
     if fell:
         extra["fallback_tensors"] = len(fell)
         fallback = Counter(ggml_type_name(t.type) for t in fell)

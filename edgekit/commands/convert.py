@@ -43,6 +43,16 @@ _C, _O, _Q = CommonOptions, ONNXOptions, GPTQOptions
 @click.option("--tensor-type", "tensor_type", multiple=True, metavar="PATTERN=TYPE",
               help="GGUF: quantize tensors whose name matches the regex PATTERN to TYPE (repeatable, as "
                    "llama-quantize's), e.g. --tensor-type attn_v=q8_0.")
+@click.option("--fit-size", "fit_size", default=None, metavar="SIZE",
+              help="GGUF: also make the most accurate mix of types per tensor class whose file fits SIZE "
+                   "(e.g. 1.2GB, 900MiB); named NAME-fit-SIZE.gguf.")
+@click.option("--fit", "fit", default=None, metavar="PROFILE",
+              help="GGUF: as --fit-size, with the memory PROFILE leaves for weights after the KV cache (--ctx), "
+                   "compute buffers and runtime (edgekit profile list).")
+@click.option("--ctx", "fit_ctx", type=int, default=None, help="--fit: context the device must hold (default 4096).")
+@click.option("--fit-method", "fit_method", type=click.Choice(["kl", "error"]), default="kl", show_default=True,
+              help="--fit-size/--fit: price each class's types by measured KL (kl) or imatrix-weighted error (error: "
+                   "faster on big models).")
 @click.option("--target", default=str(_O.target), show_default=True,
               help="ONNX: where it will run, cpu|cuda|jetson (decides the graph the builder emits).")
 @click.option("--block-size", type=int, default=_O.block_size, show_default=True,

@@ -1,0 +1,146 @@
+"""Fit to a budget (--fit-size / --fit): the allocation, the options, and a real fitted demo artifact."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgekit.converters.gguf.fit import Unit, _hull, allocate, parse_size, size_label
+from edgekit.errors import InputError
+
+
+def test_parse_size_units() -> None:
+    assert parse_size("1.2GB") == 1_200_000_000
+    assert parse_size("900 MiB") == 900 * 2**20
+    assert parse_size("3mb") == 3_000_000
+    assert parse_size(12345) == 12345
+    assert size_label(1_200_000_000) == "1.2gb"
+    for bad in ("", "1.2 parsecs", "-3GB", "0", "GB"):
+        with pytest.raises(InputError, match="fit-size"):
+            parse_size(bad)
+
+
+def _unit(name: str, sizes: dict[str, int], loss: dict[str, float]) -> Unit:
+    u = Unit(name, f"^{name}$", [], list(sizes))
+    u.bytes, u.loss = dict(sizes), dict(loss)
+    return u
+
+
+def _units() -> list[Unit]:
+    # two classes of equal size: "a" loses 10x more than "b" at every rung below float
+    sizes = {"Q2_K": 26, "Q4_K": 45, "Q8_0": 85, "F16": 160}
+    return [_unit("a", sizes, {"Q2_K": 1.0, "Q4_K": 0.2, "Q8_0": 0.01, "F16": 0.0}),
+            _unit("b", sizes, {"Q2_K": 0.1, "Q4_K": 0.02, "Q8_0": 0.001, "F16": 0.0})]
+
+
+def test_allocate_spends_bytes_where_they_buy_the_most() -> None:
+    units = _units()
+    choice = allocate(units, budget=45 + 45, fixed=0)
+    assert choice == {"a": "Q4_K", "b": "Q4_K"}
+    # 40 more bytes: the sensitive class moves up, the other stays
+    choice = allocate(units, budget=85 + 45, fixed=0)
+    assert choice == {"a": "Q8_0", "b": "Q4_K"}
+
+
+def test_allocate_is_never_worse_than_a_uniform_type_of_the_same_size() -> None:
+    import itertools
+
+    units = _units()
+    rungs = list(units[0].bytes)
+    for budget in range(52, 321, 7):
+        choice = allocate(units, budget, fixed=0)
+        used = sum(u.bytes[choice[u.name]] for u in units)
+        loss = sum(u.loss[choice[u.name]] for u in units)
+        assert used <= budget
+        best = min(sum(u.loss[r] for u, r in zip(units, combo, strict=True))
+                   for combo in itertools.product(rungs, repeat=2)
+                   if sum(u.bytes[r] for u, r in zip(units, combo, strict=True)) <= budget)
+        uniform = min(sum(u.loss[r] for u in units) for r in rungs if sum(u.bytes[r] for u in units) <= budget)
+        assert loss <= uniform + 1e-12
+        assert loss <= best * 1.5 + 1e-3  # greedy on the hull: near the exhaustive optimum
+
+
+def test_allocate_refuses_a_budget_below_the_smallest_mix() -> None:
+    with pytest.raises(InputError, match="smaller than the smallest mix"):
+        allocate(_units(), budget=51, fixed=0)
+
+
+def test_hull_drops_rungs_that_buy_nothing() -> None:
+    pts = [(10, 1.0, "a"), (20, 1.2, "b"), (30, 0.1, "c"), (40, 0.09, "d"), (50, 0.0, "e")]
+    names = [p[2] for p in _hull(pts)]
+    assert "b" not in names  # more bytes, more loss
+    assert names[0] == "a" and names[-1] == "e"
+
+
+def test_fit_options_bad_input(tmp_path: Path) -> None:
+    from edgekit.converters.plan import plan_conversion
+
+    with pytest.raises(InputError, match="both set the budget"):
+        plan_conversion("gguf", fit_size="3MB", fit="raspberry-pi-5-8gb")
+    with pytest.raises(InputError, match="--ctx / fit_ctx"):
+        plan_conversion("gguf", fit_size="3MB", fit_ctx=2048)
+    with pytest.raises(InputError, match="profile"):
+        plan_conversion("gguf", fit="no-such-board")
+    with pytest.raises(InputError, match="fit-size"):
+        plan_conversion("gguf", fit_size="lots")
+    with pytest.raises(InputError, match="applies to gguf only"):
+        plan_conversion("onnx", fit_size="3MB")
+    plan = plan_conversion("gguf", fit_size="3MB")
+    assert plan.formats[0].quant_names == ()  # the fitted mix alone
+
+
+@pytest.fixture(scope="module")
+def fitted_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, object]]:
+    """The demo model as stock q4_k_m and a mix fitted to q4_k_m's own file size, in one run."""
+    import edgekit
+    from edgekit.demo import demo_model_dir, heldout_path
+
+    out = tmp_path_factory.mktemp("fit")
+    stock = edgekit.convert(demo_model_dir(), out / "stock", quants="q4_k_m", eval_text=heldout_path(), threads=2)
+    budget = next(a for a in stock[0].artifacts if a.quant == "q4_k_m").size_bytes
+    edgekit.convert(demo_model_dir(), out, quants="q4_k_m", fit_size=budget, eval_text=heldout_path(), threads=2,
+                    name="demo")
+    return out, {"budget": budget}
+
+
+@pytest.mark.slow
+def test_fitted_mix_is_within_budget_and_beats_the_stock_type(fitted_demo: tuple[Path, dict[str, object]]) -> None:
+    from edgekit.converters.gguf.inspect import read_gguf
+
+    out, info = fitted_demo
+    budget = int(info["budget"])  # type: ignore[call-overload]
+    manifest = json.loads((out / "edgekit.json").read_text())
+    arts = {a["quant"]: a for a in manifest["artifacts"]}
+    fit_name = f"fit-{size_label(budget)}"
+    fit, stock = arts[fit_name], arts["q4_k_m"]
+    path = out / fit["file"]
+    assert path.stat().st_size <= budget
+    assert fit["size_bytes"] == path.stat().st_size
+    # verified like every artifact: correct against its own weights, quality measured
+    assert fit["verification"]["passed"] and fit["verification"]["correctness"]["passed"]
+    assert fit["verification"]["mean_kl"] < stock["verification"]["mean_kl"]
+    # the manifest's per-tensor types are the file's, and every class has the type the plan chose
+    record = fit["extra"]["fit"]
+    real = {t.name: t.type for t in read_gguf(path).tensors}
+    assert record["tensor_types"] == real
+    for name, cls in record["classes"].items():
+        members = [n for n in real if n == name or n.endswith("." + name)]
+        assert members and {real[n] for n in members} == {cls["type"]}, name
+    assert record["predicted_file_bytes"] >= path.stat().st_size - 4096
+    assert math.isfinite(record["predicted_loss"])
+
+
+@pytest.mark.slow
+def test_fit_cli_refuses_an_impossible_budget_and_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "edgekit", "convert", "--demo", "--fit-size", "100KB", "-o", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "smaller than the smallest mix" in lines[0], r.stderr
+    assert not list(out.glob("*.gguf")) and not list(out.glob(".edgekit-tmp*"))
