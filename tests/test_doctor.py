@@ -259,6 +259,9 @@ def test_n_gpu_layers_on_a_cpu_build_is_refused(tmp_path: Path) -> None:
     r = CliRunner().invoke(main, ["run", str(f), "-p", "hi", "--n-gpu-layers", "8"])
     assert r.exit_code == 1 and r.output.count("\n") == 1
     assert r.output.startswith("error: this llama-cpp-python build has no GPU offload for --n-gpu-layers")
+    r = CliRunner().invoke(main, ["serve", str(f), "--n-gpu-layers", "-1", "--port", "0"])
+    assert r.exit_code == 1, r.output
+    assert r.output.splitlines()[-1].startswith("error: this llama-cpp-python build has no GPU offload for --n-gpu-layers")
 
 
 def test_bench_conditions_record_doctor_facts() -> None:
