@@ -86,6 +86,7 @@ def check_tokenizer_files(directory: Path, *, parse: bool = True) -> None:
         if not isinstance(added, list) or any(not isinstance(t, dict) or not isinstance(t.get("id"), int)
                                               or not isinstance(t.get("content"), str) for t in added):
             raise CorruptFileError(tj, "added_tokens must be a list of {id: int, content: str} objects")
+        _load_tokenizer(tj)
     tc = directory / "tokenizer_config.json"
     if tc.is_file() and not parse:
         _size_first(tc, MAX_CONFIG_JSON)
@@ -94,6 +95,19 @@ def check_tokenizer_files(directory: Path, *, parse: bool = True) -> None:
     spm = directory / "tokenizer.model"
     if spm.is_file():
         _check_sentencepiece(spm)
+
+
+def _load_tokenizer(path: Path) -> None:
+    """Hugging Face tokenizers (what transformers runs on this file) must accept it: its serde error,
+    which names the JSON position, becomes one line instead of a bare Exception later."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:  # not installed: nothing here would parse it natively either
+        return
+    try:
+        Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a bare Exception for every malformed file
+        raise CorruptFileError(path, f"not a valid tokenizers file ({str(e)[:200]})") from e
 
 
 def _check_sentencepiece(path: Path) -> None:
@@ -145,6 +159,8 @@ def check_genai_config(cfg: Any, path: Path) -> None:
     if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict) \
             or not isinstance(cfg["model"].get("decoder"), dict):
         raise CorruptFileError(path, "not a GenAI config (expected model.decoder objects)")
+    if not isinstance(cfg.get("search", {}), dict):
+        raise CorruptFileError(path, "search must be an object", hint="re-export the model with `edgekit convert --to onnx`")
     for keys, ok, must in _GENAI_RULES:
         node: Any = cfg
         for k in keys:

@@ -60,6 +60,26 @@ def gguf_regions(data: bytes) -> list[Region]:
     return out
 
 
+def gguf_value_slots(data: bytes) -> list[tuple[int, int]]:
+    """(byte position, width) of every integer metadata value and array length of a valid GGUF: where a
+    changed value keeps the file parseable and reaches the loader's arithmetic (heads, layers, ids)."""
+    from edgekit.converters.gguf.inspect import _SCALARS, _HeaderScanner
+
+    sc = _HeaderScanner(data, len(data))
+    sc.off = 8
+    _, n_kv = sc.unpack("<Q", "header"), sc.unpack("<Q", "header")
+    slots: list[tuple[int, int]] = []
+    for _ in range(n_kv):
+        sc.string("key")
+        vtype = sc.unpack("<I", "type")
+        if vtype in _SCALARS and vtype not in (6, 7, 12):
+            slots.append((sc.off, struct.calcsize(_SCALARS[vtype])))
+        elif vtype == 9:
+            slots.append((sc.off + 4, 8))  # the array's length
+        sc.value(vtype, "value")
+    return slots
+
+
 def gguf_tensor_offsets(data: bytes, regions: list[Region]) -> list[int]:
     """Byte positions of each tensor entry's 64-bit data offset (its last 8 bytes)."""
     return [r.end - 8 for r in regions if r.name.startswith("tensor ")]
@@ -76,12 +96,20 @@ def _overwrite64(data: bytearray, pos: int, rng: random.Random, size: int) -> No
 
 
 def mutate_binary(data: bytes, regions: list[Region], rng: random.Random,
-                  swap_points: list[int] | None = None) -> tuple[str, bytes]:
+                  swap_points: list[int] | None = None,
+                  value_slots: list[tuple[int, int]] | None = None) -> tuple[str, bytes]:
     """One mutant of a binary file: (what was done, the bytes)."""
     structural = [r for r in regions if r.name != "data" and r.end > r.start]
-    kind = rng.choice(("bitflip", "bitflip", "overwrite64", "overwrite64", "overwrite64", "truncate", "junk",
-                       "swap_offsets", "multi"))
+    kinds = ["bitflip", "bitflip", "overwrite64", "overwrite64", "overwrite64", "truncate", "junk", "swap_offsets",
+             "multi"]
+    kind = rng.choice(kinds + ["value"] * 4 if value_slots else kinds)
     out = bytearray(data)
+    if kind == "value" and value_slots:
+        pos, width = rng.choice(value_slots)
+        value = rng.choice((*BOUNDARY_U64, rng.randrange(0, 4096), int.from_bytes(data[pos:pos + width], "little") + 1,
+                            int.from_bytes(data[pos:pos + width], "little") - 1))
+        out[pos:pos + width] = (value % 2 ** (8 * width)).to_bytes(width, "little")
+        return f"value @{pos} = {value % 2 ** (8 * width)}", bytes(out)
     region = rng.choice(structural)
     if kind == "bitflip":
         pos = rng.randrange(region.start, region.end)
@@ -241,3 +269,180 @@ def rebuild_gguf(src: Path, dst: Path, *, keep_layers: int | None = None,
     w.write_tensors_to_file()
     w.close()
     return dst
+
+
+# -- running mutants: in child processes, edgekit beside the raw library ------------------------------
+
+SIDES = ("edgekit", "raw")
+FORMATS = ("gguf", "safetensors", "tokenizer", "genai_config", "onnx")
+
+
+def _case_gguf(side: str, path: Path) -> None:
+    if side == "edgekit":
+        import edgekit
+
+        with edgekit.load(path, n_ctx=64, n_threads=1) as s:
+            s.generate("Once upon", max_tokens=2)
+        return
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, n_batch=64, n_threads=1, verbose=False)
+    llm("Once upon", max_tokens=2)
+    llm.close()
+
+
+def _case_safetensors(side: str, path: Path) -> None:
+    if side == "edgekit":  # what a conversion does first: open the source, read every tensor
+        from edgekit.converters.source import open_source
+
+        src = open_source(path.parent)
+        for name in src.names():
+            src.float32(name)
+        return
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="np") as f:
+        for name in f.keys():  # safe_open has keys(), not iteration
+            f.get_tensor(name)
+
+
+def _case_tokenizer(side: str, path: Path) -> None:
+    if side == "edgekit":
+        from edgekit.validate import check_tokenizer_files
+
+        check_tokenizer_files(path.parent)
+    from tokenizers import Tokenizer
+
+    Tokenizer.from_file(str(path)).encode("Hello world, once upon a time")
+
+
+def _case_onnx(side: str, path: Path) -> None:
+    """``path``: the model directory (its genai_config.json or model.onnx is the mutant)."""
+    if side == "edgekit":
+        import edgekit
+
+        with edgekit.load(path, n_ctx=64) as s:
+            s.generate("Once upon", max_tokens=2)
+        return
+    import onnxruntime_genai as og
+
+    model = og.Model(str(path))
+    tok = og.Tokenizer(model)
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=16)
+    gen = og.Generator(model, params)
+    gen.append_tokens(tok.encode("Once upon"))
+    gen.generate_next_token()
+
+
+CASES: dict[str, Callable[[str, Path], None]] = {
+    "gguf": _case_gguf, "safetensors": _case_safetensors, "tokenizer": _case_tokenizer,
+    "genai_config": _case_onnx, "onnx": _case_onnx,
+}
+
+
+def _reset_peak() -> None:
+    try:  # Linux: "5" resets the resident-set high-water mark (VmHWM) of this process
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_kib() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def worker_main(address_limit: int) -> None:
+    """A child's loop: one case per stdin line (``side<TAB>format<TAB>path``), one JSON line out."""
+    import os
+    import resource
+    import sys
+    import traceback
+
+    from edgekit.errors import EdgekitError
+
+    if address_limit:  # a huge allocation fails in the child instead of swapping the machine
+        resource.setrlimit(resource.RLIMIT_AS, (address_limit, address_limit))
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)  # native libraries' chatter: away from the protocol stream
+    os.dup2(devnull, 2)
+    import logging
+
+    logging.disable(logging.CRITICAL)
+    for line in sys.stdin:
+        side, fmt, path = line.rstrip("\n").split("\t")
+        _reset_peak()
+        try:
+            CASES[fmt](side, Path(path))
+            result: dict[str, Any] = {"outcome": "accepted"}
+        except EdgekitError as e:
+            result = {"outcome": "refused", "detail": e.one_line()[:300]}
+        except MemoryError:
+            result = {"outcome": "traceback" if side == "edgekit" else "error", "detail": "MemoryError"}
+        except Exception as e:  # what the raw library raises is its refusal; ours is a bug
+            kind = "traceback" if side == "edgekit" else "error"
+            detail = f"{type(e).__name__}: {e}"[:300]
+            if side == "edgekit":
+                detail += " | " + "".join(traceback.format_tb(e.__traceback__)[-2:])[-400:]
+            result = {"outcome": kind, "detail": detail}
+        result["peak_rss_kib"] = _peak_kib()
+        out.write(json.dumps(result) + "\n")
+
+
+class Worker:
+    """One child process running cases; a crash or a hang is recorded and the child replaced."""
+
+    def __init__(self, command: list[str], timeout: float) -> None:
+        self.command, self.timeout = command, timeout
+        self.proc: Any = None
+
+    def _start(self) -> None:
+        import subprocess
+
+        self.proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True, bufsize=1)
+
+    def run(self, side: str, fmt: str, path: Path) -> dict[str, Any]:
+        import select
+        import signal
+
+        if self.proc is None or self.proc.poll() is not None:
+            self._start()
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write(f"{side}\t{fmt}\t{path}\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass
+        ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout)
+        line = self.proc.stdout.readline() if ready else ""
+        if line:
+            return dict(json.loads(line))
+        if not ready:  # still running past the per-case limit
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+            return {"outcome": "hang", "detail": f"no answer in {self.timeout:g} s"}
+        code = self.proc.wait()
+        self.proc = None
+        name = signal.Signals(-code).name if code < 0 else f"exit {code}"
+        return {"outcome": "crash", "detail": name}
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except Exception:  # a child that will not exit is killed
+                self.proc.kill()
+                self.proc.wait()

@@ -41,8 +41,10 @@ class LlamaCppSession(Session):
                     model_path=str(self.path), n_ctx=self._n_ctx, n_batch=min(n_batch, self._n_ctx),
                     n_threads=threads, n_threads_batch=threads, n_gpu_layers=n_gpu_layers, logits_all=logits_all,
                     vocab_only=vocab_only, verbose=False, **llama_kwargs)
-        except (ValueError, RuntimeError) as e:
-            raise RuntimeLoadError(f"llama.cpp could not load {self.path}: {e}",
+        except TypeError:
+            raise  # an option llama-cpp-python does not take: edgekit.load names it
+        except Exception as e:  # ValueError, RuntimeError; jinja2's TemplateError from the file's chat template
+            raise RuntimeLoadError(f"llama.cpp could not load {self.path}: {type(e).__name__}: {e}",
                                    hint="run with -vv to see llama.cpp's log; the file may need a newer llama.cpp") from e
         if not logits_all:
             _drop_scores(self.llm)

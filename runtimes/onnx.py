@@ -131,22 +131,22 @@ class OnnxSession(Session):
         trained = self.info.context_length or n_ctx
         self._n_ctx = min(n_ctx, trained) if n_ctx > 0 else trained
         self.threads = n_threads or max(1, os.cpu_count() or 1)
-        config = og.Config(str(self.path))
-        config.clear_providers()
-        provider = DEVICES[self.device][0]
-        if provider is not None:
-            config.append_provider(provider)
-        # Session options go through GenAI's config overlay (the same keys as genai_config.json).
-        config.overlay(json.dumps({"model": {"decoder": {"session_options": {
-            "intra_op_num_threads": self.threads, "inter_op_num_threads": 1,
-            "graph_optimization_level": _ORT_LEVELS[level]}}}}))
-        try:
+        try:  # og raises plain RuntimeError with ORT's message, from the config's parser too
+            config = og.Config(str(self.path))
+            config.clear_providers()
+            provider = DEVICES[self.device][0]
+            if provider is not None:
+                config.append_provider(provider)
+            # Session options go through GenAI's config overlay (the same keys as genai_config.json).
+            config.overlay(json.dumps({"model": {"decoder": {"session_options": {
+                "intra_op_num_threads": self.threads, "inter_op_num_threads": 1,
+                "graph_optimization_level": _ORT_LEVELS[level]}}}}))
             self.model = og.Model(config)
-        except Exception as e:  # og raises plain RuntimeError with ORT's message
+            self.tokenizer = og.Tokenizer(self.model)
+        except Exception as e:
             raise RuntimeLoadError(f"ONNX Runtime could not load {self.path}: {e}",
                                    hint="re-export it with `edgekit convert --to onnx`; it may need a newer "
                                         "onnxruntime-genai") from e
-        self.tokenizer = og.Tokenizer(self.model)
         self._og = og
         self._eos = self.info.eos_token_ids
         self._vocab = int(self.info.config["model"].get("vocab_size") or 0)
@@ -212,14 +212,22 @@ class OnnxSession(Session):
         return og.Generator(self.model, params)
 
     def _sample(self, prompt_ids: list[int], cfg: SamplingConfig) -> Generator[int, None, None]:
-        gen = self._generator(len(prompt_ids) + cfg.max_tokens, cfg)
-        gen.append_tokens(np.asarray(prompt_ids, dtype=np.int32))
+        try:  # og raises plain RuntimeError (ORT's message) for a model its config describes wrongly
+            gen = self._generator(len(prompt_ids) + cfg.max_tokens, cfg)
+            gen.append_tokens(np.asarray(prompt_ids, dtype=np.int32))
+        except RuntimeError as e:
+            raise RuntimeLoadError(f"ONNX Runtime could not run {self.path}: {e}",
+                                   hint="re-export it with `edgekit convert --to onnx`") from e
         try:
             while not gen.is_done():
-                gen.generate_next_token()
+                try:
+                    gen.generate_next_token()
+                except RuntimeError as e:
+                    raise RuntimeLoadError(f"ONNX Runtime could not run {self.path}: {e}",
+                                           hint="re-export it with `edgekit convert --to onnx`") from e
                 yield int(gen.get_next_tokens()[0])
         finally:
-            del gen  # frees the KV cache now, not at the next GC
+            gen = None  # frees the KV cache now, not at the next GC
 
     def logits(self, ids: list[int]) -> np.ndarray:
         gen = self._generator(len(ids) + 1)

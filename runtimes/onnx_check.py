@@ -18,7 +18,7 @@ from typing import Any
 
 from edgekit.errors import CorruptFileError, ModelNotFoundError
 
-from .onnx_proto import model_tensors
+from .onnx_proto import graph_io, model_tensors
 
 GENAI_CONFIG = "genai_config.json"
 # CPU and GPU builds both provide the `onnxruntime` module: one or the other per environment.
@@ -76,6 +76,30 @@ def _safe_relative(root: Path, location: str, owner: Path) -> Path:
     return root / Path(*p.parts)
 
 
+def _check_bindings(cfg: dict[str, Any], decoder: Path) -> None:
+    """Every input and output name genai_config.json binds (``%d``: each layer) exists in the graph:
+    ONNX Runtime GenAI would otherwise fail in the middle of a generation."""
+    graph_in, graph_out = graph_io(decoder)
+    dec = cfg["model"]["decoder"]
+    layers = dec.get("num_hidden_layers") or 0
+    for section, present in (("inputs", graph_in), ("outputs", graph_out)):
+        bindings = dec.get(section, {})
+        if not isinstance(bindings, dict) or any(not isinstance(v, str) for v in bindings.values()):
+            raise CorruptFileError(decoder.parent / GENAI_CONFIG, f"model.decoder.{section} must map names to strings",
+                                   hint="re-export the model with `edgekit convert --to onnx`")
+        for key, template in bindings.items():
+            try:
+                names = [template % i for i in range(layers)] if "%" in template else [template]
+            except (TypeError, ValueError):
+                names = [template]
+            missing = [n for n in names if n not in present]
+            if missing:
+                raise CorruptFileError(decoder.parent / GENAI_CONFIG,
+                                       f"model.decoder.{section}.{key} = {template!r} names {missing[0]!r}, which is "
+                                       f"not a graph {section[:-1]} of {decoder.name}",
+                                       hint="re-export the model with `edgekit convert --to onnx`")
+
+
 def check_onnx_dir(path: Path) -> OnnxModelInfo:
     """Validate ``path`` (a GenAI model directory); raise a one-line error naming the problem."""
     path = Path(path)
@@ -113,4 +137,5 @@ def check_onnx_dir(path: Path) -> OnnxModelInfo:
                 target, f"truncated: tensor {t.name} needs bytes {offset}..{offset + length}, "
                         f"file has {sizes[target]}", hint="re-copy or re-export the model")
         total += length
+    _check_bindings(cfg, decoder)
     return OnnxModelInfo(cfg, decoder, tuple(sizes), total)

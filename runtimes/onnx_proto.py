@@ -159,6 +159,27 @@ def _attribute(buf: memoryview, start: int, end: int, depth: int) -> Iterator[Te
             yield from _sparse(buf, a, b)
 
 
+GRAPH_INPUT, GRAPH_OUTPUT, VALUE_INFO_NAME = 11, 12, 1  # GraphProto.input/output, ValueInfoProto.name
+
+
+def graph_io(path: Path) -> tuple[set[str], set[str]]:
+    """The names of the main graph's inputs and outputs (what a GenAI config may bind)."""
+    names: dict[int, set[str]] = {GRAPH_INPUT: set(), GRAPH_OUTPUT: set()}
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        buf = memoryview(m)
+        try:
+            for n, w, a, b in fields(buf, 0, len(buf)):
+                if n != MODEL_GRAPH or w != Wire.LEN:
+                    continue
+                for n2, w2, c, d in fields(buf, a, b):
+                    if n2 in names and w2 == Wire.LEN:
+                        names[n2].update(_text(buf, x, y) for n3, w3, x, y in fields(buf, c, d)
+                                         if n3 == VALUE_INFO_NAME and w3 == Wire.LEN)
+        finally:
+            buf.release()
+    return names[GRAPH_INPUT], names[GRAPH_OUTPUT]
+
+
 def model_tensors(path: Path) -> list[TensorRef]:
     """Every tensor of the ONNX model at ``path``; :class:`ProtoError` if it is malformed or has no graph."""
     with open(path, "rb") as f:
