@@ -49,6 +49,16 @@ CUDA_FAMILIES: dict[str, str] = {
 JETSON_CC: tuple[tuple[str, str], ...] = (
     ("thor", "11.0"), ("orin", "8.7"), ("xavier", "7.2"), ("tx2", "6.2"), ("nano", "5.3"),
 )
+# Which nvcc can build for an architecture: (lowest arch, highest arch) -> (first CUDA, last CUDA major).
+# CUDA 13 dropped everything below Turing (sm_75); Thor needs CUDA 13 (sm_110), Blackwell 12.8.
+NVCC_RANGE: tuple[tuple[int, int, str, int], ...] = (
+    (110, 119, "13.0", 99), (100, 109, "12.8", 99), (120, 129, "12.8", 99), (89, 90, "11.8", 99),
+    (75, 88, "10.0", 99), (50, 72, "9.0", 12),
+)
+# CPU features a portable (GGML_NATIVE=OFF) build leaves unused on a CPU that has them:
+# /proc/cpuinfo flag -> llama.cpp system-info feature
+CPU_UPGRADES = (("avx512f", "AVX512"), ("avx512_vnni", "AVX512_VNNI"), ("avx512_bf16", "AVX512_BF16"),
+                ("avx_vnni", "AVX_VNNI"), ("amx_int8", "AMX_INT8"), ("i8mm", "MATMUL_INT8"), ("asimddp", "DOTPROD"))
 # Shared libraries whose presence in this process tells which CUDA runtime an engine loaded.
 NATIVE_LIB_PATTERN = re.compile(r"lib(cudart|cublas|cublasLt|cudnn|ggml-cuda|ggml-metal|ggml-vulkan|"
                                 r"onnxruntime_providers_cuda|nvidia-ml)[.-][^/]*$")
@@ -425,6 +435,23 @@ def llama_rebuild_command(p: Probes, archs: list[int]) -> str:
             f"pip install --force-reinstall --no-cache-dir --no-binary llama-cpp-python llama-cpp-python{pin}")
 
 
+def nvcc_cannot_build(p: Probes, archs: list[int]) -> str:
+    """Why this host's nvcc cannot build for these architectures ("" when it can or is unknown)."""
+    version = (p.nvcc or {}).get("version", "")
+    if not version:
+        return ""
+    have = tuple(int(x) for x in version.split(".")[:2])
+    for arch in archs:
+        for lo, hi, first, last_major in NVCC_RANGE:
+            if lo <= arch <= hi:
+                need = tuple(int(x) for x in first.split("."))
+                if have < need:
+                    return f"nvcc {version} cannot build sm_{arch}: install CUDA {first} or newer first"
+                if have[0] > last_major:
+                    return f"nvcc {version} dropped sm_{arch}: use a CUDA {last_major}.x toolkit"
+    return ""
+
+
 def diagnose(p: Probes) -> Report:
     gpus = gpus_of(p)
     jetson = bool(p.tegra_release)
@@ -488,9 +515,17 @@ def _diagnose_llama(p: Probes, gpus: list[Gpu], facts: dict[str, dict[str, Any]]
         "gpu_devices": ", ".join(f"{d['name']} ({d['description']})" for d in gpu_devices) or None,
     }
     want = [g.arch for g in gpus]
+    unused = [feat for flag, feat in CPU_UPGRADES if flag in p.cpu_flags and cpu and feat not in cpu]
+    if unused:
+        findings.append(Finding("info", "llama.cpp", f"this CPU has {', '.join(unused)} but llama.cpp's CPU backend was "
+                                "built without (a portable build): CPU speed is below what the host can do",
+                                "rebuild with CMAKE_ARGS=\"-DGGML_NATIVE=on\" for CPU runs on this host"))
     if gpus and cuda is None:
         rebuild = llama_rebuild_command(p, want)
         nvcc_note = "" if p.nvcc else " (install the CUDA toolkit first: no nvcc found)"
+        too_old = nvcc_cannot_build(p, want)
+        if too_old:
+            nvcc_note = f" ({too_old})"
         # another GPU backend (Vulkan) offloads, slower than CUDA on NVIDIA; none at all is the silent CPU run
         findings.append(Finding("warning" if gpu_backends else "error", "llama.cpp",
                                 f"{gpus[0].name} ({gpus[0].family}) present but llama-cpp-python has no CUDA backend"

@@ -223,6 +223,22 @@ def test_cuda_build_missing_its_cuda_libraries() -> None:
     assert report.facts["llama_cpp"]["installed"] is True
 
 
+def test_nvcc_too_old_for_the_gpu_and_unused_cpu_features(host: doctor.Probes) -> None:
+    p = _jetson(host, "jetson_thor")
+    p.nvcc = {"path": "/usr/local/cuda/bin/nvcc", "version": "12.6"}
+    (err,) = _errors(doctor.diagnose(p), "llama.cpp")
+    assert "nvcc 12.6 cannot build sm_110: install CUDA 13.0 or newer first" in err.fix
+    p.nvcc = {"path": "/usr/local/cuda/bin/nvcc", "version": "13.0"}
+    assert "cannot build" not in _errors(doctor.diagnose(p), "llama.cpp")[0].fix
+    xavier = dataclasses.replace(p, device_model="NVIDIA Jetson Xavier NX Developer Kit")
+    assert "nvcc 13.0 dropped sm_72" in _errors(doctor.diagnose(xavier), "llama.cpp")[0].fix
+    # a portable x86 build (AVX2 kernels) on an AVX-512 CPU: CPU figures understate the host
+    avx512 = doctor.Probes(machine="x86_64", cpu_flags=["avx2", "avx512f", "avx512_vnni"], llama=NATIVE["llama_cuda_sm90"],
+                           nvml=NATIVE["nvml_h200"])
+    (info,) = [f for f in doctor.diagnose(avx512).findings if f.topic == "llama.cpp"]
+    assert info.level == "info" and "AVX512, AVX512_VNNI" in info.problem and "GGML_NATIVE=on" in info.fix
+
+
 def test_parsers_on_recorded_formats() -> None:
     assert doctor.parse_tegra_release(NATIVE["jetson_agx_orin"]["tegra_release"]) == "36.4.3"
     assert doctor.parse_nvpmodel("NV Power Mode: MAXN_SUPER\n2\n") == ("MAXN_SUPER", "2")
