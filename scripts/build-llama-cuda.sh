@@ -55,6 +55,7 @@ cuda_major=${cuda_version%%.*}
 
 # cuBLAS: ggml-cuda links it. Toolkit first, then CUBLAS_ROOT, then a pip-installed wheel.
 cublas_args=""
+rpath_link=""
 if [ -e "$cuda_home/include/cublas_v2.h" ]; then
     cublas_root=$cuda_home
 else
@@ -83,7 +84,7 @@ EOF
     # The wheel ships only versioned names; pass the files so find_library needs no symlink.
     cublas_args="-DCUDA_cublas_LIBRARY=$lib -DCUDA_cublasLt_LIBRARY=$liblt"
     cublas_args+=" -DCMAKE_CUDA_FLAGS=-I$cublas_root/include -DCMAKE_CXX_FLAGS=-I$cublas_root/include"
-    cublas_args+=" -DCMAKE_SHARED_LINKER_FLAGS=-Wl,-rpath-link,$libdir"
+    rpath_link=$libdir
 fi
 
 # The driver library (libcuda.so) comes with the GPU driver, not the compiler. ggml-cuda links it
@@ -98,7 +99,14 @@ if ! ls "$cuda_home"/lib64/stubs/libcuda.so "$cuda_home"/targets/*/lib/stubs/lib
         | grep -oE '\bcu[A-Z][A-Za-z0-9_]*\s*\(' | sed 's/\s*($//' | sort -u \
         | sed 's/.*/void &(void) {}/' >"$out/stubs/libcuda_stub.c"
     gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$out/stubs/libcuda.so" "$out/stubs/libcuda_stub.c"
+    ln -sf libcuda.so "$out/stubs/libcuda.so.1"  # what an executable's link looks up through libggml-cuda's NEEDED
     driver_args="-DCUDA_cuda_driver_LIBRARY=$out/stubs/libcuda.so"
+    rpath_link=${rpath_link:+$rpath_link:}$out/stubs
+fi
+# Executables linked against libggml-cuda (llama.cpp's tools, when enabled) resolve its NEEDED
+# libraries at link time: point the linker at the cuBLAS wheel and the stub (not recorded in the output).
+if [ -n "$rpath_link" ]; then
+    driver_args+=" -DCMAKE_SHARED_LINKER_FLAGS=-Wl,-rpath-link,$rpath_link -DCMAKE_EXE_LINKER_FLAGS=-Wl,-rpath-link,$rpath_link"
 fi
 
 if [ -f "$src" ]; then
@@ -134,5 +142,15 @@ wheel=$(ls -t "$out"/llama_cpp_python-*.whl | head -1)
 # A wheel without libggml-cuda is the silent CPU-only build this script exists to prevent.
 unzip -l "$wheel" | grep -q 'libggml-cuda\.so' \
     || die "$wheel has no libggml-cuda.so: CUDA was not built -- see $out/build.log"
+# The stub must never be found at run time (it would shadow the driver's libcuda.so.1): the
+# installed libraries carry llama-cpp-python's $ORIGIN run path, not the build tree's.
+check=$(mktemp -d)
+unzip -q -o "$wheel" 'llama_cpp/lib/libggml-cuda.so*' -d "$check"
+for lib in "$check"/llama_cpp/lib/libggml-cuda.so*; do
+    if readelf -d "$lib" | grep -E 'R(UN)?PATH' | grep -q -e "$out/stubs" ${cublas_args:+-e "$cublas_root"}; then
+        rm -rf "$check"; die "$lib has a build-tree run path ($(readelf -d "$lib" | grep -E 'R(UN)?PATH')) -- report this"
+    fi
+done
+rm -rf "$check"
 echo "built:   $wheel"
 echo "size:    $(du -m "$wheel" | cut -f1) MiB   time: ${secs} s"
