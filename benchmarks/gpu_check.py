@@ -46,6 +46,7 @@ from _results import save_results  # benchmarks/ sibling (scripts run from this 
 SYNTH_1B = "2048,16,8192,32,8,32000"  # hidden,layers,intermediate,heads,kv_heads,vocab (~1.1B parameters)
 SYNTH_DRY = "512,4,1536,8,2,2048"
 PROMPT = "The function returns"
+STEPS = ("doctor", "models", "greedy", "bench", "partial", "profiler")
 NEEDED = ("click", "numpy", "gguf", "transformers", "safetensors", "psutil", "llama_cpp", "jinja2", "tokenizers")
 
 
@@ -228,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gen", type=int, default=128)
     ap.add_argument("--reps", type=int, default=None, help="bench repetitions (default 2; --dry-run 1)")
     ap.add_argument("--max-tokens", type=int, default=48, help="greedy / partial-offload text length")
+    ap.add_argument("--steps", default=",".join(STEPS),
+                    help="steps to run (a rerun after a failure: only the failed ones; models are cached in --work)")
     ap.add_argument("-o", "--output", type=Path, default=None,
                     help="JSON (default benchmarks/results/gpu_check.json; --dry-run: under --work)")
     args = ap.parse_args(argv)
@@ -246,16 +249,27 @@ def main(argv: list[str] | None = None) -> int:
     out = args.output or (args.work / "gpu_check-dry-run.json" if dry else Path("benchmarks/results/gpu_check.json"))
     args.work.mkdir(parents=True, exist_ok=True)
 
+    wanted = {s.strip() for s in args.steps.split(",") if s.strip()}
+    if wanted - set(STEPS):
+        ap.error(f"unknown steps {sorted(wanted - set(STEPS))}: valid {', '.join(STEPS)}")
+    if wanted & {"greedy", "bench", "partial", "profiler"}:
+        wanted |= {"models"}  # cached: a rerun only finds the files
+    if "profiler" in wanted:
+        wanted |= {"bench"}
     steps = Steps()
     t0 = time.perf_counter()
-    steps.run("doctor", lambda: step_doctor(dry))
-    models = steps.run("models", lambda: step_models(args.work, shape))
+    if "doctor" in wanted:
+        steps.run("doctor", lambda: step_doctor(dry))
+    models = steps.run("models", lambda: step_models(args.work, shape)) if "models" in wanted else None
     if models:
-        steps.run("greedy", lambda: step_greedy(models, gpu, args.max_tokens))
-        bench = steps.run("bench", lambda: step_bench(models, gpu, prompt, gen, reps, args.work / "bench"))
+        if "greedy" in wanted:
+            steps.run("greedy", lambda: step_greedy(models, gpu, args.max_tokens))
+        bench = steps.run("bench", lambda: step_bench(models, gpu, prompt, gen, reps, args.work / "bench")) \
+            if "bench" in wanted else None
         q4 = next(p for p in models["synthetic"] if p.endswith("q4_k_m.gguf"))
-        steps.run("partial", lambda: step_partial(q4, int(shape.split(",")[1]), dry, args.max_tokens))
-        if bench:
+        if "partial" in wanted:
+            steps.run("partial", lambda: step_partial(q4, int(shape.split(",")[1]), dry, args.max_tokens))
+        if bench and "profiler" in wanted:
             steps.run("profiler", lambda: step_profiler(models, bench, gpu, None if dry else "h200", prompt, gen))
 
     from edgekit.ui import format_table

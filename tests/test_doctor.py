@@ -280,8 +280,11 @@ def test_n_gpu_layers_on_a_cpu_build_is_refused(tmp_path: Path) -> None:
     assert r.output.splitlines()[-1].startswith("error: this llama-cpp-python build has no GPU offload for --n-gpu-layers")
 
 
-def test_bench_conditions_record_doctor_facts() -> None:
-    from edgekit.bench.conditions import doctor_facts
+def test_bench_conditions_record_doctor_facts(host: doctor.Probes) -> None:
+    from edgekit.bench.conditions import host_conditions
 
-    facts = doctor_facts()
-    assert facts["llama_cpp"]["backends"] and "onnxruntime" in facts and isinstance(facts["findings"], list)
+    facts = json.loads(json.dumps(host_conditions()))["doctor"]  # as a results file stores it
+    expected = doctor.diagnose(host)
+    assert facts["llama_cpp"] == expected.facts["llama_cpp"]
+    assert facts["onnxruntime"] == expected.facts["onnxruntime"]
+    assert facts["findings"] == [f.line() for f in expected.findings]
