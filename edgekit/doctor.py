@@ -390,8 +390,9 @@ def gather(root: Path = Path("/")) -> Probes:
     p.ort, p.ort_error = _safe(probe_ort)
     p.genai, p.genai_error = _safe(probe_genai)
     p.nvcc = probe_nvcc()
-    cuda = str((p.ort or {}).get("cuda_version") or "12").split(".")[0]
-    p.libraries = probe_libraries([s.format(cuda=cuda) for s in ORT_CUDA_LIBS])
+    if {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set((p.ort or {}).get("providers") or []):
+        cuda = str((p.ort or {}).get("cuda_version") or "12").split(".")[0]
+        p.libraries = probe_libraries([s.format(cuda=cuda) for s in ORT_CUDA_LIBS])
     p.loaded_libraries = [x for x in _loaded() if NATIVE_LIB_PATTERN.search(x)]
     return p
 

@@ -103,6 +103,9 @@ def test_cli_replays_recorded_probes(host: doctor.Probes, tmp_path: Path) -> Non
     bad.write_text("{not json")
     r = CliRunner().invoke(main, ["doctor", "--probes", str(bad)])
     assert r.exit_code == 1 and r.output.count("\n") == 1 and "not a JSON probes record" in r.output
+    bad.write_text(json.dumps({"probes": {"llama": 5, "nvml": "x"}}))
+    r = CliRunner().invoke(main, ["doctor", "--probes", str(bad)])
+    assert r.exit_code == 1 and r.output.count("\n") == 1 and "not a probes record" in r.output
 
 
 # --- recorded GPU hosts -----------------------------------------------------------------------

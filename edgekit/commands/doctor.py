@@ -34,10 +34,13 @@ def doctor(probes_file: Path | None, as_json: bool) -> None:
                              hint="pass the file written by `edgekit doctor --json` (or its `probes` object)") from e
         if not isinstance(data, dict):
             raise InputError(f"{probes_file}: not a JSON object", hint="pass the file written by `edgekit doctor --json`")
-        probes = Probes.from_dict(data.get("probes", data))
+        try:  # a record from another edgekit version or edited by hand: refuse it in one line
+            report = diagnose(Probes.from_dict(data.get("probes", data)))
+        except (AttributeError, TypeError, KeyError, ValueError) as e:
+            raise InputError(f"{probes_file}: not a probes record ({type(e).__name__}: {e})",
+                             hint="pass the file written by `edgekit doctor --json` (or its `probes` object)") from e
     else:
-        probes = gather()
-    report = diagnose(probes)
+        report = diagnose(gather())
     if as_json:
         emit_json(report.to_dict())
         return
