@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .detect import usable_cores
-from .schema import DeviceClass, Figure, Origin, PowerMode, Profile, ReadCurve, SourceKind
+from .schema import DeviceClass, Figure, KernelTable, Origin, PowerMode, Profile, ReadCurve, SourceKind
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +138,10 @@ def measure(budget_s: float = 4.0, threads: int | None = None, available_bytes: 
     return cal
 
 
-def calibrated_profile(base: Profile, cal: Calibration) -> Profile:
-    """``base`` (usually the detected host) with the measured figures in place.
+def calibrated_profile(base: Profile, cal: Calibration, kernels: KernelTable | None = None) -> Profile:
+    """``base`` (usually the detected host) with the measured figures in place; ``kernels``: the
+    host's llama.cpp kernel rates (:func:`.kernels.measure_kernels`), which the cost model then
+    uses instead of its shares fitted on another CPU.
 
     The numpy read rate is the CPU's view of memory: it replaces the bandwidth of CPU-class
     hosts only. On a Jetson or a GPU host it is kept as a note, since the accelerator reaches
@@ -159,14 +161,25 @@ def calibrated_profile(base: Profile, cal: Calibration) -> Profile:
                       else m for m in base.power_modes)
     else:
         notes += " The accelerator's bandwidth is the profile's figure, not this CPU measurement."
+    if kernels is not None:
+        notes += f" llama.cpp kernels measured for {len(kernels.types)} weight types ({kernels.threads} thread(s))."
     return replace(base, power_modes=modes, compute=replace(base.compute, cpu_gflops=gflops),
-                   origin=Origin.CALIBRATED, notes=notes, read_curve=curve,
+                   origin=Origin.CALIBRATED, notes=notes, read_curve=curve, kernels=kernels,
                    display_name=base.display_name.replace("This host", "This host, calibrated"))
 
 
-def calibrate(name: str = "host", root: Path = Path("/"), budget_s: float = 4.0) -> tuple[Profile, Calibration]:
-    """Detect this host, measure it, and return the calibrated profile (not yet saved)."""
-    from .detect import detect_host
+def calibrate(name: str = "host", root: Path = Path("/"), budget_s: float = 4.0, *, kernels: bool = True,
+              quick: bool = False, threads: int | None = None) -> tuple[Profile, Calibration]:
+    """Detect this host, measure it, and return the calibrated profile (not yet saved).
 
-    cal = measure(budget_s)
-    return calibrated_profile(detect_host(root, name=name), cal), cal
+    ``kernels``: also time llama.cpp's kernel for every weight type (about 5 s a type; ``quick``:
+    two types at two sizes, a few seconds in all). ``threads``: for every measurement (default:
+    all usable cores)."""
+    from .detect import detect_host
+    from .kernels import measure_kernels, quick_settings
+
+    cal = measure(budget_s, threads=threads)
+    table = None
+    if kernels:
+        table = measure_kernels(threads=threads or usable_cores(), **(quick_settings() if quick else {}))
+    return calibrated_profile(detect_host(root, name=name), cal, table), cal

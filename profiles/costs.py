@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from edgekit._compat import StrEnum
 
-from .schema import Backend, DeviceClass, OnnxPrecision, Profile, Runtime, SourceKind
+from .schema import Backend, DeviceClass, KernelRate, OnnxPrecision, Profile, Runtime, SourceKind
 from .shapes import ModelShapes, WeightPlan, kv_cache_bytes, tensor_bytes
 
 GIB = 1024**3
@@ -248,6 +248,25 @@ def read_bandwidth(profile: Profile, working_set_bytes: float, mode: str | None 
     return base * max(1.0, rate / pts[-1][1])
 
 
+def kernel_read_rate(rate: KernelRate, working_set_bytes: float) -> float:
+    """Bytes/s a measured kernel reads its weights at, for a model reading this many bytes a token:
+    the measured point's rate, interpolated in log size between points, held past the ends."""
+    pts, mib = rate.decode, working_set_bytes / 2**20
+    if mib <= pts[0][0] or len(pts) == 1:
+        return pts[0][1] * 1e9
+    for (m0, r0), (m1, r1) in itertools.pairwise(pts):
+        if m0 < mib <= m1:
+            return (r0 + math.log(mib / m0) / math.log(m1 / m0) * (r1 - r0)) * 1e9
+    return pts[-1][1] * 1e9
+
+
+def measured_kernels(profile: Profile, runtime: Runtime, backend: Backend) -> dict[str, KernelRate]:
+    """The host-measured kernel rates that apply: llama.cpp on the CPU of a calibrated profile."""
+    if profile.kernels is None or runtime is not Runtime.LLAMA_CPP or backend is not Backend.CPU:
+        return {}
+    return dict(profile.kernels.types)
+
+
 def bandwidth_basis(profile: Profile, mode: str | None = None) -> Basis:
     return Basis.MEASURED if profile.mode(mode).bandwidth_gbs.source is SourceKind.MEASURED else Basis.DATASHEET
 
@@ -367,21 +386,27 @@ def estimate(shapes: ModelShapes, weights: WeightPlan, runtime: Runtime, backend
     layer_s = LAYER_OVERHEAD_S.get((backend, profile.device_class), LAYER_OVERHEAD_S[(backend, None)])
     c, plen = shapes.config, min(ctx, prompt_len)
     attn = 4 * n_layers * c.num_heads * c.head_dim  # FLOP per token per cached position (CPU roofs)
-    if family is None:  # a GPU, or a CPU with no kernel table (Arm): bandwidth roof plus per-layer overhead
+    host = measured_kernels(profile, runtime, backend)
+    if family is None and not host:  # a GPU, or a CPU with no kernel table (Arm): bandwidth roof plus overhead
         gen_tps = 1 / (1 / gen_tps + n_layers * layer_s)
     else:  # a CPU with a kernel table: per weight type the slower of streaming and arithmetic
         read_rate = read_bandwidth(profile, CACHE_FOOTPRINT * per_token, mode) * eff.decode
         kv_s = max((per_token - weights.per_token_bytes) / read_rate, attn * fill / (flops * CPU_ATTENTION[0]))
-        table = CPU_KERNEL_TABLES[runtime][family]
-        kernels = [(table.get(t, CPU_KERNEL_FALLBACK), n, b)
-                   for t, (n, b) in _matmul_groups(shapes, weights, runtime, onnx_precision).items()]
+        table = CPU_KERNEL_TABLES[runtime].get(family) if family is not None else None
         # The streaming shares were fitted against a calibrated read rate with the runs' thread
         # count; a datasheet profile's efficiency comes from published results over all types,
         # which already fold them in (and with many cores no one type's kernel holds memory back).
         measured = bandwidth_basis(profile, mode) is Basis.MEASURED
-        decode_s = kv_s + sum(max(b / (read_rate * (k.stream if measured else 1.0)), 2 * n / (flops * k.decode))
-                              for k, n, b in kernels)
-        prompt_s = sum(2 * n / (flops * k.prompt) for k, n, _ in kernels) + attn * plen / 2 / (flops * CPU_ATTENTION[1])
+        decode_s = kv_s
+        prompt_s = attn * plen / 2 / (flops * CPU_ATTENTION[1])
+        for t, (n, b) in _matmul_groups(shapes, weights, runtime, onnx_precision).items():
+            k = (table or {}).get(t, CPU_KERNEL_FALLBACK)
+            if t in host:  # measured on this host: the type's own rate at this working set
+                decode_s += b / kernel_read_rate(host[t], per_token)
+            else:
+                decode_s += max(b / (read_rate * (k.stream if measured else 1.0)), 2 * n / (flops * k.decode))
+            gflops = host[t].prompt_gflops if t in host else 0.0
+            prompt_s += 2 * n / (gflops * 1e9) if gflops > 0 else 2 * n / (flops * k.prompt)
         fixed = CPU_OVERHEADS[runtime]
         per_layer_s = fixed.layer_s + fixed.sync_s * math.log2(max(1, threads or profile.compute.cpu_cores.value))
         gen_tps = 1 / (decode_s + fixed.token_s + n_layers * per_layer_s)

@@ -135,6 +135,36 @@ class ReadCurve:
 
 
 @dataclass(frozen=True)
+class KernelRate:
+    """One weight type's llama.cpp CPU kernels on the host, measured (`edgekit profile calibrate`).
+
+    ``decode``: (working set MiB, GB/s) pairs, sizes increasing: the rate at which a batch-1
+    decode step reads this type's weights when the model reads that many MiB a token (in the
+    caches at the small end, from DRAM at the large). ``prompt_gflops``: the batched prompt
+    kernel's rate, 2 FLOP per weight per token."""
+
+    decode: tuple[tuple[float, float], ...]
+    prompt_gflops: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"decode": [[mib, gbs] for mib, gbs in self.decode], "prompt_gflops": self.prompt_gflops}
+
+
+@dataclass(frozen=True)
+class KernelTable:
+    """[kernels]: per ggml type (F16, Q4_K, IQ3_S, ...) its measured rates, and how they were measured."""
+
+    types: Mapping[str, KernelRate]
+    threads: int
+    source: SourceKind
+    ref: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return _with_source({"threads": self.threads, "types": {k: v.to_dict() for k, v in self.types.items()}},
+                            self.source, self.ref)
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     display_name: str
@@ -152,6 +182,7 @@ class Profile:
     origin: Origin = Origin.SHIPPED
     path: str = ""
     read_curve: ReadCurve | None = None  # [memory] read_curve; None: one bandwidth for every size
+    kernels: KernelTable | None = None  # [kernels]: the host's measured llama.cpp kernels (calibrated only)
 
     def mode(self, name: str | None = None) -> PowerMode:
         wanted = name or self.default_mode
@@ -173,7 +204,7 @@ class ProfileFormatError(InputError):
 # -- validation ---------------------------------------------------------------------------
 
 _TOP_KEYS = {"name", "display_name", "device_class", "memory_kind", "default_mode", "detect_model", "notes",
-             "memory", "compute", "software", "power_modes", "runtimes"}
+             "memory", "compute", "software", "power_modes", "runtimes", "kernels"}
 _MEMORY_KEYS = {"total_gb", "usable_gb", "read_curve"}
 _COMPUTE_KEYS = {"cpu_model", "cpu_cores", "isa", "cpu_gflops", "gpu_name", "gpu_fp16_tflops", "gpu_int8_tops",
                  "cuda_cc"}
@@ -181,6 +212,8 @@ _MODE_KEYS = {"name", "bandwidth_gbs", "power_w", "emc_mhz", "note"}
 _RUNTIME_KEYS = {"runtime", "backend", "onnx", "note"}
 _FIGURE_KEYS = {"value", "source", "ref"}
 _CURVE_KEYS = {"points", "source", "ref"}
+_KERNEL_KEYS = {"threads", "types", "source", "ref"}
+_RATE_KEYS = {"decode", "prompt_gflops"}
 
 
 class _V:
@@ -255,26 +288,56 @@ class _V:
         return Figure(float(value), source, ref)
 
 
+    def pairs(self, raw: Any, path: str, least: int) -> tuple[tuple[float, float], ...]:
+        """A list of [MiB, GB/s] pairs, sizes increasing."""
+        if not isinstance(raw, list) or len(raw) < least:
+            raise self.fail(path, f"expected at least {'two' if least == 2 else 'one'} [MiB, GB/s] "
+                                  f"pair{'s' if least == 2 else ''}")
+        points: list[tuple[float, float]] = []
+        for i, p in enumerate(raw):
+            if (not isinstance(p, list) or len(p) != 2
+                    or not all(isinstance(x, int | float) and not isinstance(x, bool) and x > 0 for x in p)):
+                raise self.fail(f"{path}[{i}]", f"expected [MiB, GB/s], two positive numbers, got {p!r}")
+            if points and p[0] <= points[-1][0]:
+                raise self.fail(f"{path}[{i}]", "working-set sizes must increase")
+            points.append((float(p[0]), float(p[1])))
+        return tuple(points)
+
+    def ref(self, t: dict[str, Any], path: str) -> str:
+        ref = t.get("ref", "")
+        if not isinstance(ref, str):
+            raise self.fail(f"{path}.ref", "expected a string")
+        return ref
+
     def curve(self, d: dict[str, Any], key: str, where: str) -> ReadCurve | None:
         if key not in d:
             return None
         path = _join(where, key)
         t = self.table(d[key], path, _CURVE_KEYS)
-        raw = self.required(t, "points", path)
-        if not isinstance(raw, list) or len(raw) < 2:
-            raise self.fail(f"{path}.points", "expected at least two [MiB, GB/s] pairs")
-        points: list[tuple[float, float]] = []
-        for i, p in enumerate(raw):
-            if (not isinstance(p, list) or len(p) != 2
-                    or not all(isinstance(x, int | float) and not isinstance(x, bool) and x > 0 for x in p)):
-                raise self.fail(f"{path}.points[{i}]", f"expected [MiB, GB/s], two positive numbers, got {p!r}")
-            if points and p[0] <= points[-1][0]:
-                raise self.fail(f"{path}.points[{i}]", "working-set sizes must increase")
-            points.append((float(p[0]), float(p[1])))
-        ref = t.get("ref", "")
-        if not isinstance(ref, str):
-            raise self.fail(f"{path}.ref", "expected a string")
-        return ReadCurve(tuple(points), self.enum(t, "source", path, SourceKind), ref)
+        points = self.pairs(self.required(t, "points", path), f"{path}.points", 2)
+        return ReadCurve(points, self.enum(t, "source", path, SourceKind), self.ref(t, path))
+
+    def kernels(self, d: dict[str, Any], key: str) -> KernelTable | None:
+        if key not in d:
+            return None
+        t = self.table(d[key], key, _KERNEL_KEYS)
+        threads = self.required(t, "threads", key)
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise self.fail(f"{key}.threads", f"expected a positive integer, got {threads!r}")
+        raw = self.table(self.required(t, "types", key), f"{key}.types", set(self.required(t, "types", key)))
+        import gguf
+
+        rates: dict[str, KernelRate] = {}
+        for name, entry in raw.items():
+            path = f"{key}.types.{name}"
+            if name not in gguf.GGMLQuantizationType.__members__:
+                raise self.fail(path, "not a ggml type name (F16, Q4_K, IQ3_S, ...)")
+            e = self.table(entry, path, _RATE_KEYS)
+            gflops = self.required(e, "prompt_gflops", path)
+            if isinstance(gflops, bool) or not isinstance(gflops, int | float) or gflops < 0:
+                raise self.fail(f"{path}.prompt_gflops", f"expected a non-negative number, got {gflops!r}")
+            rates[name] = KernelRate(self.pairs(self.required(e, "decode", path), f"{path}.decode", 1), float(gflops))
+        return KernelTable(rates, threads, self.enum(t, "source", key, SourceKind), self.ref(t, key))
 
 
 def _join(where: str, key: str) -> str:
@@ -356,4 +419,5 @@ def parse_profile(data: Any, file: str, *, origin: Origin = Origin.SHIPPED) -> P
         origin=origin,
         path=file,
         read_curve=v.curve(mem, "read_curve", "memory"),
+        kernels=v.kernels(top, "kernels"),
     )

@@ -138,6 +138,8 @@ def profile_to_dict(p: Profile) -> dict[str, Any]:
         d["software"] = dict(p.software)
     d["power_modes"] = modes
     d["runtimes"] = runtimes
+    if p.kernels is not None:
+        d["kernels"] = p.kernels.to_dict()
     return d
 
 
@@ -159,6 +161,10 @@ def dict_to_toml(d: dict[str, Any]) -> str:
     for key in ("power_modes", "runtimes"):
         for entry in d.get(key, []):
             lines += ["", f"[[{key}]]"] + [f"{k} = {_toml_value(v)}" for k, v in entry.items()]
+    if isinstance(d.get("kernels"), dict):  # [kernels] scalars, then one line per type
+        k = d["kernels"]
+        lines += ["", "[kernels]"] + [f"{n} = {_toml_value(v)}" for n, v in k.items() if n != "types"]
+        lines += ["", "[kernels.types]"] + [f"{n} = {_toml_value(v)}" for n, v in k.get("types", {}).items()]
     return "\n".join(lines) + "\n"
 
 

@@ -105,23 +105,42 @@ def detect_cmd(as_json: bool, no_nvml: bool) -> None:
 @profile.command("calibrate")
 @click.option("--name", default="host", show_default=True, help="Name to store the calibrated profile under.")
 @click.option("--seconds", default=4.0, show_default=True, type=click.FloatRange(1.0, 120.0),
-              help="Time budget for the measurements.")
+              help="Time budget for the bandwidth and matmul measurements.")
+@click.option("--kernels/--no-kernels", default=True, show_default=True,
+              help="Also time llama.cpp's kernel for each weight type (about 5 s a type).")
+@click.option("--kernel-types", default=None,
+              help="Comma-separated ggml types to time (default: all, F16 ... IQ1_S).")
+@click.option("--quick", is_flag=True, help="Time two kernel types at two sizes only (seconds, for tests).")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None,
+              help="Threads for every measurement (default: all usable cores; match how you will run).")
 @click.option("--no-save", is_flag=True, help="Measure and print only.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def calibrate_cmd(name: str, seconds: float, no_save: bool, as_json: bool) -> None:
-    """Measure this host's memory bandwidth and matmul rate and store a calibrated profile."""
+def calibrate_cmd(name: str, seconds: float, kernels: bool, kernel_types: str | None, quick: bool,
+                  threads: int | None, no_save: bool, as_json: bool) -> None:
+    """Measure this host's memory bandwidth, matmul rate and llama.cpp kernels; store a calibrated profile."""
     from edgekit.profiles.calibrate import calibrated_profile, measure
-    from edgekit.profiles.detect import detect_host
+    from edgekit.profiles.detect import detect_host, usable_cores
+    from edgekit.profiles.kernels import measure_kernels, quick_settings
     from edgekit.profiles.store import profile_to_dict, save_profile
 
-    if not as_json:
-        click.echo(f"- measuring memory bandwidth and matmul rate (~{seconds:g} s)", err=True)
-    cal = measure(seconds)
-    p = calibrated_profile(detect_host(name=name), cal)
+    def say(msg: str) -> None:
+        if not as_json:
+            click.echo(msg, err=True)
+
+    say(f"- measuring memory bandwidth and matmul rate (~{seconds:g} s)")
+    cal = measure(seconds, threads=threads)
+    table = None
+    if kernels:
+        opts = quick_settings() if quick else {}
+        if kernel_types:
+            opts["types"] = [t.strip().upper() for t in kernel_types.split(",") if t.strip()]
+        table = measure_kernels(threads=threads or usable_cores(), progress=lambda t: say(f"- timing {t} kernels"),
+                                **opts)
+    p = calibrated_profile(detect_host(name=name), cal, table)
     path = None if no_save else save_profile(p)
     if as_json:
-        emit_json({"measurements": cal.to_dict(), "saved_to": str(path) if path else None,
-                   "profile": profile_to_dict(p)})
+        emit_json({"measurements": cal.to_dict(), "kernels": table.to_dict() if table else None,
+                   "saved_to": str(path) if path else None, "profile": profile_to_dict(p)})
         return
     rows = [["memory bandwidth (stored: best read)", round(cal.bandwidth_gbs, 2), "GB/s"],
             ["memory read (all threads)", round(cal.read_gbs, 2), "GB/s"],
@@ -130,5 +149,14 @@ def calibrate_cmd(name: str, seconds: float, no_save: bool, as_json: bool) -> No
             ["matmul fp32", round(cal.matmul_gflops, 1), "GFLOP/s"]]
     click.echo(format_table(["measurement", "value", "unit"], rows))
     click.echo(f"({cal.threads} threads, {cal.array_mib} MiB array, {cal.seconds:.1f} s)")
+    if table is not None:
+        sizes = [mib for mib, _ in next(iter(table.types.values())).decode]
+        krows = [[t, *(gbs for _, gbs in r.decode), r.prompt_gflops] for t, r in table.types.items()]
+        heads = ["type", *(f"decode GB/s (point {i + 1})" for i in range(len(sizes))), "prompt GFLOP/s"]
+        click.echo("")
+        click.echo(format_table(heads, krows))
+        click.echo(f"(llama.cpp, {table.threads} thread(s); decode points are working sets from "
+                   f"{min(m for r in table.types.values() for m, _ in r.decode):.1f} to "
+                   f"{max(m for r in table.types.values() for m, _ in r.decode):.0f} MiB)")
     if path:
         click.echo(f"saved profile {p.name!r} to {path}; use it with: edgekit recommend MODEL --profile {p.name}")
