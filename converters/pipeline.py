@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.errors import InputError, QualityGateError, VerificationError
-from edgekit.fsutil import clean_stale_temps, ensure_writable_dir, sha256_file
+from edgekit.fsutil import check_output_lock, clean_stale_temps, ensure_writable_dir, sha256_file
 from edgekit.manifest import MANIFEST_NAME, ArtifactEntry, Manifest, open_or_new
 from edgekit.progress import ProgressFn, StepTimer, report
 
@@ -136,7 +136,8 @@ def open_inputs(model_dir: Path, adapter_dir: Path | None, timer: StepTimer, pre
 
 def start_output(out_dir: Path, inputs: Inputs, timer: StepTimer) -> Conversion:
     ensure_writable_dir(out_dir)
-    clean_stale_temps(out_dir)
+    check_output_lock(out_dir)  # another live process writing here: refused
+    clean_stale_temps(out_dir)  # safe: no other process writes here now
     if (out_dir / MANIFEST_NAME).is_file():  # compared with this source's weights: needs the digest now
         manifest = open_or_new(out_dir, inputs.source_info)
     else:  # the same dict: the digest lands in it before the manifest is first saved (record)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgekit._compat import StrEnum
 from edgekit.errors import UnknownChoiceError
+from edgekit.fsutil import holding_output_lock
 
 if TYPE_CHECKING:
     from .plan import ConversionPlan
@@ -82,6 +83,7 @@ def split_quants(formats: list[Format], quants: str | None,
     return {f: ",".join(q for q in names if q in known[f]) or defaults[f] for f in formats}
 
 
+@holding_output_lock(1)  # one writer per output directory; a killed run's lock is taken over
 def convert_formats(model_dir: Path, out_dir: Path, plan: ConversionPlan) -> list[Any]:
     """Run a plan (:mod:`.options`): several formats from one source in one run.
 
