@@ -103,6 +103,7 @@ class Probes:
     genai_error: str = ""
     nvcc: dict[str, str] | None = None  # path, version
     libraries: dict[str, str | None] = field(default_factory=dict)  # soname -> path (None: not loadable)
+    wheel_libraries: dict[str, str] = field(default_factory=dict)  # not loadable, but in a pip nvidia-* wheel
     loaded_libraries: list[str] = field(default_factory=list)  # CUDA/GPU libraries mapped into this process
 
     @classmethod
@@ -309,11 +310,45 @@ def _nvml_ctypes() -> dict[str, Any]:
         lib.nvmlShutdown()
 
 
+def elf_needed(path: Path) -> list[str]:
+    """DT_NEEDED entries of a 64-bit little-endian ELF shared library (x86-64, aarch64), read from
+    its section headers without loading it ([] for anything else). The 300 MB CUDA provider of
+    ONNX Runtime is read a few hundred bytes at a time."""
+    import struct
+
+    with open(path, "rb") as f:
+        ident = f.read(64)
+        if ident[:4] != b"\x7fELF" or ident[4] != 2 or ident[5] != 1:
+            return []
+        shoff, = struct.unpack_from("<Q", ident, 0x28)
+        shentsize, shnum = struct.unpack_from("<HH", ident, 0x3A)
+        f.seek(shoff)
+        sections = [struct.unpack_from("<IIQQQQIIQQ", f.read(shentsize)) for _ in range(shnum)]
+        dynamic = next((sh for sh in sections if sh[1] == 6), None)  # SHT_DYNAMIC
+        if dynamic is None:
+            return []
+        strtab = sections[dynamic[6]]  # sh_link: its string table (.dynstr)
+        f.seek(dynamic[4])
+        raw = f.read(dynamic[5])
+        f.seek(strtab[4])
+        strings = f.read(strtab[5])
+    out = []
+    for tag, value in struct.iter_unpack("<qQ", raw[: len(raw) // 16 * 16]):
+        if tag == 0:  # DT_NULL
+            break
+        if tag == 1:  # DT_NEEDED
+            out.append(strings[value:strings.index(b"\0", value)].decode())
+    return out
+
+
 def probe_ort() -> dict[str, Any]:
     import onnxruntime as ort
 
     info: dict[str, Any] = {"version": ort.__version__, "providers": list(ort.get_available_providers()),
                             "device": ort.get_device()}
+    provider = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
+    if provider.is_file():  # the CUDA libraries it is linked against (cuDNN is dlopened later, not listed)
+        info["cuda_provider_needs"] = [n for n in elf_needed(provider) if re.match(r"lib(cu|nv)", n) and n != "libcuda.so.1"]
     try:  # GPU packages record the CUDA/cuDNN they were built with
         from onnxruntime.capi import build_and_package_info as b
 
@@ -344,6 +379,16 @@ def probe_nvcc() -> dict[str, str] | None:
     return {"path": path, "version": m.group(1) if m else ""}
 
 
+def ort_cuda_libraries(ort: dict[str, Any]) -> list[str]:
+    """What a CUDA ONNX Runtime loads: its provider's linked CUDA libraries, plus cuDNN 9 (dlopened);
+    from the CUDA version it was built for when the provider library was not found."""
+    needs = list(ort.get("cuda_provider_needs") or [])
+    if not needs:
+        cuda = str(ort.get("cuda_version") or "12").split(".")[0]
+        needs = [s.format(cuda=cuda) for s in ORT_CUDA_LIBS]
+    return needs + [so for so in ("libcudnn.so.9",) if so not in needs]
+
+
 def probe_libraries(sonames: list[str]) -> dict[str, str | None]:
     """Whether the dynamic loader finds each library (as ONNX Runtime's dlopen would)."""
     out: dict[str, str | None] = {}
@@ -353,6 +398,21 @@ def probe_libraries(sonames: list[str]) -> dict[str, str | None]:
             out[soname] = _mapped_path(soname) or soname
         except OSError:
             out[soname] = None
+    return out
+
+
+def find_in_wheels(sonames: list[str]) -> dict[str, str]:
+    """Where pip's nvidia-* wheels (torch's, onnxruntime-gpu[cuda,cudnn]'s) keep these libraries:
+    site-packages/nvidia/*/lib, which the loader does not search by itself."""
+    from importlib.util import find_spec
+
+    spec = find_spec("nvidia")
+    roots = [Path(r) for r in (spec.submodule_search_locations or [])] if spec else []
+    out = {}
+    for so in sonames:
+        hit = next((f for r in roots for f in sorted(r.glob(f"*/lib/{so}"))), None)
+        if hit is not None:
+            out[so] = str(hit)
     return out
 
 
@@ -391,8 +451,8 @@ def gather(root: Path = Path("/")) -> Probes:
     p.genai, p.genai_error = _safe(probe_genai)
     p.nvcc = probe_nvcc()
     if {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set((p.ort or {}).get("providers") or []):
-        cuda = str((p.ort or {}).get("cuda_version") or "12").split(".")[0]
-        p.libraries = probe_libraries([s.format(cuda=cuda) for s in ORT_CUDA_LIBS])
+        p.libraries = probe_libraries(ort_cuda_libraries(p.ort or {}))
+        p.wheel_libraries = find_in_wheels([so for so, path in p.libraries.items() if path is None])
     p.loaded_libraries = [x for x in _loaded() if NATIVE_LIB_PATTERN.search(x)]
     return p
 
@@ -587,9 +647,14 @@ def _diagnose_ort(p: Probes, gpus: list[Gpu], aarch64: bool, jetson: bool, facts
             missing = [so for so, path in p.libraries.items() if path is None]
             if missing:
                 cuda_major = str(p.ort.get("cuda_version") or "12").split(".")[0]
-                fix = ("use JetPack's CUDA/cuDNN (sudo apt install nvidia-jetpack) and put /usr/local/cuda/lib64 on LD_LIBRARY_PATH"
-                       if jetson else f"pip install 'onnxruntime-gpu[cuda,cudnn]' (CUDA {cuda_major} runtime wheels), "
-                       "or put the toolkit's lib64 on LD_LIBRARY_PATH")
+                in_wheels = sorted({str(Path(p.wheel_libraries[so]).parent) for so in missing if so in p.wheel_libraries})
+                if in_wheels and all(so in p.wheel_libraries for so in missing):
+                    fix = f"installed by pip but not on the loader's path: export LD_LIBRARY_PATH={':'.join(in_wheels)}"
+                elif jetson:
+                    fix = "use JetPack's CUDA/cuDNN (sudo apt install nvidia-jetpack) and put /usr/local/cuda/lib64 on LD_LIBRARY_PATH"
+                else:
+                    fix = (f"pip install 'onnxruntime-gpu[cuda,cudnn]' (CUDA {cuda_major} runtime wheels) and put their "
+                           "site-packages/nvidia/*/lib folders on LD_LIBRARY_PATH, or the toolkit's lib64")
                 findings.append(Finding("error", "onnxruntime",
                                         f"CUDA build of ONNX Runtime but the CUDA runtime is missing ({', '.join(missing)}): "
                                         "the CUDA provider falls back to the CPU", fix))

@@ -186,10 +186,12 @@ def test_both_onnxruntime_distributions(host: doctor.Probes) -> None:
 
 
 def test_cuda_onnxruntime_without_cuda_runtime(host: doctor.Probes) -> None:
-    ort = NATIVE["ort_gpu_cuda12"]
-    # this machine's loader really answers whether the CUDA 12 runtime and cuDNN 9 load
-    libs = doctor.probe_libraries([s.format(cuda="12") for s in doctor.ORT_CUDA_LIBS])
-    report = doctor.diagnose(_with(host, ort=ort, libraries=libs, nvml=NATIVE["nvml_h200"]))
+    ort = NATIVE["ort_gpu_cuda13"]
+    needs = doctor.ort_cuda_libraries(ort)
+    assert needs == [*ort["cuda_provider_needs"], "libcudnn.so.9"]  # cuDNN is dlopened, not linked
+    # this machine's loader really answers whether onnxruntime-gpu 1.31's CUDA 13 libraries load
+    libs = doctor.probe_libraries(needs)
+    report = doctor.diagnose(_with(host, ort=ort, libraries=libs, wheel_libraries={}, nvml=NATIVE["nvml_h200"]))
     missing = [so for so, path in libs.items() if path is None]
     errs = _errors(report, "onnxruntime")
     assert bool(errs) == bool(missing)
@@ -197,6 +199,33 @@ def test_cuda_onnxruntime_without_cuda_runtime(host: doctor.Probes) -> None:
         assert all(so in errs[0].problem for so in missing) and "onnxruntime-gpu[cuda,cudnn]" in errs[0].fix
     present = {so: f"/opt/cuda/{so}" for so in libs}
     assert not _errors(doctor.diagnose(_with(host, ort=ort, libraries=present, nvml=NATIVE["nvml_h200"])), "onnxruntime")
+    # without the provider library's list: the CUDA version it was built for decides the names
+    assert doctor.ort_cuda_libraries({"cuda_version": "12.8"})[:2] == ["libcudart.so.12", "libcublas.so.12"]
+
+
+def test_cuda_libraries_in_pip_wheels_need_the_loader_path(host: doctor.Probes, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    lib = tmp_path / "nvidia" / "cu13" / "lib"  # the layout of pip's nvidia-cublas / nvidia-cudnn-cu13 wheels
+    lib.mkdir(parents=True)
+    for so in ("libcublas.so.13", "libcublasLt.so.13"):
+        (lib / so).write_bytes(b"")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = doctor.find_in_wheels(["libcublas.so.13", "libcublasLt.so.13", "libcudnn.so.9"])
+    assert found == {"libcublas.so.13": str(lib / "libcublas.so.13"), "libcublasLt.so.13": str(lib / "libcublasLt.so.13")}
+    libs = {"libcublas.so.13": None, "libcublasLt.so.13": None}
+    report = doctor.diagnose(_with(host, ort=NATIVE["ort_gpu_cuda13"], libraries=libs, wheel_libraries=found,
+                                   nvml=NATIVE["nvml_h200"]))
+    (err,) = _errors(report, "onnxruntime")
+    assert err.fix == f"installed by pip but not on the loader's path: export LD_LIBRARY_PATH={lib}"
+
+
+def test_elf_needed_reads_the_libraries_a_library_links() -> None:
+    import llama_cpp
+
+    libllama = Path(llama_cpp.__file__).parent / "lib" / "libllama.so"
+    needed = doctor.elf_needed(libllama)
+    assert "libggml.so.0" in needed and "libggml-base.so.0" in needed and any(n.startswith("libc.so") for n in needed)
+    assert doctor.elf_needed(Path(__file__)) == []  # not an ELF file
 
 
 def test_gpu_with_cpu_onnxruntime_suggests_the_gpu_package(host: doctor.Probes) -> None:
