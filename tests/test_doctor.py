@@ -132,7 +132,13 @@ def test_h200_with_cuda_build_is_clean_and_parsed() -> None:
     assert facts["backends"] == "CUDA, CPU" and facts["gpu_backends"] == "CUDA" and facts["cuda_archs"] == "90"
     assert facts["gpu_devices"] == "CUDA0 (NVIDIA H200)" and facts["gpu_offload"] is True
     assert not [f for f in report.findings if f.topic == "llama.cpp"]
-    assert doctor.parse_system_info(NATIVE["llama_cuda_sm90"]["system_info"])["CUDA"] == {"ARCHS": "900", "USE_GRAPHS": "1"}
+    parsed = doctor.parse_system_info(NATIVE["llama_cuda_sm90"]["system_info"])
+    assert parsed["CUDA"] == {"ARCHS": "900", "USE_GRAPHS": "1", "PEER_MAX_BATCH_SIZE": "128"}
+    assert parsed["CPU"]["AMX_INT8"] == "1" and list(parsed) == ["CUDA", "CPU"]
+    # that host's Xeon has AVX-512 and AMX, and so does its build: nothing left on the table
+    xeon = doctor.Probes(machine="x86_64", cpu_flags=["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8"],
+                         llama=NATIVE["llama_cuda_sm90"], nvml=NATIVE["nvml_h200"])
+    assert not doctor.diagnose(xeon).findings
 
 
 def test_cuda_build_for_other_architectures() -> None:
@@ -265,7 +271,8 @@ def test_nvcc_too_old_for_the_gpu_and_unused_cpu_features(host: doctor.Probes) -
     xavier = dataclasses.replace(p, device_model="NVIDIA Jetson Xavier NX Developer Kit")
     assert "nvcc 13.0 dropped sm_72" in _errors(doctor.diagnose(xavier), "llama.cpp")[0].fix
     # a portable x86 build (AVX2 kernels) on an AVX-512 CPU: CPU figures understate the host
-    avx512 = doctor.Probes(machine="x86_64", cpu_flags=["avx2", "avx512f", "avx512_vnni"], llama=NATIVE["llama_cuda_sm90"],
+    portable = {**NATIVE["llama_cuda_sm90"], "system_info": "CUDA : ARCHS = 900 | CPU : AVX = 1 | AVX2 = 1 | FMA = 1 | "}
+    avx512 = doctor.Probes(machine="x86_64", cpu_flags=["avx2", "avx512f", "avx512_vnni"], llama=portable,
                            nvml=NATIVE["nvml_h200"])
     (info,) = [f for f in doctor.diagnose(avx512).findings if f.topic == "llama.cpp"]
     assert info.level == "info" and "AVX512, AVX512_VNNI" in info.problem and "GGML_NATIVE=on" in info.fix
