@@ -204,21 +204,24 @@ def _distributions() -> dict[str, str]:
     return out
 
 
-def probe_llama() -> dict[str, Any]:
-    """llama.cpp's build: its system-info string, GPU offload support and the ggml backend devices."""
+def probe_llama(device_memory: bool = True) -> dict[str, Any]:
+    """llama.cpp's build: its system-info string, GPU offload support and the ggml backend devices.
+
+    ``device_memory`` asks each device for its memory, which creates a CUDA context (hundreds of
+    MB of GPU memory, of RAM on a Jetson): the bench parent process, which measures memory, skips it."""
     import llama_cpp
 
     info = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
     out: dict[str, Any] = {"version": getattr(llama_cpp, "__version__", ""), "system_info": info,
                            "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload())}
     try:
-        out.update(_ggml_devices(Path(llama_cpp.__file__).parent / "lib"))
+        out.update(_ggml_devices(Path(llama_cpp.__file__).parent / "lib", device_memory))
     except (OSError, AttributeError) as e:  # an older layout: the system-info string is enough
         log.info("ggml backend registry not readable: %s", e)
     return out
 
 
-def _ggml_devices(libdir: Path) -> dict[str, Any]:
+def _ggml_devices(libdir: Path, device_memory: bool) -> dict[str, Any]:
     """Registered ggml backends and devices, from libggml (already loaded by llama_cpp: same handle)."""
     candidates = sorted(libdir.glob("libggml.so*")) + sorted(libdir.glob("libggml.dylib")) + sorted(libdir.glob("ggml.dll"))
     if not candidates:
@@ -238,11 +241,12 @@ def _ggml_devices(libdir: Path) -> dict[str, Any]:
     for i in range(lib.ggml_backend_dev_count()):
         dev = lib.ggml_backend_dev_get(i)
         free, total = sz(0), sz(0)
-        lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        if device_memory:
+            lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
         devices.append({"name": lib.ggml_backend_dev_name(dev).decode(),
                         "description": lib.ggml_backend_dev_description(dev).decode(errors="replace"),
                         "type": dev_types.get(lib.ggml_backend_dev_type(dev), "unknown"),
-                        "memory_total_bytes": total.value})
+                        "memory_total_bytes": total.value if device_memory else None})
     return {"backends": backends, "devices": devices}
 
 
@@ -433,12 +437,13 @@ def _safe(call: Any) -> tuple[Any, str]:
         return None, f"{type(e).__name__}: {e}".strip()
 
 
-def gather(root: Path = Path("/")) -> Probes:
-    """Make the native calls. ``root`` relocates the files read (Jetson's), as in profiles.detect."""
+def gather(root: Path = Path("/"), *, device_memory: bool = True) -> Probes:
+    """Make the native calls. ``root`` relocates the files read (Jetson's), as in profiles.detect;
+    ``device_memory=False`` leaves llama.cpp's device memory out (no CUDA context is created)."""
     p = Probes(machine=platform.machine(), distributions=_distributions())
     flags = re.search(r"^(?:flags|Features)\s*:\s*(.*)$", _read(root / "proc/cpuinfo"), re.M)
     p.cpu_flags = sorted(set(flags.group(1).split()) & CPU_FLAGS) if flags else []
-    p.llama, p.llama_error = _safe(probe_llama)
+    p.llama, p.llama_error = _safe(lambda: probe_llama(device_memory))
     p.nvml, p.nvml_error = _safe(probe_nvml)
     p.tegra_release = _read(root / "etc/nv_tegra_release").strip()
     p.device_model = _read(root / "proc/device-tree/model").strip("\x00 \n")
@@ -678,14 +683,14 @@ def _diagnose_ort(p: Probes, gpus: list[Gpu], aarch64: bool, jetson: bool, facts
         findings.append(Finding("info", "onnxruntime-genai", f"{gpus[0].name} present but onnxruntime-genai is a CPU build", fix))
 
 
-def run_doctor(root: Path = Path("/")) -> Report:
-    return diagnose(gather(root))
+def run_doctor(root: Path = Path("/"), *, device_memory: bool = True) -> Report:
+    return diagnose(gather(root, device_memory=device_memory))
 
 
 def build_facts() -> dict[str, Any]:
     """The facts `edgekit bench` records in its conditions: the llama.cpp build, GPUs and driver,
     the ONNX Runtime providers and the findings' one-liners."""
-    r = run_doctor()
+    r = run_doctor(device_memory=False)  # the bench parent must not hold a CUDA context while workers measure
     keep = ("llama_cpp", "nvidia_driver", "onnxruntime", "onnxruntime_genai", "jetson")
     out: dict[str, Any] = {k: v for k, v in r.facts.items() if k in keep or k.startswith("gpu")}
     out["findings"] = [f.line() for f in r.findings]

@@ -67,6 +67,14 @@ def test_this_host_facts_are_the_engines_own(host: doctor.Probes) -> None:
     json.dumps(report.to_dict())  # the record is JSON as it is
 
 
+def test_bench_gathering_leaves_device_memory_alone(host: doctor.Probes) -> None:
+    """Asking a CUDA device its memory creates a context; the bench parent must not hold one."""
+    light = doctor.gather(device_memory=False)
+    assert [d["memory_total_bytes"] for d in (light.llama or {})["devices"]] == [None] * len((host.llama or {})["devices"])
+    assert [d["name"] for d in (light.llama or {})["devices"]] == [d["name"] for d in (host.llama or {})["devices"]]
+    assert all(d["memory_total_bytes"] > 0 for d in (host.llama or {})["devices"] if d["type"] == "cpu")
+
+
 def test_nvml_falls_back_to_libnvidia_ml(host: doctor.Probes, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without pynvml the ctypes path runs; where there is no driver that is a recorded fact."""
     monkeypatch.setitem(sys.modules, "pynvml", None)  # import pynvml -> ImportError
