@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     for method in filter(None, args.fit_methods.split(",")):
         for at in filter(None, args.fit_at.split(",")):
             if at in sizes:
-                fits.append((method, at, convert_gguf(model, out / f"fit-{method}-{at}", "", imatrix=True,
+                # one folder per method: the second and third budget reuse its pricing (fit-pricing.json)
+                fits.append((method, at, convert_gguf(model, out / f"fit-{method}", "",
+                                                      imatrix=out / "imatrix" / IMATRIX_FILE,
                                                       calibration=args.calibration, fit_size=sizes[at],
                                                       fit_method=method, **common)))
 

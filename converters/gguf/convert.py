@@ -25,7 +25,7 @@ from ..quality import QualitySettings
 from ..source import SourceModel
 from .archs import ArchSpec, spec_for
 from .dequant import GGUFWeights
-from .fit import FitPlan, fit_placeholder, plan_fit, resolve_fit
+from .fit import FitPlan, check_feasible, fit_placeholder, plan_fit, resolve_fit
 from .imatrix import IMATRIX_FILE, Imatrix, check_against, compute_imatrix, matrix_widths, read_imatrix
 from .inspect import read_gguf
 from .quantize import artifact_types, imatrix_needed, quantize_file
@@ -91,6 +91,8 @@ def convert_gguf(
     spec = spec or spec_for(source.config)
     fit = resolve_fit(source.config, fit_size, fit_profile, fit_ctx, fit_method) \
         if fit_size is not None or fit_profile is not None else None
+    if fit is not None:
+        check_feasible(fit, source.config)  # before anything is written
     if not wanted and fit is None:
         wanted = parse_quants(quants)  # the one-line error for an empty list
     given = _given_imatrix(imatrix, inputs, spec, wanted, fit is not None)  # a file is checked before anything is written

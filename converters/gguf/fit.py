@@ -123,6 +123,24 @@ def resolve_fit(config: dict[str, Any], size: str | int | None, profile: str | N
 DEFAULT_FIT_CTX = 4096  # as `edgekit recommend`
 
 
+def check_feasible(request: FitRequest, config: dict[str, Any]) -> None:
+    """Refuse a budget below every matrix at its smallest rung before anything is written (the
+    profiler's tensor list; the exact check, with metadata and vectors, follows on the real file)."""
+    from edgekit.profiles.shapes import model_shapes, tensor_bytes
+
+    least = 0
+    for t in model_shapes(config).tensors:
+        if t.is_matrix:
+            least += min((tensor_bytes(t.ne, r) for r in LADDER if t.ne[0] % _block(r) == 0),
+                         default=tensor_bytes(t.ne, "F16"))
+    if least > request.budget_bytes:
+        raise InputError(f"the budget ({request.budget_bytes / 1e9:.3g} GB, {request.basis}) is smaller than the "
+                         f"smallest mix edgekit can make (over {least / 1e9:.3g} GB: every matrix at "
+                         f"{LADDER[0].lower()})",
+                         hint="raise --fit-size / fit_size=, use a shorter --ctx / fit_ctx= or a device with more "
+                              "memory, or a smaller model")
+
+
 def profile_budget(name: str, config: dict[str, Any], ctx: int) -> tuple[int, str]:
     """Bytes a profile leaves for the GGUF's weights: its usable memory less what the profiler
     predicts for the KV cache at ``ctx``, llama.cpp's compute buffers and the runtime itself."""
@@ -409,6 +427,50 @@ def measure_error(units: list[Unit], base: Path, work: Path, quantize: QuantizeF
         report(progress, "fit", f"{k + 1}/{len(rungs)}: relative output error at {rung}")
 
 
+PRICING_FILE = "fit-pricing.json"  # in the output directory: a second budget reuses the first's pricing
+
+
+def _pricing_key(base: Path, request: FitRequest, calibration: str, imatrix: dict[str, np.ndarray] | None) -> str:
+    """What the losses depend on: the float model's bytes, the method, its text or its matrix."""
+    import hashlib
+
+    from edgekit.fsutil import sha256_file
+
+    h = hashlib.sha256(f"{sha256_file(base)}|{request.method}|{request.tokens}|{FIT_CTX}".encode())
+    if request.method == "kl":
+        h.update(calibration.encode())
+    if imatrix is not None:  # both methods quantize their probes with it
+        for name in sorted(imatrix):
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(imatrix[name], dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+def _read_pricing(work: Path, key: str) -> dict[str, dict[str, float]] | None:
+    import json
+
+    try:
+        data = json.loads((work / PRICING_FILE).read_text(encoding="utf-8"))
+        entry = data.get(key) if isinstance(data, dict) else None
+        return entry if isinstance(entry, dict) else None
+    except (OSError, ValueError):
+        return None  # no cache, or a damaged one: price again
+
+
+def _write_pricing(work: Path, key: str, units: list[Unit]) -> None:
+    import json
+
+    from edgekit.fsutil import write_json_atomic
+
+    try:
+        data = json.loads((work / PRICING_FILE).read_text(encoding="utf-8"))
+        data = data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        data = {}
+    data[key] = {u.name: u.loss for u in units}
+    write_json_atomic(work / PRICING_FILE, data)
+
+
 def plan_fit(base: Path, request: FitRequest, work: Path, quantize: QuantizeFn, *, calibration: str = "",
              imatrix: dict[str, np.ndarray] | None = None, threads: int | None = None,
              progress: ProgressFn | None = None) -> FitPlan:
@@ -424,10 +486,18 @@ def plan_fit(base: Path, request: FitRequest, work: Path, quantize: QuantizeFn, 
                              hint="convert without --fit-size / fit_size=")
     if smallest > request.budget_bytes:
         allocate(units, request.budget_bytes, fixed)  # raises the one-line error with the smallest mix
-    if request.method == "kl":
-        measure_kl(units, base, work, quantize, calibration, request, threads, progress)
+    key = _pricing_key(base, request, calibration, imatrix)
+    cached = _read_pricing(work, key)
+    if cached is not None and all(set(u.rungs) <= set(cached.get(u.name, {})) for u in units):
+        for u in units:
+            u.loss = {r: float(cached[u.name][r]) for r in u.rungs}
+        report(progress, "fit", f"pricing reused from {work / PRICING_FILE} (same float model, method and text)")
     else:
-        measure_error(units, base, work, quantize, imatrix, progress)
+        if request.method == "kl":
+            measure_kl(units, base, work, quantize, calibration, request, threads, progress)
+        else:
+            measure_error(units, base, work, quantize, imatrix, progress)
+        _write_pricing(work, key, units)
     choice = allocate(units, request.budget_bytes, fixed)
     size = fixed + sum(u.bytes[choice[u.name]] for u in units)
     loss = sum(u.loss[choice[u.name]] for u in units)
