@@ -27,17 +27,27 @@ class Series:
     run: BenchResults
     threads: int
     label: str
+    profile: str | None = None  # a run spanning several profiles (`edgekit fleet bench`): this one's results
 
     def results(self) -> dict[str, BenchResult]:
-        return {r.artifact: r for r in self.run.results if r.threads == self.threads}
+        return {r.artifact: r for r in self.run.results if r.threads == self.threads
+                and (self.profile is None or r.conditions.get("profile") == self.profile)}
 
 
 def series_of(runs: Sequence[BenchResults]) -> list[Series]:
-    pairs = [(run, t) for run in runs for t in dict.fromkeys(r.threads for r in run.results)]
-    labels = [f"{run.label} ({t}t)" for run, t in pairs]
+    """One series per run and thread count; a run whose results name several profiles in their
+    conditions (a fleet's merged file) gives one series per profile and thread count."""
+    triples: list[tuple[BenchResults, int, str | None]] = []
+    for run in runs:
+        profiles = list(dict.fromkeys(r.conditions.get("profile") for r in run.results))
+        split = len(profiles) > 1
+        for t in dict.fromkeys(r.threads for r in run.results):
+            triples += [(run, t, p if split else None) for p in (profiles if split else [None])
+                        if any(r.threads == t and (not split or r.conditions.get("profile") == p) for r in run.results)]
+    labels = [f"{run.label if p is None else f'{p} {run.created[:10]}'} ({t}t)" for run, t, p in triples]
     # two runs of one device on one day: tell them apart by their file names
-    return [Series(run, t, label if labels.count(label) == 1 else f"{label} [{Path(run.source).stem or i}]")
-            for i, ((run, t), label) in enumerate(zip(pairs, labels, strict=True))]
+    return [Series(run, t, label if labels.count(label) == 1 else f"{label} [{Path(run.source).stem or i}]", p)
+            for i, ((run, t, p), label) in enumerate(zip(triples, labels, strict=True))]
 
 
 def _artifacts(series: Sequence[Series]) -> list[str]:
