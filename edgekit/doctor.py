@@ -492,13 +492,14 @@ def gpus_of(p: Probes) -> list[Gpu]:
 
 def llama_rebuild_command(p: Probes, archs: list[int]) -> str:
     """The exact reinstall for this host: CUDACXX named (unset is the silent-CPU-build cause),
-    the GPU's architecture, and no pip cache (pip would reuse the CPU wheel it built before)."""
+    the GPU's architecture, no pip cache (pip would reuse the CPU wheel it built before) and no
+    dependencies (--force-reinstall would otherwise reinstall numpy and the rest too)."""
     nvcc = (p.nvcc or {}).get("path") or "/usr/local/cuda/bin/nvcc"
     version = (p.llama or {}).get("version") or p.distributions.get("llama-cpp-python", "")
     pin = f"=={version}" if version else ""
     arch = ";".join(str(a) for a in sorted(set(archs)))
     return (f'CUDACXX={nvcc} CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES={arch}" '
-            f"pip install --force-reinstall --no-cache-dir --no-binary llama-cpp-python llama-cpp-python{pin}")
+            f"pip install --force-reinstall --no-deps --no-cache-dir --no-binary llama-cpp-python llama-cpp-python{pin}")
 
 
 def nvcc_cannot_build(p: Probes, archs: list[int]) -> str:

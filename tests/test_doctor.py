@@ -130,7 +130,7 @@ def test_h200_with_cpu_only_llama_gets_the_rebuild_command(host: doctor.Probes) 
     assert err.fix.startswith(f'rebuild{"" if host.nvcc else " (install the CUDA toolkit first: no nvcc found)"}: CUDACXX={nvcc} ')
     assert 'CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90"' in err.fix
     # no pip cache: pip would otherwise reinstall the CPU wheel it built before
-    assert "--no-cache-dir" in err.fix and err.fix.endswith(f"llama-cpp-python=={cpu_only['version']}")
+    assert "--no-cache-dir" in err.fix and "--no-deps" in err.fix and err.fix.endswith(f"llama-cpp-python=={cpu_only['version']}")
     assert "\n" not in err.line()
 
 
