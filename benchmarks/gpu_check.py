@@ -21,10 +21,23 @@ Steps (each recorded; one failing does not stop the others):
 host profile instead of ``h200``, a small synthetic shape, one repetition; the partial-offload
 step checks that a CPU build refuses n_gpu_layers != 0 instead of running it on the CPU.
 
-The GPU machine has no package index: install the wheel built by scripts/build-llama-cuda.sh
-(``pip install --no-deps WHEEL``) and edgekit (``pip install --no-deps --no-build-isolation -e .``)
-first; the preflight lists any module still missing. The CUDA runtime libraries of pip's
-``nvidia-*`` wheels (torch's) are put on LD_LIBRARY_PATH by re-executing this script.
+The GPU machine has no package index (Python 3.12, torch with CUDA 13, transformers; no
+llama-cpp-python, gguf, click...). Prepare a wheel folder here, under the ignored bench-out/
+so the device tool can carry it (64 MiB in all):
+
+    scripts/build-llama-cuda.sh /tmp/lcpp/llama_cpp_python-0.3.36.tar.gz 90 bench-out/gpu_wheels
+    pip download --only-binary :all: --python-version 3.12 --platform manylinux_2_28_x86_64 --platform any \
+        --no-deps -d bench-out/gpu_wheels click 'gguf>=0.17,<0.20' psutil sentencepiece 'peft>=0.17' starlette uvicorn diskcache
+    pip wheel --no-deps --no-build-isolation -w bench-out/gpu_wheels . && rm -rf build    # edgekit itself (~6 MB)
+
+(if the CUDA wheel is too large to carry, carry the sdist instead and run the build script there
+with all cores), then on the GPU machine, from the repository root, with carry ["bench-out/gpu_wheels"]:
+
+    pip install --no-index --no-deps bench-out/gpu_wheels/*.whl && python benchmarks/gpu_check.py
+
+The preflight lists any module still missing. The CUDA runtime libraries of pip's ``nvidia-*``
+wheels (torch's cuBLAS and cudart) are put on LD_LIBRARY_PATH by re-executing this script.
+A failed step can be rerun alone: ``--steps bench,profiler`` (models are cached in --work).
 """
 
 from __future__ import annotations
