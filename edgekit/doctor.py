@@ -479,6 +479,11 @@ class Gpu:
     def family(self) -> str:
         return CUDA_FAMILIES.get(self.cuda_cc, f"compute capability {self.cuda_cc}")
 
+    @property
+    def label(self) -> str:
+        """"NVIDIA H200 (Hopper, sm_90)": for one-line findings."""
+        return f"{self.name} ({self.family.split(' (')[0]}, sm_{self.arch})"
+
 
 def gpus_of(p: Probes) -> list[Gpu]:
     if p.nvml and p.nvml.get("devices"):
@@ -595,7 +600,7 @@ def _diagnose_llama(p: Probes, gpus: list[Gpu], facts: dict[str, dict[str, Any]]
             nvcc_note = f" ({too_old})"
         # another GPU backend (Vulkan) offloads, slower than CUDA on NVIDIA; none at all is the silent CPU run
         findings.append(Finding("warning" if gpu_backends else "error", "llama.cpp",
-                                f"{gpus[0].name} ({gpus[0].family}) present but llama-cpp-python has no CUDA backend"
+                                f"{gpus[0].label} present but llama-cpp-python has no CUDA backend"
                                 f" (backends: {', '.join(backends) or 'none'})"
                                 + ("" if gpu_backends else ": GGUF runs on the CPU"),
                                 f"rebuild{nvcc_note}: {rebuild}"))

@@ -106,7 +106,8 @@ def test_cli_replays_recorded_probes(host: doctor.Probes, tmp_path: Path) -> Non
     f.write_text(json.dumps(h200.to_dict()))
     r = CliRunner().invoke(main, ["doctor", "--probes", str(f)])
     assert r.exit_code == 0, r.output
-    assert "error: llama.cpp: NVIDIA H200 (Hopper" in r.output and "-DCMAKE_CUDA_ARCHITECTURES=90" in r.output
+    assert "error: llama.cpp: NVIDIA H200 (Hopper, sm_90) present" in r.output and "-DCMAKE_CUDA_ARCHITECTURES=90" in r.output
+    assert any(line.split() == ["gpu0", "memory_gib", "140.4"] for line in r.output.splitlines())  # as recorded, not 140.40
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     r = CliRunner().invoke(main, ["doctor", "--probes", str(bad)])

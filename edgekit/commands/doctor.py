@@ -12,7 +12,10 @@ from edgekit.ui import emit_json, format_table
 
 
 def _value(v: Any) -> Any:
-    return v if isinstance(v, str | int | float | bool) or v is None else json.dumps(v)
+    """Facts of every kind share one column: text as it is (yes/no, "-" for none), numbers as written."""
+    if v is None or isinstance(v, bool | str):
+        return v
+    return str(v) if isinstance(v, int | float) else json.dumps(v)
 
 
 @click.command()
