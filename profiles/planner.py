@@ -22,16 +22,20 @@ from edgekit.errors import CorruptFileError
 from edgekit.manifest import MANIFEST_NAME, Manifest, load_manifest
 
 from .costs import GIB, Cost, estimate
-from .quality import QUALITY_TIE_KL, Quality, QualitySource, from_verification, tie_kl
+from .llama_types import requires_imatrix
+from .quality import QUALITY_TIE_KL, Quality, QualitySource, from_verification, nearest_key, tie_kl
 from .quality import estimate as estimate_quality
 from .schema import Backend, OnnxPrecision, Profile, Runtime, SourceKind
-from .shapes import model_shapes, weight_plan
+from .shapes import ModelShapes, WeightPlan, gguf_tensor_types, model_shapes, tensor_bytes, weight_plan
 
 log = logging.getLogger(__name__)
 
 
-# Default GGUF candidates: one per precision step that llama.cpp makes without an imatrix.
+# Default GGUF candidates: one per precision step that llama.cpp makes without an imatrix, then
+# the i-quants (those whose types need an importance matrix are marked: convert with --imatrix).
 GGUF_CANDIDATES = ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", "q3_k_m", "q2_k")
+I_QUANT_CANDIDATES = ("iq4_xs", "iq4_nl", "iq3_m", "iq3_s", "iq3_xs", "iq3_xxs", "iq2_m", "iq2_s", "iq2_xs",
+                      "iq2_xxs", "iq1_m", "iq1_s")
 DEFAULT_CTX = 4096
 
 
@@ -48,6 +52,8 @@ class Candidate:
     pareto: bool = False
     pick: bool = False
     artifact: str = ""  # file name from the manifest, when it exists
+    needs_imatrix: bool = False  # llama.cpp makes these types only with an importance matrix
+    types_from: str = "predicted"  # "file": sizes and speed from the artifact's real tensor types
 
     @property
     def label(self) -> str:
@@ -58,6 +64,7 @@ class Candidate:
         return {
             "format": self.format.value, "quant": self.quant, "runtime": self.runtime.value,
             "backend": self.backend.value, "artifact": self.artifact or None,
+            "needs_imatrix": self.needs_imatrix, "types_from": self.types_from,
             "memory": {"total_bytes": c.total_bytes, "weights_bytes": c.weights_bytes, "kv_cache_bytes": c.kv_bytes,
                        "buffers_bytes": c.buffer_bytes, "runtime_overhead_bytes": c.overhead_bytes},
             "fits": self.fits, "gen_tokens_per_s": round(c.gen_tps, 2), "prompt_tokens_per_s": round(c.prompt_tps, 1),
@@ -130,6 +137,65 @@ def read_measured_quality(model_dir: Path) -> dict[tuple[Format, str], tuple[Qua
     return out
 
 
+@dataclass(frozen=True)
+class GGUFArtifact:
+    """A GGUF file the manifest lists, with the tensor types read from the file itself."""
+
+    quant: str
+    file: str
+    weights: WeightPlan | None  # None: the file is gone, or its tensors are not this model's
+
+
+def file_weights(shapes: ModelShapes, path: Path) -> WeightPlan | None:
+    """The weights of a real GGUF file, typed tensor by tensor from its header (None when its
+    tensor list is not the one the model's shapes expect: another architecture's file)."""
+    from edgekit.converters.gguf.inspect import read_gguf
+
+    rows = {t.name: t for t in read_gguf(path).tensors}
+    if set(rows) != {t.name for t in shapes.tensors}:
+        log.warning("%s: its tensors differ from the model's config; its sizes are predicted instead", path.name)
+        return None
+    types = {name: t.type for name, t in rows.items()}
+    sizes = {t.name: tensor_bytes(t.ne, types[t.name]) for t in shapes.tensors}
+    total = sum(sizes.values())
+    lookup = sizes["token_embd.weight"] if shapes.has_output else 0
+    return WeightPlan(total, total - lookup, types)
+
+
+def gguf_artifacts(model_dir: Path, shapes: ModelShapes) -> list[GGUFArtifact]:
+    """Every GGUF entry of ``edgekit.json``, its real per-tensor types read from the file."""
+    manifest = _load_manifest(model_dir)
+    if manifest is None:
+        return []
+    out = []
+    for a in manifest.artifacts:
+        if a.format.lower() != Format.GGUF.value:
+            continue
+        path = model_dir / a.file
+        weights = None
+        if path.is_file():
+            try:
+                weights = file_weights(shapes, path)
+            except CorruptFileError as e:
+                log.warning("ignoring %s: %s", a.file, e)
+        out.append(GGUFArtifact(a.quant.lower(), a.file, weights))
+    return out
+
+
+def gguf_weights_for(shapes: ModelShapes, quant: str) -> tuple[WeightPlan, bool]:
+    """A stock type's predicted weights, and whether llama.cpp needs an importance matrix for them
+    (then they are predicted as made with one: some types change with it)."""
+    from edgekit.converters.gguf.quants import quant as lookup
+
+    plain = weight_plan(shapes, quant, None, Backend.CPU)
+    if not requires_imatrix(plain.types, lookup(quant).name.upper()):
+        return plain, False
+    types = gguf_tensor_types(shapes, quant, imatrix=True)
+    sizes = {t.name: tensor_bytes(t.ne, types[t.name]) for t in shapes.tensors}
+    total = sum(sizes.values())
+    return WeightPlan(total, total - (sizes["token_embd.weight"] if shapes.has_output else 0), types), True
+
+
 def source_config_dir(model_dir: Path) -> Path:
     """MODEL itself, or for an edgekit output directory (manifest, no config.json) its source."""
     if (model_dir / "config.json").is_file():
@@ -139,11 +205,13 @@ def source_config_dir(model_dir: Path) -> Path:
     return Path(src) if src and (Path(src) / "config.json").is_file() else model_dir
 
 
-def _candidates(profile: Profile) -> list[tuple[Format, str, Runtime, Backend, OnnxPrecision | None]]:
+def _candidates(profile: Profile, extra_gguf: tuple[str, ...] = ()) -> list[tuple[Format, str, Runtime, Backend,
+                                                                                   OnnxPrecision | None]]:
     out: list[tuple[Format, str, Runtime, Backend, OnnxPrecision | None]] = []
     for rt in profile.runtimes:
         if rt.runtime is Runtime.LLAMA_CPP:
-            out += [(Format.GGUF, q, rt.runtime, rt.backend, None) for q in GGUF_CANDIDATES]
+            out += [(Format.GGUF, q, rt.runtime, rt.backend, None)
+                    for q in (*GGUF_CANDIDATES, *I_QUANT_CANDIDATES, *extra_gguf)]
         else:
             out += [(Format.ONNX, p.value, rt.runtime, rt.backend, p) for p in rt.onnx]
     return out
@@ -181,14 +249,34 @@ def plan(model_dir: Path, profile: Profile, *, ctx: int = DEFAULT_CTX, mode: str
     if estimated_figures:
         notes.append(f"profile figures that are estimates, not datasheet or measured: {', '.join(estimated_figures)}")
 
+    # GGUF files that exist are costed from their real tensor types; one of no stock type (a
+    # fitted mix, "fit-1.2gb") is a candidate of its own
+    files = {a.quant: a for a in gguf_artifacts(model_dir, shapes)}
+    stock = set(GGUF_CANDIDATES) | set(I_QUANT_CANDIDATES)
+    extra = tuple(q for q, a in files.items() if q not in stock and a.weights is not None)
     cands: list[Candidate] = []
-    for fmt, q, runtime, backend, precision in _candidates(profile):
-        weights = weight_plan(shapes, q, precision, backend)
+    for fmt, q, runtime, backend, precision in _candidates(profile, extra):
+        needs, types_from = False, "predicted"
+        if fmt is Format.GGUF and q in files and files[q].weights is not None:
+            weights, types_from = files[q].weights, "file"
+        elif fmt is Format.GGUF:
+            weights, needs = gguf_weights_for(shapes, q)
+        else:
+            weights = weight_plan(shapes, q, precision, backend)
+        assert weights is not None
         cost = estimate(shapes, weights, runtime, backend, profile, ctx=ctx, mode=power.name, onnx_precision=precision)
-        quality = estimate_quality((fmt, q), measured_quality)
-        artifact = measured[(fmt, q)][1] if (fmt, q) in measured else ""
+        if (fmt, q) in measured_quality or q in stock or fmt is not Format.GGUF:
+            quality = estimate_quality((fmt, q), measured_quality)
+        else:  # an unverified fitted mix: the stock type nearest in bits per weight
+            bpw = 8 * weights.total_bytes / max(1, shapes.params)
+            quality = estimate_quality(nearest_key(fmt, bpw), measured_quality)
+        artifact = (measured[(fmt, q)][1] if (fmt, q) in measured
+                    else files[q].file if fmt is Format.GGUF and q in files else "")
         cands.append(Candidate(fmt, q, runtime, backend, cost, quality, fits=cost.total_bytes <= budget,
-                               meets_speed=min_tps is None or cost.gen_tps >= min_tps, artifact=artifact))
+                               meets_speed=min_tps is None or cost.gen_tps >= min_tps, artifact=artifact,
+                               needs_imatrix=needs, types_from=types_from))
+    if any(c.needs_imatrix for c in cands):
+        notes.append("candidates marked 'imatrix' need an importance matrix: convert with --imatrix / imatrix=True")
     fitting = [c for c in cands if c.fits]
     for c in fitting:
         c.pareto = not any(_dominates(o, c) for o in fitting if o is not c)

@@ -82,6 +82,23 @@ LLAMA3_8B_SCOREBOARD: dict[str, tuple[float, float, float]] = {
     "q3_k_s": (3.41, 1.632152, 0.228217),
     "q2_k": (2.96, 3.519934, 0.445132),
 }
+# The same scoreboard's i-quant rows, each quantized with an importance matrix from 10M tokens
+# of Wikitext ("WT 10m"): llama.cpp publishes no i-quant row without one (the 1-3 bit ones
+# cannot be made without; iq4_xs, iq4_nl, iq3_s and iq3_m can, and lose more then).
+LLAMA3_8B_IMATRIX_SCOREBOARD: dict[str, tuple[float, float, float]] = {
+    "iq4_nl": (4.35, 0.223959, 0.035742),
+    "iq4_xs": (4.14, 0.228071, 0.036334),
+    "iq3_m": (3.53, 0.666694, 0.102534),
+    "iq3_s": (3.42, 0.733867, 0.111278),
+    "iq3_xs": (3.28, 0.931409, 0.138693),
+    "iq3_xxs": (3.05, 1.226803, 0.183625),
+    "iq2_m": (2.74, 2.369166, 0.325989),
+    "iq2_s": (2.56, 3.419148, 0.439197),
+    "iq2_xs": (2.43, 4.529791, 0.546290),
+    "iq2_xxs": (2.24, 7.860148, 0.812022),
+    "iq1_m": (2.01, 19.262089, 1.393084),
+    "iq1_s": (1.88, 54.462959, 2.254554),
+}
 # Perplexity of the FP16 logits themselves: the scoreboard's f16 row (6.233160) minus its ΔPPL.
 # (That row's KLD, 0.00055, is the 16-bit storage of the reference logits, not f16's loss.)
 LLAMA3_8B_PPL = 6.233160 - 0.001524
@@ -114,7 +131,7 @@ class TableRow:
 
 
 def _scoreboard(name: str, bpw: float | None = None, note: str = "") -> TableRow:
-    gib, dppl, kld = LLAMA3_8B_SCOREBOARD[name]
+    gib, dppl, kld = LLAMA3_8B_SCOREBOARD.get(name) or LLAMA3_8B_IMATRIX_SCOREBOARD[name]
     q = Quality(kld, round(_top1_from_kl(kld), 5), round(dppl / LLAMA3_8B_PPL * 100, 3))
     file_bpw = gib * 2**30 * 8 / LLAMA3_8B_PARAMS  # the scoreboard's file size: embeddings and output included
     return TableRow(q, bpw if bpw is not None else round(file_bpw, 2), f"Llama-3-8B {name}{note}")
@@ -142,6 +159,7 @@ QUALITY_TABLE: dict[QualityKey, TableRow] = {
     (Format.GGUF, "f16"): _F16,
     (Format.GGUF, "bf16"): _F16,
     **{(Format.GGUF, name): _scoreboard(name) for name in LLAMA3_8B_SCOREBOARD},
+    **{(Format.GGUF, name): _scoreboard(name, note=" (imatrix WT 10m)") for name in LLAMA3_8B_IMATRIX_SCOREBOARD},
     (Format.ONNX, "fp32"): _LOSSLESS,
     (Format.ONNX, "fp16"): _F16,
     (Format.ONNX, "int8"): _scoreboard("q8_0", 8.5, " (ONNX int8 anchor)"),
@@ -199,6 +217,13 @@ def _log_ratio_at(points: list[tuple[float, float]], bpw: float) -> float:
         return pts[-1][1]
     (b0, r0), (b1, r1) = next((pts[i], pts[i + 1]) for i in range(len(pts) - 1) if pts[i + 1][0] >= bpw)
     return r0 + (r1 - r0) * (bpw - b0) / (b1 - b0)
+
+
+def nearest_key(fmt: Format, bpw: float) -> QualityKey:
+    """The table's scaled type of ``fmt`` closest in bits per weight: the stand-in estimate for an
+    artifact of no stock type (a fitted mix) that was not verified."""
+    rows = [(k, r) for k, r in QUALITY_TABLE.items() if k[0] is fmt and r.scaled]
+    return min(rows, key=lambda kr: abs(kr[1].bpw - bpw))[0]
 
 
 def estimate(key: QualityKey, measured: Mapping[QualityKey, Quality]) -> Quality:

@@ -115,3 +115,67 @@ def test_a_malformed_kernel_table_names_the_field(tmp_path: Path) -> None:
     with pytest.raises(schema.ProfileFormatError) as e:
         store.load_profile_file(path)
     assert e.value.field == "kernels.types.Q4_KK" and "ggml type" in e.value.problem
+
+
+# -- recommend: i-quants, and artifacts costed from their real types ------------------------
+
+def test_recommend_lists_i_quants_and_marks_those_that_need_an_imatrix(tmp_path: Path) -> None:
+    from edgekit.profiles import planner
+
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(CONFIG))
+    p = planner.plan(d, store.get_profile("raspberry-pi-5-8gb"), ctx=1024)
+    gguf = {c.quant: c for c in p.candidates if c.format is planner.Format.GGUF}
+    assert set(planner.I_QUANT_CANDIDATES) <= set(gguf)
+    # rows of 512 and 1536 split into 256-blocks: the 1-3 bit types keep their i-quant tensors
+    assert {q for q, c in gguf.items() if c.needs_imatrix} == {"iq3_xs", "iq3_xxs", "iq2_m", "iq2_s", "iq2_xs",
+                                                               "iq2_xxs", "iq1_m", "iq1_s"}
+    assert not gguf["iq4_xs"].needs_imatrix and gguf["iq4_xs"].cost.weights_bytes < gguf["q4_k_m"].cost.weights_bytes
+    assert any("--imatrix" in n for n in p.notes)
+    # SmolLM2's rows of 576 fall back to IQ4_NL: there iq2_xxs needs one only for ffn_down (rows of 1536)
+    smol = {**CONFIG, "hidden_size": 576, "num_attention_heads": 9, "num_key_value_heads": 3}
+    (d / "config.json").write_text(json.dumps(smol))
+    p = planner.plan(d, store.get_profile("raspberry-pi-5-8gb"), ctx=1024)
+    iq3_xs = next(c for c in p.candidates if c.quant == "iq3_xs")
+    assert not iq3_xs.needs_imatrix  # its IQ3_XXS tensors (attn_q/k, rows of 576) fell back
+
+
+def test_recommend_costs_a_fitted_artifact_from_its_file(tmp_path: Path) -> None:
+    """A manifest GGUF of no stock type (the way a fitted mix is recorded) is a candidate, costed
+    from the types llama.cpp really wrote; a stock type's file replaces its prediction."""
+    from test_profiles import make_gguf
+
+    from edgekit.converters.gguf.inspect import read_gguf
+    from edgekit.converters.gguf.quantize import quantize_file
+    from edgekit.converters.gguf.quants import quant
+    from edgekit.manifest import ArtifactEntry, Manifest
+    from edgekit.profiles import planner
+
+    d = tmp_path / "out"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(CONFIG))
+    f16 = make_gguf(d / "m-f16.gguf", CONFIG, "f16")
+    mix = d / "m-fit-3mb.gguf"  # attention at q8_0, FFN at q2_k, head q6_k: no stock type is that
+    quantize_file(f16, mix, quant("q4_k_m"), threads=2,
+                  tensor_types=[(r"attn_.*\.weight", "Q8_0"), (r"ffn_.*\.weight", "Q2_K")])
+    real = {t.name: t.type for t in read_gguf(mix).tensors}
+    entries = [ArtifactEntry(file=f.name, format="gguf", quant=q, precision="x", size_bytes=f.stat().st_size,
+                             sha256="0" * 64, verification=None) for f, q in ((f16, "f16"), (mix, "fit-3mb"))]
+    Manifest(source={}, artifacts=entries).save(d)
+    p = planner.plan(d, store.get_profile("raspberry-pi-5-8gb"), ctx=1024)
+    by = {c.quant: c for c in p.candidates if c.format is planner.Format.GGUF}
+    fit = by["fit-3mb"]
+    assert fit.types_from == "file" and fit.artifact == mix.name
+    assert fit.cost.weights_bytes == sum(t.nbytes for t in read_gguf(mix).tensors)
+    assert real["blk.0.attn_q.weight"] == "Q8_0" and real["blk.0.ffn_up.weight"] == "Q2_K"
+    # neither q4_k_m's nor q2_k's prediction: its own size between theirs
+    assert by["q2_k"].cost.weights_bytes < fit.cost.weights_bytes < by["q8_0"].cost.weights_bytes
+    assert fit.cost.weights_bytes not in {c.cost.weights_bytes for q, c in by.items() if q != "fit-3mb"}
+    assert by["f16"].types_from == "file" and by["q4_k_m"].types_from == "predicted"
+    assert fit.quality.source is planner.QualitySource.ESTIMATED  # not verified: the nearest stock type's
+    r = CliRunner().invoke(cli.main, ["recommend", str(d), "--profile", "raspberry-pi-5-8gb", "--ctx", "1024"])
+    assert r.exit_code == 0, r.output
+    row = next(line for line in r.output.splitlines() if "gguf fit-3mb" in line)
+    assert "file's types" in row
+    assert "needs --imatrix" in next(line for line in r.output.splitlines() if "gguf iq2_xxs" in line)

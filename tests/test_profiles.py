@@ -138,7 +138,7 @@ def test_recommend_nothing_fits_is_an_answer_not_a_crash(run_cli, tmp_path: Path
                 "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 128256, "max_position_embeddings": 131072}
     code, out = run_cli("recommend", str(model_dir(tmp_path / "big", **llama_8b)), "--profile", "jetson-orin-nano-4gb")
     assert code == 0, out
-    assert "no pick: Nothing fits: the smallest candidate, gguf q2_k, needs" in out and "<- pick" not in out
+    assert "no pick: Nothing fits: the smallest candidate, gguf iq1_s, needs" in out and "<- pick" not in out
     d = model_dir(tmp_path)
     code, out = run_cli("recommend", str(d), "--profile", "raspberry-pi-5-8gb", "--max-memory", "0.01")
     assert code == 0, out
@@ -233,7 +233,10 @@ def test_unmeasured_types_are_scaled_to_the_measured_ones(tmp_path: Path) -> Non
         assert q6.mean_kl - q8.mean_kl <= quality.tie_kl(q6, q8)
     # without measurements every GGUF type is the table's, unscaled
     bare = planner.plan(model_dir(tmp_path / "bare"), profile, ctx=1024)
-    assert all(c.quality == table[(c.format, c.quant)].quality for c in bare.candidates)
+    for c in bare.candidates:  # top-1 goes through 1 - (1 - top1): equal to rounding
+        q = table[(c.format, c.quant)].quality
+        assert (c.quality.mean_kl, c.quality.ppl_delta_pct, c.quality.scaled_to) == (q.mean_kl, q.ppl_delta_pct, 0)
+        assert c.quality.top1 == pytest.approx(q.top1, abs=1e-12)
 
 
 @pytest.mark.parametrize(("stderr", "pick"), [(0.008, "q6_k"), (0.0005, "q8_0")])

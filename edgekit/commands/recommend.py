@@ -24,7 +24,9 @@ def recommend(model: Path, profile_name: str, ctx: int, mode: str | None, min_tp
 
     MODEL is a Hugging Face model directory; config.json alone is enough (plan before
     downloading). If it holds an edgekit.json manifest, measured quality replaces the estimates,
-    and the estimates of the types it lacks are scaled to the measured ones.
+    and the estimates of the types it lacks are scaled to the measured ones; its GGUF files are
+    costed from their real tensor types, and a file of no stock type (a fitted mix) is a
+    candidate too. I-quants that llama.cpp makes only with an importance matrix are marked.
     """
     from edgekit.profiles.planner import plan
     from edgekit.profiles.store import get_profile
@@ -42,12 +44,14 @@ def recommend(model: Path, profile_name: str, ctx: int, mode: str | None, min_tp
     for i, c in enumerate(p.candidates, 1):
         status = "<- pick" if c.pick else "fits" if c.fits and c.meets_speed else "too slow" if c.fits else "too big"
         q = c.quality
+        made = "needs --imatrix" if c.needs_imatrix else "file's types" if c.types_from == "file" else ""
         rows.append([i, c.label, f"{c.runtime.value}/{c.backend.value}", c.cost.total_bytes, c.cost.gen_tps,
-                     c.cost.prompt_tps, q.mean_kl, q.top1, q.ppl_delta_pct, q.basis, "*" if c.pareto else "", status])
+                     c.cost.prompt_tps, q.mean_kl, q.top1, q.ppl_delta_pct, q.basis, made, "*" if c.pareto else "",
+                     status])
     # the quality columns print as in convert/inspect (edgekit.ui), estimated or measured
     columns = [Column("#"), Column("candidate"), Column("runtime"), SIZE.named("memory"),
                Column("gen tok/s", fixed(1)), Column("prompt tok/s", fixed(0)), KL, TOP1, PPL_DELTA,
-               Column("quality"), Column("pareto"), Column("status")]
+               Column("quality"), Column("made"), Column("pareto"), Column("status")]
     click.echo(format_table(columns, rows))
     click.echo("(* = Pareto-optimal among the candidates that fit: quality, speed, memory)")
     click.echo("")
