@@ -122,7 +122,7 @@ def open_source(model_dir: Path) -> SourceModel:
 
     model_dir = Path(model_dir)
     config = load_config(model_dir)
-    check_tokenizer_files(model_dir)  # sizes first, then parsed: before any tokenizer library reads them
+    check_tokenizer_files(model_dir, parse=False)  # sizes first; the vocabulary reader parses them (bounded)
     index = model_dir / INDEX_FILE
     if index.is_file():
         weight_map = read_json(index).get("weight_map")

@@ -69,12 +69,14 @@ def check_tokenizer_files(directory: Path, *, parse: bool = True) -> None:
     sizes first, then structure. Native tokenizers (HF tokenizers, SentencePiece, ONNX Runtime
     GenAI's) parse them next; here a crafted file becomes one line instead.
 
-    ``parse=False``: sizes and the SentencePiece wire format only, for callers that parse the
-    JSON files themselves through :func:`read_json_bounded` (the converters' vocabulary reader)."""
+    ``parse=False``: sizes, the SentencePiece wire format and a tokenizers load that may only fail by
+    panicking, for callers that parse the JSON files themselves through :func:`read_json_bounded`
+    (the converters' vocabulary reader, whose errors name the tokenizer feature)."""
     directory = Path(directory)
     tj = directory / "tokenizer.json"
     if tj.is_file() and not parse:
         _size_first(tj, MAX_TOKENIZER_JSON)
+        _load_tokenizer(tj, errors=False)
     elif tj.is_file():
         data = read_json_bounded(tj, MAX_TOKENIZER_JSON)
         if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
@@ -97,17 +99,28 @@ def check_tokenizer_files(directory: Path, *, parse: bool = True) -> None:
         _check_sentencepiece(spm)
 
 
-def _load_tokenizer(path: Path) -> None:
+def _load_tokenizer(path: Path, *, errors: bool = True) -> None:
     """Hugging Face tokenizers (what transformers runs on this file) must accept it: its serde error,
-    which names the JSON position, becomes one line instead of a bare Exception later."""
+    which names the JSON position, becomes one line instead of a bare Exception later, and a Rust
+    panic (``PanicException``, a BaseException: a ``continuing_subword_prefix`` longer than a merge
+    made it index out of range) becomes a refusal instead of escaping every ``except Exception``.
+
+    ``errors=False``: only panics are refused; ordinary parse errors are left to the caller's reader
+    (the converters', whose messages name the tokenizer feature and its fix)."""
     try:
         from tokenizers import Tokenizer
     except ImportError:  # not installed: nothing here would parse it natively either
         return
     try:
         Tokenizer.from_file(str(path))
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
     except Exception as e:  # tokenizers raises a bare Exception for every malformed file
-        raise CorruptFileError(path, f"not a valid tokenizers file ({str(e)[:200]})") from e
+        if errors:
+            raise CorruptFileError(path, f"not a valid tokenizers file ({str(e)[:200]})") from e
+    except BaseException as e:  # pyo3's PanicException
+        raise CorruptFileError(path, f"crashes Hugging Face tokenizers ({type(e).__name__}: {str(e)[:160]})",
+                               hint="refusing to load it; re-download the model's files") from e
 
 
 def _check_sentencepiece(path: Path) -> None:

@@ -388,8 +388,11 @@ def worker_main(address_limit: int) -> None:
             result = {"outcome": "refused", "detail": e.one_line()[:300]}
         except MemoryError:
             result = {"outcome": "traceback" if side == "edgekit" else "error", "detail": "MemoryError"}
-        except Exception as e:  # what the raw library raises is its refusal; ours is a bug
-            kind = "traceback" if side == "edgekit" else "error"
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # what the raw library raises is its refusal (a panic: a crash); ours is a bug
+            panic = not isinstance(e, Exception)  # pyo3's PanicException: Rust code crashed
+            kind = "traceback" if side == "edgekit" else "crash" if panic else "error"
             detail = f"{type(e).__name__}: {e}"[:300]
             if side == "edgekit":
                 detail += " | " + "".join(traceback.format_tb(e.__traceback__)[-2:])[-400:]

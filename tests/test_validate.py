@@ -250,6 +250,19 @@ def test_tokenizer_files(tmp_path: Path, name: str, content: bytes, needle: str)
     assert needle in str(err.value) and name in str(err.value)
 
 
+def test_tokenizer_that_panics_hf_tokenizers(tmp_path: Path) -> None:
+    """Found by benchmarks/fuzz.py: a continuing_subword_prefix longer than the merges' pieces makes
+    tokenizers 0.22 index out of range and panic (PanicException escapes ``except Exception``)."""
+    from edgekit.demo import demo_model_dir
+
+    tj = json.loads((demo_model_dir() / "tokenizer.json").read_text())
+    tj["model"]["continuing_subword_prefix"] = "/etc/passwd"
+    (tmp_path / "tokenizer.json").write_text(json.dumps(tj))
+    for parse in (True, False):  # ONNX directories and converter sources alike
+        with pytest.raises(CorruptFileError, match="crashes Hugging Face tokenizers"):
+            check_tokenizer_files(tmp_path, parse=parse)
+
+
 def test_absurd_tokenizer_refused_by_size_before_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A 1 GB tokenizer.json (sparse: no disk used) is refused from its size; nothing is read."""
     p = tmp_path / "tokenizer.json"
