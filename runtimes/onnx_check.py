@@ -79,7 +79,11 @@ def _safe_relative(root: Path, location: str, owner: Path) -> Path:
 def _check_bindings(cfg: dict[str, Any], decoder: Path) -> None:
     """Every input and output name genai_config.json binds (``%d``: each layer) exists in the graph:
     ONNX Runtime GenAI would otherwise fail in the middle of a generation."""
-    graph_in, graph_out = graph_io(decoder)
+    try:
+        graph_in, graph_out = graph_io(decoder)
+    except (OSError, ValueError) as e:  # ProtoError is a ValueError
+        raise CorruptFileError(decoder, f"not a valid ONNX model ({e})",
+                               hint="the file is truncated or corrupt; re-export or re-copy it") from e
     dec = cfg["model"]["decoder"]
     layers = dec.get("num_hidden_layers") or 0
     for section, present in (("inputs", graph_in), ("outputs", graph_out)):
