@@ -687,6 +687,12 @@ def _diagnose_ort(p: Probes, gpus: list[Gpu], aarch64: bool, jetson: bool, facts
                "with --use_cuda against JetPack's CUDA" if aarch64
                else "pip uninstall -y onnxruntime-genai && pip install onnxruntime-genai-cuda")
         findings.append(Finding("info", "onnxruntime-genai", f"{gpus[0].name} present but onnxruntime-genai is a CPU build", fix))
+    ort_cuda = "CUDAExecutionProvider" in ((p.ort or {}).get("providers") or [])
+    if p.genai.get("cuda_available") and p.ort is not None and not ort_cuda:
+        # onnxruntime-genai-cuda requires onnxruntime-gpu: over a CPU onnxruntime its CUDA graphs cannot run
+        findings.append(Finding("error", "onnxruntime-genai",
+                                "CUDA build of onnxruntime-genai over an ONNX Runtime without the CUDA provider",
+                                "pip uninstall -y onnxruntime && pip install onnxruntime-gpu (what onnxruntime-genai-cuda requires)"))
 
 
 def run_doctor(root: Path = Path("/"), *, device_memory: bool = True) -> Report:

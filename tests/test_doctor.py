@@ -243,6 +243,18 @@ def test_elf_needed_reads_the_libraries_a_library_links() -> None:
     assert doctor.elf_needed(Path(__file__)) == []  # not an ELF file
 
 
+def test_genai_cuda_needs_the_cuda_onnxruntime(host: doctor.Probes) -> None:
+    cpu_ort = {"version": "1.32.0", "providers": ["CPUExecutionProvider"], "device": "CPU", "package_name": "onnxruntime"}
+    report = doctor.diagnose(_with(host, genai=NATIVE["genai_cuda"], ort=cpu_ort, nvml=NATIVE["nvml_h200"]))
+    (err,) = _errors(report, "onnxruntime-genai")
+    assert "without the CUDA provider" in err.problem and "pip install onnxruntime-gpu" in err.fix
+    assert report.facts["onnxruntime_genai"]["cuda"] is True
+    gpu_ort = _with(host, genai=NATIVE["genai_cuda"], ort=NATIVE["ort_gpu_cuda13"], nvml=NATIVE["nvml_h200"],
+                    libraries={so: f"/opt/{so}" for so in doctor.ort_cuda_libraries(NATIVE["ort_gpu_cuda13"])})
+    assert not [f for f in doctor.diagnose(gpu_ort).findings if f.topic in ("onnxruntime-genai", "onnxruntime")
+                and f.level == "error" and "both installed" not in f.problem]
+
+
 def test_gpu_with_cpu_onnxruntime_suggests_the_gpu_package(host: doctor.Probes) -> None:
     ort = {"version": "1.32.0", "providers": ["CPUExecutionProvider"], "device": "CPU", "package_name": "onnxruntime"}
     report = doctor.diagnose(_with(host, ort=ort, nvml=NATIVE["nvml_h200"], machine="x86_64"))
