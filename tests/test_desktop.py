@@ -25,6 +25,7 @@ from app import ChatWindow
 from backends import LocalBackend, Reply, ServeBackend
 
 PROMPT = "What does len return?"
+LONG, LONG_CANDIDATES = 48, ("Tell me more.", "def parse(text):", "Explain the class.", "Write a docstring.")
 WAIT_MS = 120_000  # a generous ceiling for a hung worker to show as a failure, not a timing assertion
 
 
@@ -125,7 +126,18 @@ def test_close_while_streaming_cancels_and_joins(local_window: ChatWindow) -> No
     assert w.backend.session.llm is None  # closed after the worker let go of it
 
 
-def test_serve_child_process_window(qapp: QApplication, demo_gguf: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def long_prompt(demo_gguf: Path) -> str:
+    """A message the demo model answers with LONG tokens without an end token *on this host*
+    (greedy paths depend on the CPU's arithmetic: picked at run time, not written down)."""
+    with edgekit.load(demo_gguf, n_ctx=1024, n_threads=1) as s:
+        for text in LONG_CANDIDATES:
+            if s.chat([{"role": "user", "content": text}], max_tokens=LONG).finish_reason == "length":
+                return text
+    raise AssertionError(f"the demo model ends its reply within {LONG} tokens after each of {LONG_CANDIDATES}")
+
+
+def test_serve_child_process_window(qapp: QApplication, demo_gguf: Path, tmp_path: Path, long_prompt: str) -> None:
     backend = ServeBackend(demo_gguf, "--ctx", "1024", "--threads", "1")
     proc: Any = backend.proc
     w = ChatWindow(backend, sampling={"max_tokens": 24, "temperature": 0})
@@ -138,14 +150,16 @@ def test_serve_child_process_window(qapp: QApplication, demo_gguf: Path, tmp_pat
             ref = s.chat([{"role": "user", "content": PROMPT}], max_tokens=24)
         assert replies[0].text == ref.text and replies[0].tokens == ref.stats.completion_tokens
         # close with a long reply streaming: the connection is dropped, the child process ends
-        w.sampling = {"max_tokens": 512, "temperature": 0}
-        type_and_send(w, "Tell me more.")
+        w.sampling = {"max_tokens": LONG, "temperature": 0}
+        type_and_send(w, long_prompt)
         worker = w.worker
         assert worker is not None
-        wait_until(lambda: worker.reply.tokens >= 2 or not worker.isRunning())
+        wait_until(lambda: worker.reply.tokens >= 2)
+        assert worker.isRunning()  # one token ahead of the screen at most: LONG - 2 tokens to go
         w.grab().save(str(tmp_path / "desktop_chat_serve.png"))
         w.close()
-        assert worker.isFinished() and proc.wait(timeout=30) is not None
+        assert worker.isFinished() and worker.reply.finish_reason == "cancelled"
+        assert proc.wait(timeout=30) is not None
     finally:
         if proc.poll() is None:
             proc.kill()
