@@ -116,8 +116,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{r['ppl_delta_pct']:+.2f}%", f"{r['ppl_delta_ci95_pct'][0]:+.2f}..{r['ppl_delta_ci95_pct'][1]:+.2f}%",
           "yes" if r["correct"] else "NO"] for r in rows]))
     for m, v in methods.items():
-        print(f"pricing {m}: rank correlation of predicted loss with measured KL {v['spearman']:+.3f} "
-              f"over {v['n']} artifacts")
+        fitted = {r["artifact"].split(" (")[0]: r["kl_vs_curve"] for r in rows if r["variant"] == f"fit {m}"}
+        print(f"pricing {m}: rank correlation of predicted loss with measured KL {v['spearman']:+.3f} over {v['n']} "
+              f"artifacts; measured/predicted median {v['median_measured_over_predicted']}; its mixes vs the stock "
+              f"curve: " + ", ".join(f"{k.split('@')[1]} {x:.3f}x" for k, x in fitted.items() if x is not None))
     png = _plot(rows, out / "kl_vs_bits.png", str(model))
     wall = time.perf_counter() - t0
     steps = timer.as_dict()
@@ -174,7 +176,9 @@ def _method_agreement(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 total += sum(per_type[t] for t in members) / len(members)
             if ok:
                 pairs.append((total, r["mean_kl"], r["artifact"]))
+        ratios = sorted(p[1] / p[0] for p in pairs if p[0] > 0)
         out[method] = {"spearman": _spearman([p[0] for p in pairs], [p[1] for p in pairs]), "n": len(pairs),
+                       "median_measured_over_predicted": round(ratios[len(ratios) // 2], 4) if ratios else None,
                        "predicted": {p[2]: round(p[0], 6) for p in pairs}}
     return out
 
