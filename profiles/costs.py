@@ -202,7 +202,8 @@ RUNTIME_OVERHEAD_GIB: dict[tuple[Runtime, Backend], tuple[float, str]] = {
 # RSS), so peak RSS holds those tensors twice. Types per ISA from ggml-cpu's repack.cpp
 # (x86 AVX2 kernels; Arm dotprod kernels, Q4_K needs i8mm). On AMX hosts edgekit turns
 # extra buffers off altogether (runtimes/llama_env.py: the AMX kernels crash in VMs).
-_REPACK_X86 = {"Q4_0", "Q4_K", "Q2_K", "IQ4_NL"}
+_REPACK_AVX512 = {"Q4_0", "Q4_K", "Q2_K", "IQ4_NL"}  # Q2_K's repacked kernel needs AVX-512
+_REPACK_AVX2 = {"Q4_0", "Q4_K", "IQ4_NL"}
 _REPACK_ARM = {"Q4_0", "IQ4_NL"}
 KV_PAD = 256  # llama.cpp rounds the KV cache up to a multiple of 256 cells
 
@@ -330,9 +331,12 @@ def extra_buffer_bytes(shapes: ModelShapes, types: dict[str, str], isa: tuple[st
     flags = set(isa)
     if "amx_int8" in flags:
         return 0
-    repack = _REPACK_X86 if "avx2" in flags else _REPACK_ARM if {"asimddp", "dotprod"} & flags else set()
+    repack = (_REPACK_AVX512 if "avx512f" in flags else _REPACK_AVX2 if "avx2" in flags
+              else _REPACK_ARM if {"asimddp", "dotprod"} & flags else set())
+    # ggml repacks a matrix in blocks of 8 rows (4 for IQ4_NL on Arm): others stay in place
     return sum(tensor_bytes(t.ne, types[t.name]) for t in shapes.tensors
-               if t.is_matrix and t.name != "token_embd.weight" and types[t.name] in repack)
+               if t.is_matrix and t.name != "token_embd.weight" and types[t.name] in repack
+               and len(t.ne) >= 2 and t.ne[1] % 8 == 0)
 
 
 def _matmul_groups(shapes: ModelShapes, weights: WeightPlan, runtime: Runtime,
@@ -399,12 +403,18 @@ def estimate(shapes: ModelShapes, weights: WeightPlan, runtime: Runtime, backend
         measured = bandwidth_basis(profile, mode) is Basis.MEASURED
         decode_s = kv_s
         prompt_s = attn * plen / 2 / (flops * CPU_ATTENTION[1])
+        # llama.cpp's prompt pass asks for the last token's logits only: with measured kernels the
+        # LM head costs one row of the prompt (the fitted shares were fitted with it in every row)
+        head_name = "output.weight" if shapes.has_output else "token_embd.weight"
+        head = next((t for t in shapes.tensors if t.name == head_name), None) if host else None
         for t, (n, b) in _matmul_groups(shapes, weights, runtime, onnx_precision).items():
             k = (table or {}).get(t, CPU_KERNEL_FALLBACK)
             if t in host:  # measured on this host: the type's own rate at this working set
                 decode_s += b / kernel_read_rate(host[t], per_token)
             else:
                 decode_s += max(b / (read_rate * (k.stream if measured else 1.0)), 2 * n / (flops * k.decode))
+            if head is not None and weights.types.get(head.name) == t:
+                n -= head.numel * (plen - 1) // plen
             gflops = host[t].prompt_gflops if t in host else 0.0
             prompt_s += 2 * n / (gflops * 1e9) if gflops > 0 else 2 * n / (flops * k.prompt)
         fixed = CPU_OVERHEADS[runtime]

@@ -235,7 +235,8 @@ def measure_type(type_name: str, work: Path, *, threads: int = 1, sizes_mib: Seq
         step_s = max(step_s - layers * layer_s, step_s / 4)  # the per-layer fixed cost the cost model adds back
         points.append((round(read / 2**20, 3), round(read / step_s / 1e9, 3)))
         if prompt_s is not None:
-            flop = 2 * sum(ne0 * rows for _, ne0, rows in matrices) * prompt
+            # every matrix for every prompt token, the LM head for the last one only (llama.cpp's logits)
+            flop = 2 * sum(ne0 * rows * (1 if name == "output.weight" else prompt) for name, ne0, rows in matrices)
             prompt_gflops = flop / prompt_s / 1e9
         log.info("kernel %s: %.1f MiB, %d layers: decode %.2f GB/s%s", type_name, read / 2**20, layers,
                  read / step_s / 1e9, f", prompt {prompt_gflops:.1f} GFLOP/s" if prompt_s else "")
