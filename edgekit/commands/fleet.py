@@ -101,7 +101,9 @@ def status_cmd(address: str | None, as_json: bool) -> None:
 
 def _thread_counts(value: str | None) -> tuple[int, ...]:
     try:
-        out = tuple(int(x) for x in (value or "1").split(",") if x.strip())
+        if not value:
+            return ()  # each board's usable cores
+        out = tuple(int(x) for x in value.split(",") if x.strip())
     except ValueError:
         raise click.BadParameter(f"{value!r}: give thread counts like 4 or 1,2,4") from None
     if not out or any(t < 1 for t in out):
@@ -129,7 +131,7 @@ def _fleet_table(outcome: Any) -> str:
 @fleet.command("bench")
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--on", "on", required=True, help="Profiles to run on: PROFILE[,PROFILE...] or all.")
-@click.option("--threads", "-t", default=None, help="Thread counts, e.g. 4 or 1,2,4 (default: 1).")
+@click.option("--threads", "-t", default=None, help="Thread counts, e.g. 4 or 1,2,4 (default: each board's cores).")
 @click.option("--prompt-tokens", "-p", default=512, show_default=True, help="Prompt length of the ppN test.")
 @click.option("--gen-tokens", "-n", default=128, show_default=True, help="Tokens decoded in the tgN test.")
 @click.option("--repetitions", "-r", default=5, show_default=True, help="Measured repetitions (after warm-up).")

@@ -138,8 +138,8 @@ class _Driver:
         self.remote = ray.remote(bench_job)
 
     # -- the boards --------------------------------------------------------------------------
-    def boards(self, profile: str) -> list[str]:
-        return [n.node_id for n in cluster_nodes(self.ray)
+    def boards(self, profile: str, nodes: list[NodeInfo] | None = None) -> list[str]:
+        return [n.node_id for n in (nodes if nodes is not None else cluster_nodes(self.ray))
                 if n.alive and profile in n.profiles and n.node_id not in self.dead]
 
     # -- submitting --------------------------------------------------------------------------
@@ -147,8 +147,10 @@ class _Driver:
         if art["sha256"] not in self.puts:
             import numpy as np
 
-            # a memory map: Ray copies the pages into its store without a second heap copy here
-            self.puts[art["sha256"]] = self.ray.put(np.memmap(art["path"], dtype=np.uint8, mode="r"))
+            # a plain array over a memory map: Ray's serializer copies the mapped pages straight
+            # into its store (out-of-band buffer), with no copy of the file on this process's heap
+            mapped = np.memmap(art["path"], dtype=np.uint8, mode="r").view(np.ndarray)
+            self.puts[art["sha256"]] = self.ray.put(mapped)
         return self.puts[art["sha256"]]
 
     def submit(self, job: Job, with_copy: bool = False) -> None:
@@ -173,7 +175,7 @@ class _Driver:
         self.on_record()
         done = len(self.by_key)
         where = r.conditions.get("fleet", {}).get("board", "?")
-        report(self.progress, "job", f"{job.artifact['name']} on {job.profile} ({job.threads} threads, {where}): "
+        report(self.progress, "job", f"{job.artifact['name']} on {job.profile} ({r.threads or 'all'} threads, {where}): "
                f"{r.status}{' -- ' + r.error if r.error else ''}", done, self.total)
 
     def fail(self, job: Job, reason: str) -> None:
@@ -228,8 +230,9 @@ class _Driver:
 
     def orphans(self) -> None:
         """Jobs waiting on a profile (or a pinned board) that has no live board left: failed, not left waiting."""
+        nodes = cluster_nodes(self.ray)
         for ref, job in list(self.inflight.items()):
-            alive = self.boards(job.profile)
+            alive = self.boards(job.profile, nodes)
             if job.node is not None and job.node not in alive and alive:
                 self.ray.cancel(ref, force=True)
                 del self.inflight[ref]
@@ -298,7 +301,7 @@ def fleet_bench(paths: list[Path], settings: BenchSettings, *, on: str | list[st
         raise InputError("retries must be >= 0", hint="--retries / retries=")
     artifacts, skipped = resolve_artifacts(list(paths))
     text_content, text_sha = _text_of(text)
-    threads = settings.threads or (1,)
+    threads = settings.threads or (0,)  # 0: every board its own usable cores, as `edgekit bench` does
     ray = connect(address)
     nodes = cluster_nodes(ray)
     profiles = _profiles(on, nodes)
@@ -317,6 +320,8 @@ def fleet_bench(paths: list[Path], settings: BenchSettings, *, on: str | list[st
 
     def save() -> None:
         merged.results = [driver.by_key[j.key] for j in jobs if j.key in driver.by_key]
+        ran = sorted({r.threads for r in merged.results if r.threads})
+        merged.settings = BenchSettings(**{**asdict(merged_settings), "threads": tuple(ran or threads)})
         merged.save(output)
 
     alive_profiles = {p for n in nodes if n.alive for p in n.profiles}

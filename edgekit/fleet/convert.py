@@ -43,7 +43,8 @@ def _files_of(directory: Path) -> dict[str, Any]:
     """Relative path -> read-only memory map of every file (Ray stores numpy arrays without a heap copy)."""
     import numpy as np
 
-    return {f.relative_to(directory).as_posix(): np.memmap(f, dtype=np.uint8, mode="r") if f.stat().st_size else b""
+    return {f.relative_to(directory).as_posix(): np.memmap(f, dtype=np.uint8, mode="r").view(np.ndarray)
+            if f.stat().st_size else b""
             for f in sorted(directory.rglob("*")) if f.is_file()}
 
 

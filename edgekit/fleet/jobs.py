@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,7 @@ def bench_job(spec: dict[str, Any], refs: list[Any]) -> dict[str, Any]:
 
     from . import cost
 
+    t0 = time.monotonic()
     node_id = _ray_node_id()
     board = board_facts_here()
     art = spec["artifact"]
@@ -98,7 +100,8 @@ def bench_job(spec: dict[str, Any], refs: list[Any]) -> dict[str, Any]:
         return {"status": NEED_TRANSFER, "node_id": node_id}
     local, how = found
     idle = cost.sample(float(spec.get("idle_window_s", 0.5)))
-    settings = BenchSettings(**{**spec["settings"], "threads": (int(spec["threads"]),)})
+    t = int(spec["threads"])
+    settings = BenchSettings(**{**spec["settings"], "threads": (t,) if t else ()})  # 0: this board's cores
     profile = spec["profile"]
     known = profile in all_profiles()
     with tempfile.TemporaryDirectory(prefix="edgekit-fleet-") as tmp:
@@ -107,9 +110,11 @@ def bench_job(spec: dict[str, Any], refs: list[Any]) -> dict[str, Any]:
             text = Path(tmp) / "prompt.txt"
             text.write_text(spec["text"], encoding="utf-8")
         during = cost.DuringRun()
+        t_run = time.monotonic()
         results = run_bench([local], settings, text=text, profile=profile if known else None,
                             label=str(board.get("name") or profile))
         ray_during = during.result()
+        run_s = time.monotonic() - t_run
     r = results.results[0]
     r.quant = art["quant"]
     r.quality = art.get("quality")
@@ -118,6 +123,9 @@ def bench_job(spec: dict[str, Any], refs: list[Any]) -> dict[str, Any]:
     r.conditions.update(profile=profile, device_label=host.get("label"))
     r.conditions["fleet"] = {"board": board.get("name"), "hostname": board.get("hostname"), "node_id": node_id,
                              "profile": profile, "job_key": spec["job_key"], "attempt": spec.get("attempt", 0),
-                             "artifact_transfer": how, "source_path": art["path"]}
+                             "artifact_transfer": how, "source_path": art["path"],
+                             # the job's own time on the board: finding the artifact + the idle
+                             # sample, then `edgekit bench` (host detection, the fresh worker)
+                             "setup_s": round(t_run - t0, 3), "bench_s": round(run_s, 3)}
     r.conditions["ray_worker"] = {"idle": idle, "during_run": ray_during}
     return {"status": "done", "node_id": node_id, "board": board, "host": host, "result": asdict(r)}
