@@ -225,6 +225,7 @@ def test_cuda_libraries_in_pip_wheels_need_the_loader_path(host: doctor.Probes, 
     for so in ("libcublas.so.13", "libcublasLt.so.13"):
         (lib / so).write_bytes(b"")
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "nvidia", raising=False)  # an earlier import would hide the new path
     found = doctor.find_in_wheels(["libcublas.so.13", "libcublasLt.so.13", "libcudnn.so.9"])
     assert found == {"libcublas.so.13": str(lib / "libcublas.so.13"), "libcublasLt.so.13": str(lib / "libcublasLt.so.13")}
     libs = {"libcublas.so.13": None, "libcublasLt.so.13": None}
