@@ -339,6 +339,22 @@ def extra_buffer_bytes(shapes: ModelShapes, types: dict[str, str], isa: tuple[st
                and len(t.ne) >= 2 and t.ne[1] % 8 == 0)
 
 
+def prompt_once_numel(shapes: ModelShapes, weights: WeightPlan) -> dict[str, int]:
+    """Parameters per type that llama.cpp's prompt pass multiplies for the last token only.
+
+    It asks for the last token's logits alone, and its graph keeps only that token after the
+    last layer's attention (``inp_out_ids``, src/models/llama.cpp): the LM head and the last
+    layer's FFN are one row of the prompt. (Used with measured kernels; the fitted shares were
+    fitted with every row counted.)"""
+    last = f"blk.{shapes.config.num_layers - 1}.ffn_"
+    head = "output.weight" if shapes.has_output else "token_embd.weight"
+    out: dict[str, int] = {}
+    for t in shapes.decode_matrices():
+        if t.name == head or t.name.startswith(last):
+            out[weights.types[t.name]] = out.get(weights.types[t.name], 0) + t.numel
+    return out
+
+
 def _matmul_groups(shapes: ModelShapes, weights: WeightPlan, runtime: Runtime,
                    precision: OnnxPrecision | None) -> dict[str, tuple[int, int]]:
     """Weights a generated token multiplies by, per kernel type: type -> (parameters, bytes).
@@ -403,18 +419,14 @@ def estimate(shapes: ModelShapes, weights: WeightPlan, runtime: Runtime, backend
         measured = bandwidth_basis(profile, mode) is Basis.MEASURED
         decode_s = kv_s
         prompt_s = attn * plen / 2 / (flops * CPU_ATTENTION[1])
-        # llama.cpp's prompt pass asks for the last token's logits only: with measured kernels the
-        # LM head costs one row of the prompt (the fitted shares were fitted with it in every row)
-        head_name = "output.weight" if shapes.has_output else "token_embd.weight"
-        head = next((t for t in shapes.tensors if t.name == head_name), None) if host else None
+        once = prompt_once_numel(shapes, weights) if host else {}
         for t, (n, b) in _matmul_groups(shapes, weights, runtime, onnx_precision).items():
             k = (table or {}).get(t, CPU_KERNEL_FALLBACK)
             if t in host:  # measured on this host: the type's own rate at this working set
                 decode_s += b / kernel_read_rate(host[t], per_token)
             else:
                 decode_s += max(b / (read_rate * (k.stream if measured else 1.0)), 2 * n / (flops * k.decode))
-            if head is not None and weights.types.get(head.name) == t:
-                n -= head.numel * (plen - 1) // plen
+            n -= once.get(t, 0) * (plen - 1) // plen if once else 0
             gflops = host[t].prompt_gflops if t in host else 0.0
             prompt_s += 2 * n / (gflops * 1e9) if gflops > 0 else 2 * n / (flops * k.prompt)
         fixed = CPU_OVERHEADS[runtime]

@@ -66,6 +66,7 @@ class Shape:
 SMALL = Shape(hidden=512, ff=1536, heads=8, kv_heads=2)
 LARGE = Shape(hidden=1024, ff=3072, heads=16, kv_heads=4)
 SEED_ROWS = 64
+SMALL_LAYERS = 2  # the prompt's last layer runs its FFN for one token: a second layer runs it for all
 
 
 def _row_bytes(type_name: str, ne0: int) -> int:
@@ -223,7 +224,7 @@ def measure_type(type_name: str, work: Path, *, threads: int = 1, sizes_mib: Seq
     for target in sizes_mib:
         shape = SMALL if target <= 0 else LARGE
         one = sum(rows * _row_bytes(type_name, ne0) for name, ne0, rows in shape.matrices(1) if name.startswith("blk."))
-        layers = 1 if target <= 0 else max(1, round(target * 2**20 / one))
+        layers = SMALL_LAYERS if target <= 0 else max(1, round(target * 2**20 / one))
         matrices = [m for m in shape.matrices(layers) if m[0] != "token_embd.weight"]  # the lookup reads one row
         read = sum(rows * _row_bytes(type_name, ne0) for _, ne0, rows in matrices)
         path = work / f"k-{type_name}-{layers}.gguf"
@@ -235,8 +236,10 @@ def measure_type(type_name: str, work: Path, *, threads: int = 1, sizes_mib: Seq
         step_s = max(step_s - layers * layer_s, step_s / 4)  # the per-layer fixed cost the cost model adds back
         points.append((round(read / 2**20, 3), round(read / step_s / 1e9, 3)))
         if prompt_s is not None:
-            # every matrix for every prompt token, the LM head for the last one only (llama.cpp's logits)
-            flop = 2 * sum(ne0 * rows * (1 if name == "output.weight" else prompt) for name, ne0, rows in matrices)
+            # every matrix for every prompt token; the LM head and the last layer's FFN for the last
+            # one only (llama.cpp keeps only the tokens it returns logits for after the last attention)
+            once = ("output.weight", f"blk.{layers - 1}.ffn_")
+            flop = 2 * sum(ne0 * rows * (1 if name.startswith(once) else prompt) for name, ne0, rows in matrices)
             prompt_gflops = flop / prompt_s / 1e9
         log.info("kernel %s: %.1f MiB, %d layers: decode %.2f GB/s%s", type_name, read / 2**20, layers,
                  read / step_s / 1e9, f", prompt {prompt_gflops:.1f} GFLOP/s" if prompt_s else "")

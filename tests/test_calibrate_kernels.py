@@ -86,7 +86,8 @@ def test_the_cost_model_uses_the_measured_kernels(calibrated: schema.Profile) ->
     assert 1 / base.gen_tps - 1 / fast.gen_tps == pytest.approx(b / rate / 2, rel=1e-9)
     gflops = calibrated.kernels.types["F16"].prompt_gflops * 1e9
     head = CONFIG["hidden_size"] * CONFIG["vocab_size"]  # the prompt asks for the last token's logits only
-    n_prompt = n - head * 127 // 128
+    ffn = 3 * CONFIG["hidden_size"] * CONFIG["intermediate_size"]  # and the last layer's FFN
+    n_prompt = n - (head + ffn) * 127 // 128
     assert 1 / base.prompt_tps - 1 / fast.prompt_tps == pytest.approx(2 * n_prompt / gflops / 2, rel=1e-9)
     # without the table the same profile predicts from the shares fitted on another CPU
     bare = dataclasses.replace(calibrated, kernels=None)
