@@ -61,6 +61,9 @@ def read_genai_config(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise CorruptFileError(cfg_path, f"not a valid GenAI config ({type(e).__name__}: {e})",
                                hint="re-export the model with `edgekit convert --to onnx`") from e
+    except CorruptFileError as e:  # too large, not UTF-8, not JSON: said as a GenAI config problem
+        raise CorruptFileError(cfg_path, f"not a valid GenAI config ({e.message.split(': ', 1)[-1]})",
+                               hint="re-export the model with `edgekit convert --to onnx`") from e
     from edgekit.validate import check_genai_config
 
     check_genai_config(cfg, cfg_path)  # ONNX Runtime GenAI sizes its buffers from these values
