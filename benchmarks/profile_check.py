@@ -161,6 +161,56 @@ def cpu_time_rates(path: Path, prompt: int, gen: int, reps: int) -> dict[str, fl
         llm.close()
 
 
+def repredict(report_path: Path, directory: Path, profile_name: str, output: Path) -> int:
+    """Predict again, with ``profile_name``, the measurements of an earlier run (its JSON): the
+    measurements do not depend on the profile, so a recalibrated host is checked without rerunning."""
+    from edgekit.profiles.costs import estimate
+    from edgekit.profiles.planner import file_weights
+    from edgekit.profiles.schema import Backend, Runtime
+    from edgekit.profiles.shapes import model_shapes, weight_plan
+    from edgekit.profiles.store import get_profile
+    from edgekit.ui import format_table
+
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    st, profile = report["settings"], get_profile(profile_name)
+    rows = []
+    for res in report["results"]:
+        if "measured" not in res or res["format"] != "gguf":
+            continue
+        shapes = model_shapes(res["config"])
+        weights = file_weights(shapes, directory / res["artifact"]) or weight_plan(shapes, res["quant"], None,
+                                                                                  Backend.CPU)
+        pred = estimate(shapes, weights, Runtime.LLAMA_CPP, Backend.CPU, profile, ctx=st["ctx"],
+                        kv_fill=max(1, st["gen"] // 2), prompt_len=st["prompt"], threads=st["threads"])
+        predicted = {"gen_tps": pred.gen_tps, "prompt_tps": pred.prompt_tps, "peak_rss_bytes": pred.peak_rss_bytes,
+                     "weights_bytes": weights.total_bytes}
+        meas, cpu = res["measured"], res.get("measured_cpu_time") or {}
+        err = {k: (predicted[k] - meas[k]) / meas[k] for k in ("gen_tps", "prompt_tps", "peak_rss_bytes")}
+        cpu_err = {k: (predicted[k] - v) / v for k, v in cpu.items()}
+        speed = cpu_err or err
+        ok = all(abs(speed[k]) <= GEN_TARGET for k in ("gen_tps", "prompt_tps")) and \
+            abs(err["peak_rss_bytes"]) <= MEM_TARGET
+        res.update(predicted=predicted, error=err, error_cpu_time=cpu_err or None, within_target=ok)
+        rows.append([res["artifact"], res["quant"], round(pred.gen_tps, 1), round(meas["gen_tps"], 1),
+                     f"{100 * err['gen_tps']:+.0f}%", round(cpu["gen_tps"], 1) if cpu else None,
+                     f"{100 * cpu_err['gen_tps']:+.0f}%" if cpu else "-", round(pred.prompt_tps),
+                     round(meas["prompt_tps"]), f"{100 * err['prompt_tps']:+.0f}%",
+                     round(cpu["prompt_tps"]) if cpu else None, f"{100 * cpu_err['prompt_tps']:+.0f}%" if cpu else "-",
+                     round(pred.peak_rss_bytes / 2**20), round(meas["peak_rss_bytes"] / 2**20),
+                     f"{100 * err['peak_rss_bytes']:+.0f}%", "ok" if ok else "MISS"])
+    la = report["load_average"]
+    print(f"re-predicted with profile {profile.name} (measured: prompt {st['prompt']}, gen {st['gen']}, "
+          f"{st['threads']} thread(s), load average {la['before'][0]:.2f} before, {la['after'][0]:.2f} after)")
+    print(format_table(["artifact", "quant", "gen pred", "gen wall", "err", "gen cpu", "err", "pp pred", "pp wall",
+                        "err", "pp cpu", "err", "peak MiB pred", "peak MiB meas", "err", f"±{GEN_TARGET:.0%}"], rows))
+    if profile.kernels is not None:
+        print(f"kernel table: {profile.kernels.ref}")
+        report["kernels"] = profile.kernels.to_dict()
+    report["profile"], report["repredicted_from"] = profile.name, str(report_path)
+    save_results(report, output)
+    return 0
+
+
 def _stderr_progress(event: Any) -> None:
     if event.step == "bench" and event.total:
         print(f"- measuring {event.message}", file=sys.stderr)
@@ -176,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="--synthetic shape: hidden,layers,intermediate,heads,kv_heads,vocab")
     ap.add_argument("--tied", action="store_true", help="--synthetic: tie the embeddings (SmolLM2 does)")
     ap.add_argument("--no-cpu-time", action="store_true", help="skip the CPU-time runs (with --threads 1)")
+    ap.add_argument("--repredict", type=Path, metavar="RESULTS_JSON",
+                    help="predict an earlier run's measurements again with --profile (ARTIFACTS: its directory)")
     ap.add_argument("--quants", default="f16,q8_0,q6_k,q5_k_m,q4_k_m,q4_0,q3_k_m,q2_k", help="quants for --synthetic")
     ap.add_argument("--profile", help="profile to predict with (default: calibrate this host now)")
     ap.add_argument("--prompt", type=int, default=512, help="a full ubatch: the worst-case compute buffer")
@@ -184,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="default: all cores")
     ap.add_argument("-o", "--output", type=Path, default=Path("bench-out/profile_check/results.json"))
     args = ap.parse_args(argv)
+    if args.repredict:
+        if not (args.profile and args.artifacts):
+            ap.error("--repredict needs --profile and the run's artifact directory")
+        return repredict(args.repredict, args.artifacts, args.profile, args.output)
 
     if args.threads:  # numpy's BLAS (the matmul calibration) must use the same thread count
         os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
