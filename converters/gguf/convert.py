@@ -86,7 +86,7 @@ def convert_gguf(
             if q.needs_imatrix:
                 raise imatrix_needed(q.name)  # before anything is read or written
     timer = timer or StepTimer()
-    inputs = open_inputs(model_dir, adapter_dir, timer, prepared, quality, fmt="gguf")
+    inputs = open_inputs(model_dir, adapter_dir, timer, prepared, quality)
     source, adapter = inputs.source, inputs.adapter
     spec = spec or spec_for(source.config)
     fit = resolve_fit(source.config, fit_size, fit_profile, fit_ctx, fit_method) \
