@@ -2,7 +2,8 @@
 
 A child process converts the packaged demo model (f16 then q8_0) and is killed with SIGKILL
 at a chosen point: while tensors stream into the f16 file, while llama.cpp quantizes q8_0,
-when verification starts, and just before the manifest's rename. What is left must be only
+when verification starts (the written f16 file waits under its temporary name), and just
+before the manifest's rename. What is left must be only
 complete artifacts (the same bytes a clean run writes) and a manifest whose every entry
 exists with its size and sha256; a rerun into the same directory takes over the dead run's
 lock, succeeds, and writes identical files."""
@@ -59,9 +60,9 @@ CHILD = textwrap.dedent('''
             real_q(base, tmp, *a, **k)
             die()  # finished before the watcher saw it: still before the rename
         convert.quantize_file = quantize
-    elif point == "verification":  # the first artifact's correctness check begins
+    elif point == "verification":  # the first artifact's verification begins (its reference is built)
         from edgekit.converters import pipeline
-        pipeline.verify = lambda *a, **k: die()
+        pipeline.SourceReference = lambda *a, **k: die()
     elif point == "manifest":  # the second manifest update: its temp file written, not renamed
         import edgekit.fsutil as fsutil
         real_r, n = os.replace, [0]
