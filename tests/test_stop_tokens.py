@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _stop_model import AFTER, END_TURN, EOS, TEMPLATE, WORDS, build_stop_model
+from _stop_model import AFTER, END_TURN, EOS, TEMPLATE, TURN, WORDS, build_stop_model
 from click.testing import CliRunner
 
 import edgekit
@@ -144,6 +144,29 @@ def test_onnx_lists_every_stop_and_stops_there(stop_model: Path, tmp_path: Path,
     with pytest.raises(VerificationError) as e:
         check_onnx(stop_model, art, threads=1)
     assert e.value.check == "stop tokens"
+
+
+def test_a_further_declared_stop_takes_the_eom_slot(stop_model: Path, tmp_path: Path) -> None:
+    """generation_config naming one more stop than eos and the end of turn (one llama.cpp does
+    not know by name): the GGUF marks it through eom_token_id, so all three end generation."""
+    import llama_cpp
+
+    from edgekit.converters.gguf.inspect import read_gguf
+
+    src = tmp_path / "src"
+    shutil.copytree(stop_model, src)
+    index = tokenizer_index(src)
+    gen = json.loads((src / "generation_config.json").read_text())
+    gen["eos_token_id"] = [index[EOS], index[TURN]]
+    (src / "generation_config.json").write_text(json.dumps(gen))
+    out = tmp_path / "out"
+    edgekit.convert(src, out, to="gguf", quants="f16", name="s", verify_artifacts=False)
+    md = read_gguf(out / "s-f16.gguf").metadata
+    assert (md["tokenizer.ggml.eos_token_id"], md["tokenizer.ggml.eot_token_id"], md["tokenizer.ggml.eom_token_id"]) \
+        == (index[EOS], index[END_TURN], index[TURN])
+    with edgekit.load(out / "s-f16.gguf", n_ctx=64, vocab_only=True) as s:
+        assert all(llama_cpp.llama_vocab_is_eog(s.llm._model.vocab, index[t]) for t in (EOS, END_TURN, TURN))
+        assert not llama_cpp.llama_vocab_is_eog(s.llm._model.vocab, s.tokenize("Paris", add_special=False)[0])
 
 
 def test_end_of_turn_not_in_vocabulary_is_refused(stop_model: Path, tmp_path: Path) -> None:
