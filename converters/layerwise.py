@@ -66,9 +66,16 @@ def empty_model(model_dir: Path, dtype: Any) -> Any:
 
     config = AutoConfig.from_pretrained(model_dir)
     with _params_on_meta(), no_init_weights():
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, **reference_attention(config))
     model.tie_weights()
     return model.eval()
+
+
+def reference_attention(config: Any) -> dict[str, str]:
+    """transformers' SDPA and flash kernels skip attention logit soft-capping (Gemma 2): the
+    reference must run the eager kernel, which applies it, or it is another model."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return {"attn_implementation": "eager"} if getattr(text, "attn_logit_softcapping", None) is not None else {}
 
 
 def decoder_layers(model: Any) -> Any:

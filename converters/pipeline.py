@@ -52,7 +52,7 @@ class Conversion:
 class Inputs:
     model_dir: Path
     source: SourceModel
-    arch: str  # edgekit's architecture name (the GGUF arch table is the supported list)
+    arch: str  # edgekit's architecture name (converters.gguf.archs: one spec per family, every format)
     adapter: LoraAdapter | None
     adapter_dir: Path | None
     partial_source_info: dict[str, Any]  # source_info, its weights_sha256 possibly still None
@@ -105,13 +105,16 @@ def slug(name: str) -> str:
 
 
 def open_inputs(model_dir: Path, adapter_dir: Path | None, timer: StepTimer, prepared: Inputs | None = None,
-                quality: QualitySettings | None = None) -> Inputs:
-    """Validate the source, its architecture and the adapter before anything is written.
+                quality: QualitySettings | None = None, fmt: str | None = None) -> Inputs:
+    """Validate the source, its architecture (for ``fmt``, when given) and the adapter before
+    anything is written.
 
     ``prepared``: inputs another format of the same run already opened (and hashed) are reused."""
     from .gguf.archs import spec_for
 
     if prepared is not None:
+        if fmt is not None:
+            spec_for(prepared.source.config, fmt)
         if (prepared.model_dir.resolve(), prepared.adapter_dir) != (Path(model_dir).resolve(), adapter_dir):
             raise InputError(f"prepared= holds the inputs of {prepared.model_dir} (adapter {prepared.adapter_dir}), "
                              f"not of {model_dir} (adapter {adapter_dir})",
@@ -120,7 +123,7 @@ def open_inputs(model_dir: Path, adapter_dir: Path | None, timer: StepTimer, pre
 
     with timer.step("read source"):
         source = open_source(model_dir)
-        spec = spec_for(source.config)  # one supported-architecture list for every format
+        spec = spec_for(source.config, fmt)  # the architecture specs say which formats convert it
         adapter = LoraAdapter(adapter_dir) if adapter_dir is not None else None
         if adapter is not None:
             adapter.check_against(source)

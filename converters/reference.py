@@ -142,8 +142,12 @@ class SourceReference:
             model: Any = empty_model(self.model_dir, self.dtype)
         else:
             from peft import PeftModel
+            from transformers import AutoConfig
 
-            model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=self.dtype)
+            from .layerwise import reference_attention
+
+            attn = reference_attention(AutoConfig.from_pretrained(self.model_dir))
+            model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=self.dtype, **attn)
             model = PeftModel.from_pretrained(model, self.adapter_dir).merge_and_unload().eval()
         if self.dtype != torch.float32:
             _float32_head(model)
@@ -152,7 +156,12 @@ class SourceReference:
         groups: dict[str, list[str]] = {}
         for name, canon in self.lm.aliases.items():
             groups.setdefault(canon, []).append(name)
-        self._stored = {canon: next((n for n in names if self.source.has(n)), canon) for canon, names in groups.items()}
+        from .gguf.archs import spec_for
+
+        spec = spec_for(self.source.config)  # multimodal checkpoints may be saved under other prefixes
+        self._stored = {canon: next((c for n in names for c in spec.checkpoint_names(n) if self.source.has(c)), canon)
+                        for canon, names in groups.items()}
+        self._by_stored = {stored: canon for canon, stored in self._stored.items()}  # artifacts name tensors so
         self._parked = self.streamed  # resident tensors are read on first use
         if not self.streamed:
             assert self.adapter is not None
@@ -279,15 +288,16 @@ class SourceReference:
         loaded. Tensors the artifact does not carry keep the source's values."""
         check = WeightCheck()
         # the artifact's names (any alias of a tied weight) by the checkpoint name they stand for
-        carried = {self.stored_name(n): n for n in weights.names if n in self.lm.aliases}
-        check.unexpected = [n for n in weights.names if n not in self.lm.aliases]
+        known = {n: n if n in self.lm.aliases else self._by_stored.get(n) for n in weights.names}
+        carried = {self.stored_name(m): n for n, m in known.items() if m is not None}
+        check.unexpected = [n for n, m in known.items() if m is None]
         changed: list[str] = []
 
         def load(names: list[str]) -> None:
             for name in names:
                 stored = self.stored_name(name)
                 if stored in carried:
-                    self.lm.set(name, self._compare(weights.get(carried[stored]), stored, expected, check))
+                    self.lm.set(name, self._compare(weights.get(carried[stored]), stored, expected, check, name))
                     changed.append(name)
                 elif self.streamed:
                     self.lm.set(name, self._source_tensor(name))
@@ -317,18 +327,19 @@ class SourceReference:
         return check, logits
 
     def _compare(self, t: ArtifactTensor, stored: str, expected: Callable[[str], np.ndarray],
-                 check: WeightCheck) -> Any:
-        """The artifact tensor as a torch tensor of the model's dtype; its error vs the source recorded.
+                 check: WeightCheck, name: str | None = None) -> Any:
+        """The artifact tensor as a torch tensor of the model's dtype; its error vs the source recorded
+        (``name``: the model's name for the parameter, where the checkpoint stores it as another).
 
         A resident parameter (embedding, head) is overwritten in place; the source is read a
         block of rows at a time (LoRA runs: ``expected``, merged, whole), so a tensor costs one
         copy in the model's dtype plus a block, never its float32 copy."""
         import torch
 
-        param = self.lm.param(stored)
+        param = self.lm.param(name or stored)
         if tuple(param.shape) != t.shape:
             check.errors[stored] = (float("inf"), t.stored_as, t.bits)
-            return self._source_tensor(stored)
+            return self._source_tensor(name or stored)
         rows = t.shape[0] if t.shape else 1
         cols = math.prod(t.shape[1:]) if t.shape else 1
         if self.streamed:

@@ -99,6 +99,12 @@ def convert_formats(model_dir: Path, out_dir: Path, plan: ConversionPlan) -> lis
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     common = plan.common.converter_kwargs()
     timer = StepTimer()
+    from .gguf.archs import spec_for
+    from .source import load_config
+
+    config = load_config(model_dir)
+    for record in plan.formats:  # every format's support checked before any is converted
+        spec_for(config, record.format.value)
     prepared = open_inputs(model_dir, plan.common.adapter, timer, quality=common["quality"])
     results: list[Any] = []
     gptq_dir: Path | None = None

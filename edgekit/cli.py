@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "serve": ("serve", "serve", "Serve an artifact over a local OpenAI-compatible HTTP API."),
     "eval": ("eval", "eval_cmd", "Perplexity and KL divergence of an artifact against a reference."),
     "bench": ("bench", "bench", "Benchmark artifacts with the conditions recorded; `bench report` plots results."),
+    "support": ("support", "support", "Which model architectures convert to GGUF, ONNX and GPTQ."),
     "export": ("export", "export", "Hand a GGUF to Ollama (Modelfile) or LM Studio (its models directory)."),
     "fleet": ("fleet", "fleet", "Run bench/convert matrices across boards joined into a Ray cluster."),
     "doctor": ("doctor", "doctor", "What this host can run (llama.cpp build, GPU, ONNX Runtime) and the fix for each mismatch."),

@@ -57,7 +57,7 @@ class ModelShapes:
     arch: str
     config: TextConfig
     tensors: tuple[TensorShape, ...]
-    sliding_window: int | None = None  # tokens of KV kept on the local layers (Gemma 3)
+    sliding_window: int | None = None  # tokens of KV kept on the local layers (Gemma 2/3)
     local_layers: int = 0
 
     @property
@@ -79,45 +79,28 @@ class ModelShapes:
 
 
 def model_shapes(config: dict[str, Any]) -> ModelShapes:
-    """The GGUF tensor list the converter writes for this config (names as llama.cpp expects)."""
+    """The GGUF tensor list the converter writes for this config (names as llama.cpp expects).
+
+    Derived from the architecture's spec, never listed here: its Hugging Face layout
+    (:meth:`ArchSpec.hf_tensors`) mapped through the same llama.cpp names, skips and
+    synthesised tensors (RoPE factors) as the converter's tensor plan."""
     from edgekit.converters.gguf.archs import TextConfig, spec_for  # imports numpy
-    from edgekit.converters.gguf.archs.gemma3 import LLAMA_CPP_SWA_PATTERN
 
     spec = spec_for(config)  # raises UnsupportedArchitectureError with the supported list
     c = TextConfig.from_hf(config)
-    h, ff, q_dim, kv_dim = c.hidden_size, c.intermediate_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-    t: list[TensorShape] = [TensorShape("token_embd.weight", (h, c.vocab_size))]
-    if c.rope.get("rope_type") == "llama3":
-        t.append(TensorShape("rope_freqs.weight", (c.head_dim // 2,)))
-    for i in range(c.num_layers):
-        b = f"blk.{i}."
-        t += [TensorShape(b + "attn_norm.weight", (h,), i),
-              TensorShape(b + "attn_q.weight", (h, q_dim), i),
-              TensorShape(b + "attn_k.weight", (h, kv_dim), i),
-              TensorShape(b + "attn_v.weight", (h, kv_dim), i),
-              TensorShape(b + "attn_output.weight", (q_dim, h), i),
-              TensorShape(b + "ffn_norm.weight", (h,), i),
-              TensorShape(b + "ffn_gate.weight", (h, ff), i),
-              TensorShape(b + "ffn_up.weight", (h, ff), i),
-              TensorShape(b + "ffn_down.weight", (ff, h), i)]
-        if spec.name == "qwen2":  # q/k/v biases
-            t += [TensorShape(b + "attn_q.bias", (q_dim,), i), TensorShape(b + "attn_k.bias", (kv_dim,), i),
-                  TensorShape(b + "attn_v.bias", (kv_dim,), i)]
-        if spec.name in ("qwen3", "gemma3"):  # per-head RMSNorm on q and k
-            t += [TensorShape(b + "attn_q_norm.weight", (c.head_dim,), i),
-                  TensorShape(b + "attn_k_norm.weight", (c.head_dim,), i)]
-        if spec.name == "gemma3":  # sandwich norms
-            t += [TensorShape(b + "post_attention_norm.weight", (h,), i),
-                  TensorShape(b + "post_ffw_norm.weight", (h,), i)]
-    t.append(TensorShape("output_norm.weight", (h,)))
-    if not c.tie_word_embeddings:
-        t.append(TensorShape("output.weight", (h, c.vocab_size)))
-    window, local = None, 0
-    if spec.name == "gemma3" and c.raw.get("sliding_window"):
-        window = int(c.raw["sliding_window"])
-        local = sum(1 for i in range(c.num_layers) if (i + 1) % LLAMA_CPP_SWA_PATTERN != 0)  # every 6th is global
+    tmap = spec.tensor_map(c)
+    t: list[TensorShape] = []
+    for hf_name, shape in spec.hf_tensors(c):
+        if spec.skip(hf_name, c):
+            continue
+        name = spec.gguf_name(tmap, hf_name)
+        if name is None:  # a spec whose layout llama.cpp's table does not cover: a bug in the spec
+            raise AssertionError(f"{spec.name}: no llama.cpp name for {hf_name}")
+        layer = int(name.split(".")[1]) if name.startswith("blk.") else -1
+        t.append(TensorShape(name, tuple(reversed(shape)), layer))
+    t += [TensorShape(name, tuple(reversed(arr.shape))) for name, arr in spec.extra_tensors(c).items()]
+    window, local = spec.swa_layers(c)
     return ModelShapes(spec.name, c, tuple(t), window, local)
-
 
 def tensor_bytes(ne: tuple[int, ...], type_name: str) -> int:
     import gguf

@@ -86,7 +86,7 @@ def convert_gguf(
             if q.needs_imatrix:
                 raise imatrix_needed(q.name)  # before anything is read or written
     timer = timer or StepTimer()
-    inputs = open_inputs(model_dir, adapter_dir, timer, prepared, quality)
+    inputs = open_inputs(model_dir, adapter_dir, timer, prepared, quality, fmt="gguf")
     source, adapter = inputs.source, inputs.adapter
     spec = spec or spec_for(source.config)
     fit = resolve_fit(source.config, fit_size, fit_profile, fit_ctx, fit_method) \
@@ -101,6 +101,11 @@ def convert_gguf(
     stem = slug(name or model_dir.resolve().name)
     report(progress, "source", f"{spec.name}, {len(source.names())} tensors, "
                                f"{source.weights_bytes / 2**20:.1f} MiB{' + LoRA' if adapter else ''}")
+    if spec.left_out:  # a multimodal checkpoint: say once what the GGUF does not hold
+        towers = sum(1 for n in source.names() if n.startswith(spec.left_out))
+        note = f"{source.architecture}: the language model is converted; the vision tower ({towers} tensors) is left out"
+        log.info("%s", note)
+        report(progress, "note", note)
 
     im_values, im_record = given or _computed_imatrix(imatrix, calibration, (imatrix_samples, imatrix_seq_len),
                                                       inputs, spec, out_dir, wanted, timer, progress, threads,

@@ -46,7 +46,7 @@ def hf_names(source: SourceModel, spec: ArchSpec, cfg: TextConfig) -> dict[str, 
     for info in source.iter_infos():
         if spec.skip(info.name, cfg):
             continue
-        gname = tmap.get_name(info.name, try_suffixes=(".weight", ".bias"))
+        gname = spec.gguf_name(tmap, info.name)
         if gname is not None:
             out[gname] = info.name
     return out

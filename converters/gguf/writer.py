@@ -147,7 +147,7 @@ def plan_tensors(source: SourceModel, spec: ArchSpec, cfg: TextConfig, out_type:
     for info in source.iter_infos():
         if spec.skip(info.name, cfg):
             continue
-        gname = tmap.get_name(info.name, try_suffixes=(".weight", ".bias"))
+        gname = spec.gguf_name(tmap, info.name)
         if gname is None:
             unmapped.append(info.name)
             continue

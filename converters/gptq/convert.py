@@ -219,7 +219,7 @@ def convert_gptq(
         torch.set_num_threads(threads)
 
     # Everything that can be wrong with the input is found before anything is written.
-    inputs = open_inputs(model_dir, adapter_dir, timer, prepared, quality)
+    inputs = open_inputs(model_dir, adapter_dir, timer, prepared, quality, fmt="gptq")
     with timer.step("check gptq inputs"):
         check_group_size(inputs.source, group_size, bits)
         check_window(samples, seq_len, inputs.source.config.get("max_position_embeddings"))

@@ -106,7 +106,7 @@ def convert_onnx(
     tgt, algo, block_size = parse_target(target), parse_algo(int4_algo), check_block_size(block_size)
     check_builder_available()
     timer = timer or StepTimer()
-    inputs = open_inputs(model_dir, adapter_dir, timer, prepared, quality)
+    inputs = open_inputs(model_dir, adapter_dir, timer, prepared, quality, fmt="onnx")
     result = start_output(out_dir, inputs, timer)
     verifier = Verifier(inputs, result, progress, threads)
     stem = slug(name or model_dir.resolve().name)

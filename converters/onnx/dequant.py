@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..gguf.archs import TextConfig
+from ..gguf.archs import ArchSpec, TextConfig, spec_for
 from ..reference import ArtifactTensor, ArtifactWeights
 from ..source import SourceModel
 
@@ -33,6 +33,19 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "mlp.up_proj": ("mlp.up_proj",),
     "mlp.down_proj": ("mlp.down_proj",),
 }
+
+
+def _modules(spec: ArchSpec) -> dict[str, tuple[str, ...]]:
+    """The builder's prefixes -> HF modules for this family: where HF stores q/k/v or gate/up
+    fused (Phi-3), the builder's matrices are parts of that one HF tensor (rows, in order)."""
+    out = dict(_MODULES)
+    if spec.fused_qkv:
+        out["attn.qkv_proj"] = ("self_attn.qkv_proj",)
+    if spec.fused_gate_up:
+        out["mlp.gate_proj"] = out["mlp.up_proj"] = ("mlp.gate_up_proj",)
+    return out
+
+
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)\.MatMul\.weight(?:_Q(\d+)G(\d+))?$")
 _HEAD = re.compile(r"^lm_head\.MatMul\.weight(?:_Q(\d+)G(\d+))?$")
 _ONNX_FLOAT = {1: np.float32, 10: np.float16, 11: np.float64}
@@ -49,6 +62,7 @@ class OnnxWeights:
         self.graph = onnx.load(str(self.model_dir / "model.onnx"), load_external_data=False).graph
         self.inits = {i.name: i for i in self.graph.initializer}
         self.cfg = TextConfig.from_hf(self.source.config)
+        self.spec = spec_for(self.source.config)
         self._last: tuple[str, Any] = ("", None)
 
     def _array(self, name: str) -> np.ndarray:
@@ -68,21 +82,36 @@ class OnnxWeights:
 
     def _split(self, prefix: str) -> tuple[int, ...]:
         c = self.cfg
-        if prefix == "attn.qkv_proj":
+        if prefix == "attn.qkv_proj" and not self.spec.fused_qkv:
             return (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.num_kv_heads * c.head_dim)
         return ()
 
     def weights(self) -> ArtifactWeights:
         """The graph's matrices by HF name (a fused q/k/v initializer stands for three), each
         dequantized when asked for."""
-        where: dict[str, tuple[str, int]] = {}  # HF name -> (initializer, part)
+        where: dict[str, list[tuple[str, int]]] = {}  # HF name -> its (initializer, part)s, in row order
+        modules = _modules(self.spec)
+        prefixes = list(modules)
         for name in self.inits:
             if (m := _HEAD.match(name)) is not None:
-                where["lm_head.weight"] = (name, 0)
-            elif (m := _LAYER.match(name)) and m.group(2) in _MODULES:
-                for k, module in enumerate(_MODULES[m.group(2)]):
-                    where[f"model.layers.{m.group(1)}.{module}.weight"] = (name, k)
-        return ArtifactWeights(tuple(where), lambda hf: self._tensor(hf, *where[hf]))
+                where["lm_head.weight"] = [(name, 0)]
+            elif (m := _LAYER.match(name)) and m.group(2) in modules:
+                for k, module in enumerate(modules[m.group(2)]):
+                    where.setdefault(f"model.layers.{m.group(1)}.{module}.weight", []).append((name, k))
+        def order(part: tuple[str, int]) -> int:
+            m = _LAYER.match(part[0])
+            return prefixes.index(m.group(2)) if m else 0
+
+        for parts in where.values():  # gate before up: the builder's prefix order is HF's row order
+            parts.sort(key=order)
+        return ArtifactWeights(tuple(where), lambda hf: self._joined(hf, where[hf]))
+
+    def _joined(self, hf: str, parts: list[tuple[str, int]]) -> ArtifactTensor:
+        if len(parts) == 1:
+            return self._tensor(hf, *parts[0])
+        pieces = [self._tensor(hf, *p) for p in parts]
+        data = np.concatenate([next(iter(t.blocks())) for t in pieces])
+        return ArtifactTensor.whole(hf, data, pieces[0].stored_as, pieces[0].bits)
 
     def _tensor(self, hf: str, init: str, part: int) -> ArtifactTensor:
         if init != self._last[0]:  # q, k and v are asked for in turn: split the fused matrix once

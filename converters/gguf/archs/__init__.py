@@ -1,27 +1,69 @@
-"""The architecture registry: one module per architecture, listed once here."""
+"""The architecture registry: one module per architecture, listed once here.
+
+Each spec is the single source for every format: its HF class names, its GGUF mapping and
+hooks, which formats convert it, and (derived from its layout) the profiler's tensor list.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 from edgekit.errors import UnsupportedArchitectureError
 
-from . import gemma3, llama, mistral, qwen2, qwen3
+from . import gemma2, gemma3, granite, llama, mistral, olmo2, phi3, qwen2, qwen3, smollm3
 from .base import ArchSpec, TextConfig
 
-ARCHS: tuple[ArchSpec, ...] = (llama.SPEC, mistral.SPEC, qwen2.SPEC, qwen3.SPEC, gemma3.SPEC)
+FORMATS = ("gguf", "onnx", "gptq")  # the registry's Format values, in its order
+
+ARCHS: tuple[ArchSpec, ...] = (llama.SPEC, mistral.SPEC, qwen2.SPEC, qwen3.SPEC, gemma3.SPEC, phi3.SPEC,
+                               gemma2.SPEC, granite.SPEC, smollm3.SPEC, olmo2.SPEC, gemma3.VL_SPEC)
 _BY_HF = {hf: spec for spec in ARCHS for hf in spec.hf_architectures}
 
 
-def supported_names() -> list[str]:
-    return [f"{s.name} ({', '.join(s.hf_architectures)})" for s in ARCHS]
+def supported_names(fmt: str | None = None) -> list[str]:
+    return [f"{s.name} ({', '.join(s.hf_architectures)})" for s in ARCHS if fmt is None or s.supports(fmt)]
 
 
-def spec_for(config: dict) -> ArchSpec:
+def _per_format() -> str:
+    return "; ".join(f"{fmt}: {', '.join(s.name for s in ARCHS if s.supports(fmt))}" for fmt in FORMATS)
+
+
+def spec_for(config: dict[str, Any], fmt: str | None = None) -> ArchSpec:
+    """The spec of a config.json's architecture, its required fields checked; with ``fmt``,
+    also whether that format converts it. One-line errors list what is supported per format."""
     archs = config.get("architectures") or []
-    for a in archs:
-        if a in _BY_HF:
-            return _BY_HF[a]
-    name = archs[0] if archs else config.get("model_type", "unknown")
-    raise UnsupportedArchitectureError(str(name), supported_names())
+    spec = next((_BY_HF[a] for a in archs if a in _BY_HF), None)
+    if spec is None:
+        name = archs[0] if archs else config.get("model_type", "unknown")
+        err = UnsupportedArchitectureError(str(name), supported_names())
+        err.hint = f"supported, by format: {_per_format()} (their Hugging Face classes: edgekit support)"
+        raise err
+    spec.check_config(config)
+    if fmt is not None and not spec.supports(fmt):
+        err = UnsupportedArchitectureError(spec.name, [])
+        err.message = f"{spec.name} cannot be converted to {fmt}: {spec.why_not_for(fmt)}"
+        err.hint = (f"{fmt} supports {', '.join(s.name for s in ARCHS if s.supports(fmt))}; "
+                    f"{spec.name} converts to {', '.join(spec.formats)}")
+        raise err
+    return spec
 
 
-__all__ = ["ARCHS", "ArchSpec", "TextConfig", "spec_for", "supported_names"]
+def support_rows() -> list[dict[str, Any]]:
+    """Architecture x format, as data: what ``edgekit support`` and the README table show."""
+    return [{"arch": s.name, "hf_classes": list(s.hf_architectures), "gguf_arch": s.gguf_arch.lower(),
+             **{fmt: s.supports(fmt) for fmt in FORMATS},
+             "notes": "; ".join(why for _, why in s.why_not)} for s in ARCHS]
+
+
+def support_markdown() -> str:
+    """The README's support table (a test checks the README holds exactly this)."""
+    lines = ["| architecture | Hugging Face classes | GGUF | ONNX | GPTQ | notes |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in support_rows():
+        marks = " | ".join("yes" if r[f] else "no" for f in FORMATS)
+        lines.append(f"| {r['arch']} | {', '.join(r['hf_classes'])} | {marks} | {r['notes']} |")
+    return "\n".join(lines)
+
+
+__all__ = ["ARCHS", "FORMATS", "ArchSpec", "TextConfig", "spec_for", "support_markdown", "support_rows",
+           "supported_names"]

@@ -7,6 +7,7 @@ TensorNameMap (llama.cpp's own table), so no architecture repeats name lists.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -95,12 +96,116 @@ class ArchSpec:
     skip_suffixes: tuple[str, ...] = ("rotary_emb.inv_freq",)
     # Tokenizer quirks the GGUF needs stated (llama.cpp defaults differ per model family).
     add_space_prefix: bool | None = None
+    # -- which formats convert it -----------------------------------------------------------
+    # GGUF always (this table is llama.cpp's mapping); ONNX only for the classes ONNX Runtime
+    # GenAI's builder dispatches on (tests/test_archs.py reads the installed builder's source);
+    # GPTQ where llmcompressor's sequential pipeline runs the decoder layers.
+    formats: tuple[str, ...] = ("gguf", "onnx", "gptq")
+    why_not: tuple[tuple[str, str], ...] = ()  # (format, the reason a user reads) for formats left out
+    # config.json fields the family needs beyond TextConfig's (a missing one is named in the error)
+    required: tuple[str, ...] = ()
+    # -- the Hugging Face layout (the profiler's tensor list is derived from it) ---------------
+    qkv_bias: bool = False
+    qk_norm: str | None = None  # "head": RMSNorm per head (Qwen3, Gemma); "full": over the projection (OLMo 2)
+    layer_norms: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")
+    fused_qkv: bool = False  # one qkv_proj (Phi-3)
+    fused_gate_up: bool = False  # one gate_up_proj (Phi-3)
+    # -- multimodal checkpoints: only the language model is converted --------------------------
+    # (checkpoint prefix, text-only prefix) pairs, the layout transformers holds in memory first
+    # (then the hub's saved layouts): ("model.language_model.", "model.") ...
+    text_prefixes: tuple[tuple[str, str], ...] = ()
+    left_out: tuple[str, ...] = ()  # prefixes of the towers not converted (vision encoder, projector)
+    # (prefix transformers holds in memory, prefix a saved checkpoint may use instead)
+    saved_prefixes: tuple[tuple[str, str], ...] = ()
 
     @property
     def model_arch(self) -> gguf.MODEL_ARCH:
         import gguf
 
         return gguf.MODEL_ARCH[self.gguf_arch]
+
+    def supports(self, fmt: str) -> bool:
+        return fmt in self.formats
+
+    def why_not_for(self, fmt: str) -> str:
+        return dict(self.why_not).get(fmt, f"edgekit does not convert {self.name} to {fmt}")
+
+    def check_config(self, cfg: dict[str, Any]) -> None:
+        """A config naming this family but lacking a field it needs: one error naming the field."""
+        nested = cfg.get("text_config")
+        text: dict[str, Any] = nested if isinstance(nested, dict) else cfg
+        for key in self.required:
+            if key not in text:
+                raise InputError(f"config.json lacks {key!r}, which {self.name} needs",
+                                 hint="pass the model's complete config.json (as saved by save_pretrained)")
+
+    def hf_tensors(self, c: TextConfig) -> Iterator[tuple[str, tuple[int, ...]]]:
+        """The checkpoint's tensors (HF names, numpy shapes) for this config, from the layout
+        fields above: what the profiler maps through :meth:`gguf_name` (checked against
+        transformers' own models in tests/test_archs.py)."""
+        h, q, kv = c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+        yield self.hf_name("model.embed_tokens.weight"), (c.vocab_size, h)
+        for i in range(c.num_layers):
+            p = self.hf_name(f"model.layers.{i}.")
+            for norm in self.layer_norms:
+                yield p + norm + ".weight", (h,)
+            if self.fused_qkv:
+                yield p + "self_attn.qkv_proj.weight", (q + 2 * kv, h)
+            else:
+                for name, rows in (("q", q), ("k", kv), ("v", kv)):
+                    yield p + f"self_attn.{name}_proj.weight", (rows, h)
+                    if self.qkv_bias:
+                        yield p + f"self_attn.{name}_proj.bias", (rows,)
+            yield p + "self_attn.o_proj.weight", (h, q)
+            if self.qk_norm is not None:
+                full = self.qk_norm == "full"
+                yield p + "self_attn.q_norm.weight", (q if full else c.head_dim,)
+                yield p + "self_attn.k_norm.weight", (kv if full else c.head_dim,)
+            yield from self.hf_ffn_tensors(p, c)
+        yield self.hf_name("model.norm.weight"), (h,)
+        if not c.tie_word_embeddings:
+            yield "lm_head.weight", (c.vocab_size, h)
+
+    def hf_ffn_tensors(self, prefix: str, c: TextConfig) -> Iterator[tuple[str, tuple[int, ...]]]:
+        h, ff = c.hidden_size, c.intermediate_size
+        if self.fused_gate_up:
+            yield prefix + "mlp.gate_up_proj.weight", (2 * ff, h)
+        else:
+            yield prefix + "mlp.gate_proj.weight", (ff, h)
+            yield prefix + "mlp.up_proj.weight", (ff, h)
+        yield prefix + "mlp.down_proj.weight", (h, ff)
+
+    def tensor_map(self, c: TextConfig) -> gguf.TensorNameMap:
+        import gguf
+
+        return gguf.get_tensor_name_map(self.model_arch, c.num_layers)
+
+    def hf_name(self, text_name: str) -> str:
+        """A language-model tensor's name as transformers holds it (``model.x`` in a text-only model)."""
+        for ck, tx in self.text_prefixes:
+            if text_name.startswith(tx):
+                return ck + text_name[len(tx):]
+        return text_name
+
+    def text_name(self, hf_name: str) -> str:
+        """A checkpoint tensor's name in the text-only layout (multimodal checkpoints' language model)."""
+        for ck, tx in self.text_prefixes:
+            if hf_name.startswith(ck):
+                return tx + hf_name[len(ck):]
+        return hf_name
+
+    def checkpoint_names(self, model_name: str) -> list[str]:
+        """The names a checkpoint may store a model parameter under (its in-memory name first)."""
+        return [model_name] + [saved + model_name[len(mem):] for mem, saved in self.saved_prefixes
+                               if model_name.startswith(mem)]
+
+    def gguf_name(self, tmap: gguf.TensorNameMap, hf_name: str) -> str | None:
+        """llama.cpp's name for an HF tensor (gguf-py's table), None where it has none."""
+        return tmap.get_name(self.text_name(hf_name), try_suffixes=(".weight", ".bias"))
+
+    def swa_layers(self, c: TextConfig) -> tuple[int | None, int]:
+        """(window, number of layers llama.cpp runs with it): its KV cache keeps only the window."""
+        return None, 0
 
     # -- hooks ------------------------------------------------------------------------
     def write_hparams(self, w: gguf.GGUFWriter, c: TextConfig) -> None:
@@ -113,11 +218,15 @@ class ArchSpec:
         w.add_head_count_kv(c.num_kv_heads)
         w.add_layer_norm_rms_eps(c.rms_norm_eps)
         w.add_rope_freq_base(float(c.rope.get("rope_theta", 10000.0)))
-        w.add_rope_dimension_count(c.head_dim)
+        w.add_rope_dimension_count(self.rope_dims(c))
         w.add_key_length(c.head_dim)
         w.add_value_length(c.head_dim)
         w.add_vocab_size(c.vocab_size)
         self.write_rope_scaling(w, c)
+
+    def rope_dims(self, c: TextConfig) -> int:
+        """Dimensions of each head that RoPE rotates (all of them unless the family rotates a part)."""
+        return c.head_dim
 
     def write_rope_scaling(self, w: gguf.GGUFWriter, c: TextConfig) -> None:
         import gguf
@@ -198,10 +307,10 @@ class ArchSpec:
         return not (self.permute_qk and any(hf_name.endswith(f"{p}_proj.{k}") for p in "qk" for k in ("weight", "bias")))
 
     def skip(self, hf_name: str, c: TextConfig) -> bool:
-        if any(hf_name.endswith(s) for s in self.skip_suffixes):
+        if any(hf_name.endswith(s) for s in self.skip_suffixes) or hf_name.startswith(self.left_out or ("\0",)):
             return True
         # A tied lm_head duplicates the embedding; llama.cpp reuses token_embd when output is absent.
-        return c.tie_word_embeddings and hf_name == "lm_head.weight"
+        return c.tie_word_embeddings and self.text_name(hf_name) == "lm_head.weight"
 
 
 # the tensors permute_qk reorders (q/k projections, weights and biases)

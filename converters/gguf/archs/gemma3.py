@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from edgekit.errors import InputError
@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 # base; a config that disagrees would convert "fine" and then run differently.
 LLAMA_CPP_SWA_PATTERN = 6
 _LLAMA_CPP_LOCAL_ROPE_BASE = 10000.0
+# sandwich norms: before and after both attention and the feed-forward block
+GEMMA_NORMS = ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+               "post_feedforward_layernorm")
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,11 @@ class Gemma3Spec(ArchSpec):
             if list(types) != expected:
                 raise InputError("Gemma 3 layer_types do not follow the 5-local/1-global pattern llama.cpp assumes")
 
+    def swa_layers(self, c: TextConfig) -> tuple[int | None, int]:
+        if not c.raw.get("sliding_window"):
+            return None, 0
+        return int(c.raw["sliding_window"]), sum(1 for i in range(c.num_layers) if (i + 1) % LLAMA_CPP_SWA_PATTERN)
+
     def write_rope_scaling(self, w: gguf.GGUFWriter, c: TextConfig) -> None:
         # Global layers carry the scaling in transformers 5's per-layer-type rope_parameters.
         super().write_rope_scaling(w, TextConfig(**{**c.__dict__, "rope": _rope(c.raw, "full_attention")}))
@@ -50,4 +58,22 @@ SPEC = Gemma3Spec(
     gguf_arch="GEMMA3",
     norm_shift=1.0,
     add_space_prefix=False,
+    qk_norm="head",
+    layer_norms=GEMMA_NORMS,
+)
+
+# Gemma 3 4B and up: a SigLIP vision tower and projector beside the language model, which is
+# what is converted (llama.cpp's converter does the same; the tower would be a separate mmproj).
+VL_SPEC = replace(
+    SPEC,
+    name="gemma3-vl",
+    hf_architectures=("Gemma3ForConditionalGeneration",),
+    text_prefixes=(("model.language_model.", "model."), ("lm_head.", "lm_head."),
+                   ("language_model.model.", "model."), ("language_model.lm_head.", "lm_head.")),
+    left_out=("model.vision_tower.", "model.multi_modal_projector.", "vision_tower.", "multi_modal_projector."),
+    saved_prefixes=(("model.language_model.", "language_model.model."), ("lm_head.", "language_model.lm_head."),
+                    ("model.vision_tower.", "vision_tower."), ("model.multi_modal_projector.", "multi_modal_projector.")),
+    formats=("gguf",),
+    why_not=(("onnx", "edgekit exports the language model of multimodal checkpoints to GGUF only"),
+             ("gptq", "edgekit exports the language model of multimodal checkpoints to GGUF only")),
 )

@@ -6,4 +6,5 @@ SPEC = ArchSpec(
     name="qwen2",
     hf_architectures=("Qwen2ForCausalLM",),
     gguf_arch="QWEN2",
+    qkv_bias=True,
 )

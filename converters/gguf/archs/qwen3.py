@@ -6,4 +6,5 @@ SPEC = ArchSpec(
     name="qwen3",
     hf_architectures=("Qwen3ForCausalLM",),
     gguf_arch="QWEN3",
+    qk_norm="head",
 )
