@@ -42,6 +42,7 @@ MORE: tuple[tuple[dict[str, str], ...], ...] = (
 
 def go_render(cases: list[tuple[str, list[dict[str, str]]]]) -> list[Any]:
     """Go's own text/template (tests/data/render_gotemplate.go) on (template, messages) cases."""
+    assert shutil.which("go"), "these tests run Go's own text/template: apt-get install golang-go (.ci/run does)"
     payload = [{"template": t, "data": {"Messages": [{"Role": m["role"], "Content": m["content"]} for m in msgs]}}
                for t, msgs in cases]
     r = subprocess.run(["go", "run", str(GO_RENDERER)], input=json.dumps(payload), capture_output=True, text=True,
