@@ -52,7 +52,7 @@ def support_rows() -> list[dict[str, Any]]:
     """Architecture x format, as data: what ``edgekit support`` and the README table show."""
     return [{"arch": s.name, "hf_classes": list(s.hf_architectures), "gguf_arch": s.gguf_arch.lower(),
              **{fmt: s.supports(fmt) for fmt in FORMATS},
-             "notes": "; ".join(why for _, why in s.why_not)} for s in ARCHS]
+             "notes": "; ".join(dict.fromkeys(why for _, why in s.why_not))} for s in ARCHS]
 
 
 def support_markdown() -> str:

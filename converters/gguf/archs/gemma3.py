@@ -74,6 +74,6 @@ VL_SPEC = replace(
     saved_prefixes=(("model.language_model.", "language_model.model."), ("lm_head.", "language_model.lm_head."),
                     ("model.vision_tower.", "vision_tower."), ("model.multi_modal_projector.", "multi_modal_projector.")),
     formats=("gguf",),
-    why_not=(("onnx", "edgekit exports the language model of multimodal checkpoints to GGUF only"),
-             ("gptq", "edgekit exports the language model of multimodal checkpoints to GGUF only")),
+    why_not=(("onnx", "the language model of a multimodal checkpoint is converted to GGUF only"),
+             ("gptq", "the language model of a multimodal checkpoint is converted to GGUF only")),
 )
