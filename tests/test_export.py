@@ -117,7 +117,7 @@ def demo_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo model (ChatML template, eos <|end_of_text|>), f16 with a Modelfile from `convert --ollama`."""
     out = tmp_path_factory.mktemp("export-demo")
     r = CliRunner().invoke(cli_main, ["convert", "--demo", "-o", str(out), "-q", "f16", "--no-verify", "--ollama",
-                                      "--quiet"])
+                                      "--ctx", "512", "--quiet"])
     assert r.exit_code == 0, r.output
     assert "ollama: " in r.stdout
     return out / "edgekit-demo-f16.gguf"
@@ -136,7 +136,7 @@ def test_convert_ollama_modelfile_renders_the_artifacts_template(demo_gguf: Path
     mf = parse_modelfile(demo_gguf.with_suffix(".Modelfile").read_text())
     assert mf["from"] == f"./{demo_gguf.name}"
     assert mf["stop"][0] == "<|im_end|>" and "<|end_of_text|>" in mf["stop"]
-    assert mf["num_ctx"] == [1024]  # min(4096, the trained context)
+    assert mf["num_ctx"] == [512]  # convert's --ctx (without --fit it sizes nothing else)
     convs = CHECK_CONVERSATIONS + CHECK_WITH_SYSTEM + MORE
     with edgekit.load(demo_gguf, n_ctx=256, vocab_only=True) as s:
         want = [s.render_chat(list(c)) for c in convs]  # the Jinja template the GGUF carries

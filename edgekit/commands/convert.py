@@ -49,7 +49,9 @@ _C, _O, _Q = CommonOptions, ONNXOptions, GPTQOptions
 @click.option("--fit", "fit", default=None, metavar="PROFILE",
               help="GGUF: as --fit-size, with the memory PROFILE leaves for weights after the KV cache (--ctx), "
                    "compute buffers and runtime (edgekit profile list).")
-@click.option("--ctx", "fit_ctx", type=int, default=None, help="--fit: context the device must hold (default 4096).")
+@click.option("--ctx", "fit_ctx", type=int, default=None,
+              help="Context the artifact is meant for: --fit keeps room for its KV cache, --ollama writes it as "
+                   "num_ctx (default 4096).")
 @click.option("--fit-method", "fit_method", type=click.Choice(["kl", "error"]), default="kl", show_default=True,
               help="--fit-size/--fit: price each class's types by measured KL (kl) or imatrix-weighted error (error: "
                    "faster on big models).")
@@ -103,6 +105,8 @@ def convert(model_dir: Path | None, to: str, out_dir: Path, demo: bool, as_json:
     given = {k: v for k, v in flags.items() if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
     if given.pop("no_verify", False):
         given["verify"] = False
+    if ollama and "fit_ctx" in given and "fit" not in given:
+        given.pop("fit_ctx")  # --ctx for the Modelfile's num_ctx only: no profile budget to size
     if given.get("imatrix") == "":  # --imatrix without a file: compute one
         given["imatrix"] = True
     if "tensor_type" in given:
