@@ -129,7 +129,7 @@ def test_ctrl_c_keeps_what_finished(cluster: LocalCluster, artifacts: list[Path]
     """pb has one board, so its two jobs run one after the other: Ctrl-C during the second."""
     out, jobs_dir = tmp_path / "results.json", tmp_path / "results-jobs"
     proc = subprocess.Popen([sys.executable, "-m", "edgekit", "fleet", "bench", *map(str, artifacts), "--on", "pb",
-                             "-p", "32", "-n", "16", "-r", "50", "--warmup", "0", "-o", str(out),
+                             "-p", "32", "-n", "16", "-r", "30", "--warmup", "0", "-t", "1", "-o", str(out),
                              "--address", cluster.address], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 150
@@ -304,3 +304,21 @@ def _profile_of(path: Path) -> str | None:
         return load_results(path).results[0].conditions.get("profile")
     except Exception:
         return None
+
+
+def test_job_key_names_the_artifact_profile_and_settings() -> None:
+    """A rerun skips a job only if the same artifact bytes ran on the same profile with the same settings."""
+    from edgekit.bench import BenchSettings
+    from edgekit.fleet.bench import job_key
+
+    base = BenchSettings(prompt_tokens=32, gen_tokens=8, repetitions=1, warmup=0)
+    key = job_key("a" * 64, "pa", 1, base, "t" * 64)
+    assert key == job_key("a" * 64, "pa", 1, BenchSettings(prompt_tokens=32, gen_tokens=8, repetitions=1, warmup=0,
+                                                            threads=(1, 2)), "t" * 64)  # the matrix's other threads
+    others = [job_key("b" * 64, "pa", 1, base, "t" * 64), job_key("a" * 64, "pb", 1, base, "t" * 64),
+              job_key("a" * 64, "pa", 2, base, "t" * 64), job_key("a" * 64, "pa", 1, base, "u" * 64),
+              job_key("a" * 64, "pa", 1, BenchSettings(prompt_tokens=64, gen_tokens=8, repetitions=1, warmup=0),
+                      "t" * 64),
+              job_key("a" * 64, "pa", 1, BenchSettings(prompt_tokens=32, gen_tokens=8, repetitions=1, warmup=0,
+                                                       device="cuda"), "t" * 64)]
+    assert len({key, *others}) == 1 + len(others)
