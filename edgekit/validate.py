@@ -23,12 +23,18 @@ file's real size before anything is read.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from edgekit.errors import CorruptFileError
+
+log = logging.getLogger(__name__)
 
 # Far above any real tokenizer (Gemma 3's tokenizer.json is 33 MB, its tokenizer.model 4.5 MB),
 # far below what parsing would turn into gigabytes of Python objects.
@@ -99,6 +105,28 @@ def check_tokenizer_files(directory: Path, *, parse: bool = True) -> None:
         _check_sentencepiece(spm)
 
 
+@contextlib.contextmanager
+def _native_stderr_to_log() -> Iterator[None]:
+    """What native code writes to file descriptor 2 meanwhile (a Rust panic's message and backtrace)
+    goes to the debug log, not the user's terminal."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no descriptor 2 (a windowed app): nothing to redirect
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read(64 * 1024).decode("utf-8", errors="replace").strip()
+            if text:
+                log.debug("native stderr while loading a tokenizer:\n%s", text)
+
+
 def _load_tokenizer(path: Path, *, errors: bool = True) -> None:
     """Hugging Face tokenizers (what transformers runs on this file) must accept it: its serde error,
     which names the JSON position, becomes one line instead of a bare Exception later, and a Rust
@@ -112,7 +140,8 @@ def _load_tokenizer(path: Path, *, errors: bool = True) -> None:
     except ImportError:  # not installed: nothing here would parse it natively either
         return
     try:
-        Tokenizer.from_file(str(path))
+        with _native_stderr_to_log():
+            Tokenizer.from_file(str(path))
     except (KeyboardInterrupt, SystemExit, GeneratorExit):
         raise
     except Exception as e:  # tokenizers raises a bare Exception for every malformed file

@@ -250,7 +250,7 @@ def test_tokenizer_files(tmp_path: Path, name: str, content: bytes, needle: str)
     assert needle in str(err.value) and name in str(err.value)
 
 
-def test_tokenizer_that_panics_hf_tokenizers(tmp_path: Path) -> None:
+def test_tokenizer_that_panics_hf_tokenizers(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     """Found by benchmarks/fuzz.py: a continuing_subword_prefix longer than the merges' pieces makes
     tokenizers 0.22 index out of range and panic (PanicException escapes ``except Exception``)."""
     from edgekit.demo import demo_model_dir
@@ -261,6 +261,7 @@ def test_tokenizer_that_panics_hf_tokenizers(tmp_path: Path) -> None:
     for parse in (True, False):  # ONNX directories and converter sources alike
         with pytest.raises(CorruptFileError, match="crashes Hugging Face tokenizers"):
             check_tokenizer_files(tmp_path, parse=parse)
+    assert "panicked" not in capfd.readouterr().err  # Rust's panic message went to the debug log
 
 
 def test_absurd_tokenizer_refused_by_size_before_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
