@@ -122,6 +122,10 @@ def _config(arch: str, vocab: int, layers: int = LAYERS) -> object:
     if arch == "gemma3":
         # llama.cpp scales attention by 1/sqrt(head_dim) for Gemma 3 (except 27B): keep HF equal.
         return T.Gemma3TextConfig(**common, query_pre_attn_scalar=HEAD_DIM, sliding_window=512)
+    if arch == "lfm2":  # the hybrid families' configs live with their tests
+        from test_archs_hybrid import HYBRID_CONFIGS
+
+        return HYBRID_CONFIGS[arch]()
     raise ValueError(arch)
 
 

@@ -124,7 +124,7 @@ class GGUFWeights:
             self._mm.madvise(mmap.MADV_DONTNEED, lo, t.offset + t.nbytes - lo)
 
     def _tensor(self, t: TensorRow, hf: str) -> ArtifactTensor:
-        shape = _hf_shape(t)
+        shape = self.spec.hf_shape(hf, _hf_shape(t))
         if self.spec.untransform_rowwise(hf):
             return ArtifactTensor(hf, shape, partial(self._blocks, t, shape, hf), t.type, bits_per_weight(t.type))
         # rows move between heads: the whole tensor at once (q/k projections, small)

@@ -152,8 +152,9 @@ def plan_tensors(source: SourceModel, spec: ArchSpec, cfg: TextConfig, out_type:
             unmapped.append(info.name)
             continue
         # llama.cpp keeps 1-D tensors (norms, biases) in f32: they are tiny and precision-sensitive.
-        ggml_type = "F32" if len(info.shape) <= 1 else float_type
-        planned.append(_Planned(info.name, gname, info.shape, ggml_type))
+        shape = spec.gguf_shape(info.name, info.shape)  # the same bytes, llama.cpp's view of them
+        ggml_type = "F32" if len(shape) <= 1 or spec.keeps_f32(gname) else float_type
+        planned.append(_Planned(info.name, gname, shape, ggml_type))
     if unmapped:
         raise InputError(f"{len(unmapped)} tensor(s) have no llama.cpp name for {spec.name}, e.g. {unmapped[0]!r}",
                          hint="the checkpoint holds layers this architecture does not have (vision tower? "

@@ -10,13 +10,14 @@ from typing import Any
 
 from edgekit.errors import UnsupportedArchitectureError
 
-from . import gemma2, gemma3, granite, llama, mistral, olmo2, phi3, qwen2, qwen3, smollm3
+from . import gemma2, gemma3, granite, lfm2, llama, mistral, olmo2, phi3, qwen2, qwen3, smollm3
 from .base import ArchSpec, TextConfig
 
 FORMATS = ("gguf", "onnx", "gptq")  # the registry's Format values, in its order
 
 ARCHS: tuple[ArchSpec, ...] = (llama.SPEC, mistral.SPEC, qwen2.SPEC, qwen3.SPEC, gemma3.SPEC, phi3.SPEC,
-                               gemma2.SPEC, granite.SPEC, smollm3.SPEC, olmo2.SPEC, gemma3.VL_SPEC)
+                               gemma2.SPEC, granite.SPEC, smollm3.SPEC, olmo2.SPEC, gemma3.VL_SPEC,
+                               lfm2.SPEC)
 _BY_HF = {hf: spec for spec in ARCHS for hf in spec.hf_architectures}
 
 

@@ -306,6 +306,20 @@ class ArchSpec:
         """Whether :meth:`untransform` maps each row to itself (it can then stream a block of rows at a time)."""
         return not (self.permute_qk and any(hf_name.endswith(f"{p}_proj.{k}") for p in "qk" for k in ("weight", "bias")))
 
+    def gguf_shape(self, hf_name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The tensor's shape in the GGUF (numpy order) where llama.cpp wants another view of the
+        same bytes (LFM2's depthwise conv kernel ``[hidden, 1, L]`` as ``[hidden, L]``)."""
+        return shape
+
+    def hf_shape(self, hf_name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The inverse of :meth:`gguf_shape`: a GGUF tensor's shape in the checkpoint (verification)."""
+        return shape
+
+    def keeps_f32(self, gguf_name: str) -> bool:
+        """Matrices llama.cpp's kernels read in float32 only (``ggml_ssm_conv``'s kernel), kept so
+        in every float GGUF (its quantizer leaves them alone too). 1-D tensors always are."""
+        return False
+
     def skip(self, hf_name: str, c: TextConfig) -> bool:
         if any(hf_name.endswith(s) for s in self.skip_suffixes) or hf_name.startswith(self.left_out or ("\0",)):
             return True

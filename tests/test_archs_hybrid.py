@@ -1,0 +1,169 @@
+"""The hybrid families (issue 17): layers that are not attention.
+
+LFM2: a tiny random ``Lfm2ForCausalLM`` built from its transformers config (hidden 256, MLP
+768 derived by LFM2's own 2/3 rule from intermediate_size 1152, vocab 1024: multiples of 256
+that differ; four layers alternating short convolution and attention), converted to GGUF f16
+and q4_k_m and checked for token and logit parity against transformers; the metadata llama.cpp
+reads the layer pattern from; and a conversion whose convolution kernels are written transposed
+(shape kept, as a converter that forgot to squeeze-and-transpose would), which the check must
+refuse.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import HEADS, HIDDEN, INIT_STD, KV_HEADS, VOCAB
+
+from edgekit.converters.gguf.archs import TextConfig, lfm2, spec_for
+from edgekit.converters.gguf.convert import convert_gguf
+from edgekit.converters.gguf.inspect import read_gguf
+from edgekit.converters.quality import EvalSettings, QualitySettings
+from edgekit.errors import InputError, VerificationError
+
+LFM2_TYPES = ["conv", "full_attention", "conv", "full_attention"]
+LFM2_FF = 768  # int(2 * 1152 / 3) rounded up to block_multiple_of 256
+L_CACHE = 3
+FAST = QualitySettings(EvalSettings(tokens=512))  # quality is not what these tests check
+NAME = "tiny"
+
+
+def lfm2_config() -> Any:
+    import transformers as T
+
+    return T.Lfm2Config(hidden_size=HIDDEN, intermediate_size=1152, num_hidden_layers=len(LFM2_TYPES),
+                        num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, vocab_size=VOCAB,
+                        max_position_embeddings=1024, initializer_range=INIT_STD, bos_token_id=None,
+                        eos_token_id=None, pad_token_id=None, conv_L_cache=L_CACHE, layer_types=LFM2_TYPES)
+
+
+def build_lfm2(tokenizer_dir: Path, out: Path, seed: int = 0) -> Path:
+    import torch
+    import transformers as T
+
+    torch.manual_seed(seed)
+    model = T.Lfm2ForCausalLM(lfm2_config()).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):  # norms start at exactly 1: perturb them so a lost one shows
+                p.add_(torch.randn_like(p) * 0.1)
+            elif name.endswith("conv.conv.weight"):  # kernels large enough that their layout decides the logits
+                p.normal_(0, 0.5)
+    model.save_pretrained(out)
+    for f in tokenizer_dir.iterdir():
+        if f.is_file():
+            shutil.copy(f, out / f.name)
+    return out
+
+
+@pytest.fixture(scope="module")
+def lfm2_model(tmp_path_factory: pytest.TempPathFactory, bpe_tok: Path) -> Path:
+    return build_lfm2(bpe_tok, tmp_path_factory.mktemp("lfm2"))
+
+
+@pytest.fixture(scope="module")
+def lfm2_inputs(lfm2_model: Path) -> Any:
+    """One transformers reference shared by the conversions of this module."""
+    from edgekit.converters.pipeline import open_inputs
+    from edgekit.progress import StepTimer
+
+    return open_inputs(lfm2_model, None, StepTimer(), quality=FAST)
+
+
+def test_lfm2_gguf_matches_transformers(lfm2_model: Path, lfm2_inputs: Any, tmp_path: Path) -> None:
+    res = convert_gguf(lfm2_model, tmp_path, "f16,q4_k_m", name=NAME, prepared=lfm2_inputs, quality=FAST)
+    by_quant = {a.quant: (a, rep) for a, rep in zip(res.artifacts, res.reports, strict=True)}
+    for quant, (_, rep) in by_quant.items():
+        assert rep.passed, (quant, rep.failures)
+        assert rep.token_mismatches == []
+    f16 = by_quant["f16"][1].metrics
+    assert f16 is not None and f16.rel_err < 0.05 and f16.mean_kl < 1e-3
+
+    for art, _ in by_quant.values():
+        summary = read_gguf(tmp_path / art.file)
+        meta = summary.metadata
+        assert summary.architecture == "lfm2"
+        # the layer pattern: llama.cpp runs a layer as a short convolution where head_count_kv is 0
+        assert list(meta["lfm2.attention.head_count_kv"]) == [KV_HEADS if t == "full_attention" else 0
+                                                              for t in LFM2_TYPES]
+        assert meta["lfm2.shortconv.l_cache"] == L_CACHE
+        assert meta["lfm2.feed_forward_length"] == LFM2_FF
+        tensors = {t.name: t for t in summary.tensors}
+        for i, kind in enumerate(LFM2_TYPES):
+            conv = tensors.get(f"blk.{i}.shortconv.conv.weight")
+            if kind == "conv":
+                assert conv is not None and list(conv.shape) == [L_CACHE, HIDDEN] and conv.type == "F32"
+                assert f"blk.{i}.attn_q.weight" not in tensors
+            else:
+                assert conv is None and f"blk.{i}.attn_q_norm.weight" in tensors
+        assert "token_embd_norm.weight" in tensors  # LFM2's final norm, by llama.cpp's name
+
+
+class _TransposedKernel(lfm2.Lfm2Spec):
+    """Each [hidden, L] kernel's bytes written as its [L, hidden] transpose, the shape kept: llama.cpp
+    loads it and convolves with the wrong taps. ``untransform`` undoes it, so the verifier's weights
+    are the source's and only the runtime's logits can tell."""
+
+    def transforms(self, hf_name: str, c: TextConfig) -> bool:
+        return hf_name.endswith(".conv.conv.weight")
+
+    def transform(self, hf_name: str, data: np.ndarray, c: TextConfig) -> np.ndarray:
+        if not self.transforms(hf_name, c):
+            return data
+        return np.ascontiguousarray(data.reshape(data.shape[0], -1).T).reshape(data.shape)
+
+    def untransform(self, hf_name: str, data: np.ndarray, c: TextConfig) -> np.ndarray:
+        if not self.transforms(hf_name, c):
+            return data
+        return np.ascontiguousarray(data.reshape(-1, data.shape[0]).T).reshape(data.shape)
+
+    def untransform_rowwise(self, hf_name: str) -> bool:
+        return not hf_name.endswith(".conv.conv.weight")
+
+
+def test_lfm2_transposed_conv_kernel_is_caught(lfm2_model: Path, lfm2_inputs: Any, tmp_path: Path) -> None:
+    broken = _TransposedKernel(**{f.name: getattr(lfm2.SPEC, f.name) for f in dataclasses.fields(lfm2.SPEC)})
+    with pytest.raises(VerificationError, match=r"logits: "):
+        convert_gguf(lfm2_model, tmp_path, "f16", name=NAME, spec=broken, prepared=lfm2_inputs, quality=FAST)
+    assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".edgekit-tmp*"))
+
+
+def test_lfm2_layout_is_transformers_layout() -> None:
+    """The profiler's tensor list comes from the spec's layout: exactly transformers' own tensors."""
+    import torch
+    import transformers as T
+
+    cfg = lfm2_config()
+    with torch.device("meta"):
+        model = T.Lfm2ForCausalLM(cfg)
+    raw = {**cfg.to_dict(), "architectures": ["Lfm2ForCausalLM"]}
+    spec = spec_for(raw)
+    c = TextConfig.from_hf(raw)
+    real = {n: tuple(t.shape) for n, t in model.state_dict().items() if not spec.skip(n, c)}
+    assert dict(spec.hf_tensors(c)) == real
+    assert spec.recurrent_layers(c) == LFM2_TYPES.count("conv")  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    ({"conv_bias": True}, "conv_bias"),
+    ({"layer_types": None, "full_attn_idxs": None}, "layer_types"),
+    ({"layer_types": ["conv", "full_attention", "mamba", "conv"]}, "layer_types"),
+])
+def test_lfm2_configs_llama_cpp_cannot_run_are_refused(lfm2_model: Path, tmp_path: Path, change: dict[str, Any],
+                                                       match: str) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(lfm2_model, bad)
+    cfg = {**json.loads((bad / "config.json").read_text()), **change}
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(InputError, match=match):
+        convert_gguf(bad, tmp_path / "out", "f16", verify_artifacts=False)
+    assert not list((tmp_path / "out").glob("*.gguf"))
+
+
+HYBRID_CONFIGS = {"lfm2": lfm2_config}  # read by tests/test_archs.py's spec-layout test
