@@ -214,12 +214,25 @@ def _per_layer_s() -> float:
     return CPU_OVERHEADS[Runtime.LLAMA_CPP].layer_s
 
 
+def _prompt_overhead_s(shape: Shape, layers: int, prompt: int, gemm_gflops: float | None) -> float:
+    """What the cost model adds beside the matmuls for a prompt (attention over the prompt so far,
+    fixed per-layer costs): taken off the measured time, so the table holds the kernels alone."""
+    from .costs import CPU_ATTENTION, CPU_OVERHEADS
+    from .schema import Runtime
+
+    fixed = layers * prompt * CPU_OVERHEADS[Runtime.LLAMA_CPP].prompt_layer_s
+    if not gemm_gflops:
+        return fixed
+    attn = 4 * layers * shape.heads * shape.head_dim * prompt * prompt / 2  # FLOP over the cached positions
+    return fixed + attn / (gemm_gflops * 1e9 * CPU_ATTENTION[1])
+
+
 def measure_type(type_name: str, work: Path, *, threads: int = 1, sizes_mib: Sequence[float] = SIZES_MIB,
-                 prompt: int = PROMPT, steps: int = DECODE_STEPS) -> KernelRate:
-    """One type's decode rate at each working set and its prompt rate, on this host."""
+                 prompt: int = PROMPT, steps: int = DECODE_STEPS, gemm_gflops: float | None = None) -> KernelRate:
+    """One type's decode rate at each working set and its prompt rate, on this host. ``gemm_gflops``:
+    the host's fp32 GEMM rate (the calibration's), to take the modelled attention off the prompt."""
     rows_of = _tiler(_seed_rows(work, type_name, threads))
     points: list[tuple[float, float]] = []
-    prompt_gflops = 0.0
     layer_s = _per_layer_s()
     for target in sizes_mib:
         shape = SMALL if target <= 0 else LARGE
@@ -230,19 +243,30 @@ def measure_type(type_name: str, work: Path, *, threads: int = 1, sizes_mib: Seq
         path = work / f"k-{type_name}-{layers}.gguf"
         _write_model(path, shape, layers, rows_of, type_name)
         try:
-            step_s, prompt_s = _timings(path, threads, prompt if target <= 0 else None, steps)
+            step_s, _ = _timings(path, threads, None, steps)
         finally:
             path.unlink()
         step_s = max(step_s - layers * layer_s, step_s / 4)  # the per-layer fixed cost the cost model adds back
         points.append((round(read / 2**20, 3), round(read / step_s / 1e9, 3)))
-        if prompt_s is not None:
-            # every matrix for every prompt token; the LM head and the last layer's FFN for the last
-            # one only (llama.cpp keeps only the tokens it returns logits for after the last attention)
-            once = ("output.weight", f"blk.{layers - 1}.ffn_")
-            flop = 2 * sum(ne0 * rows * (1 if name.startswith(once) else prompt) for name, ne0, rows in matrices)
-            prompt_gflops = flop / prompt_s / 1e9
-        log.info("kernel %s: %.1f MiB, %d layers: decode %.2f GB/s%s", type_name, read / 2**20, layers,
-                 read / step_s / 1e9, f", prompt {prompt_gflops:.1f} GFLOP/s" if prompt_s else "")
+        log.info("kernel %s: %.1f MiB, %d layers: decode %.2f GB/s", type_name, read / 2**20, layers,
+                 read / step_s / 1e9)
+    # the prompt on the wide shape (matmuls dominate attention there), two layers: the last
+    # layer's FFN runs for the last token only (llama.cpp keeps only the tokens it returns
+    # logits for after the last attention), as does the LM head
+    layers = SMALL_LAYERS
+    path = work / f"k-{type_name}-prompt.gguf"
+    _write_model(path, LARGE, layers, rows_of, type_name)
+    try:
+        _, prompt_s = _timings(path, threads, prompt, 1)
+    finally:
+        path.unlink()
+    assert prompt_s is not None
+    once = ("output.weight", f"blk.{layers - 1}.ffn_")
+    flop = 2 * sum(ne0 * rows * (1 if name.startswith(once) else prompt)
+                   for name, ne0, rows in LARGE.matrices(layers) if name != "token_embd.weight")
+    kernel_s = max(prompt_s - _prompt_overhead_s(LARGE, layers, prompt, gemm_gflops), prompt_s / 2)
+    prompt_gflops = flop / kernel_s / 1e9
+    log.info("kernel %s: prompt %.1f GFLOP/s", type_name, prompt_gflops)
     points.sort()
     return KernelRate(tuple(points), round(prompt_gflops, 2))
 
@@ -253,7 +277,7 @@ def quick_settings() -> dict[str, Any]:
 
 
 def measure_kernels(types: Sequence[str] = ALL_TYPES, *, threads: int = 1, sizes_mib: Sequence[float] = SIZES_MIB,
-                    prompt: int = PROMPT, steps: int = DECODE_STEPS,
+                    prompt: int = PROMPT, steps: int = DECODE_STEPS, gemm_gflops: float | None = None,
                     progress: Callable[[str], None] | None = None) -> KernelTable:
     """Every type in ``types``, measured; the table a calibrated profile stores."""
     from edgekit.errors import InputError
@@ -269,7 +293,7 @@ def measure_kernels(types: Sequence[str] = ALL_TYPES, *, threads: int = 1, sizes
             if progress:
                 progress(t.upper())
             rates[t.upper()] = measure_type(t.upper(), Path(tmp), threads=threads, sizes_mib=sizes_mib, prompt=prompt,
-                                            steps=steps)
+                                            steps=steps, gemm_gflops=gemm_gflops)
     clock = "CPU time" if threads == 1 else "wall time"
     ref = (f"llama.cpp on synthetic models of each type, {threads} thread{'s' if threads > 1 else ''} ({clock}), "
            f"decode at {len(sizes_mib)} working sets, prompt {prompt} tokens ({time.perf_counter() - t0:.0f} s)")

@@ -118,6 +118,11 @@ def detect_cmd(as_json: bool, no_nvml: bool) -> None:
 def calibrate_cmd(name: str, seconds: float, kernels: bool, kernel_types: str | None, quick: bool,
                   threads: int | None, no_save: bool, as_json: bool) -> None:
     """Measure this host's memory bandwidth, matmul rate and llama.cpp kernels; store a calibrated profile."""
+    import os
+
+    if threads is not None:  # numpy's BLAS reads these when it loads (the matmul measurement)
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, str(threads))
     from edgekit.profiles.calibrate import calibrated_profile, measure
     from edgekit.profiles.detect import detect_host, usable_cores
     from edgekit.profiles.kernels import measure_kernels, quick_settings
@@ -135,7 +140,7 @@ def calibrate_cmd(name: str, seconds: float, kernels: bool, kernel_types: str | 
         if kernel_types:
             opts["types"] = [t.strip().upper() for t in kernel_types.split(",") if t.strip()]
         table = measure_kernels(threads=threads or usable_cores(), progress=lambda t: say(f"- timing {t} kernels"),
-                                **opts)
+                                gemm_gflops=cal.matmul_gflops, **opts)
     p = calibrated_profile(detect_host(name=name), cal, table)
     path = None if no_save else save_profile(p)
     if as_json:
