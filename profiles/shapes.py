@@ -97,7 +97,7 @@ def model_shapes(config: dict[str, Any]) -> ModelShapes:
         if name is None:  # a spec whose layout llama.cpp's table does not cover: a bug in the spec
             raise AssertionError(f"{spec.name}: no llama.cpp name for {hf_name}")
         layer = int(name.split(".")[1]) if name.startswith("blk.") else -1
-        t.append(TensorShape(name, tuple(reversed(shape)), layer))
+        t.append(TensorShape(name, tuple(reversed(spec.gguf_shape(hf_name, shape))), layer))  # the file's view
     t += [TensorShape(name, tuple(reversed(arr.shape))) for name, arr in spec.extra_tensors(c).items()]
     window, local = spec.swa_layers(c)
     return ModelShapes(spec.name, c, tuple(t), window, local)
