@@ -104,6 +104,13 @@ def test_lfm2_gguf_matches_transformers(lfm2_model: Path, lfm2_inputs: Any, tmp_
                 assert conv is None and f"blk.{i}.attn_q_norm.weight" in tensors
         assert "token_embd_norm.weight" in tensors  # LFM2's final norm, by llama.cpp's name
 
+    # the profiler's tensor list (derived from the spec) is the converted file's
+    from edgekit.profiles.shapes import model_shapes
+
+    f16_file = read_gguf(tmp_path / by_quant["f16"][0].file)
+    predicted = {t.name: t.ne for t in model_shapes(json.loads((lfm2_model / "config.json").read_text())).tensors}
+    assert predicted == {t.name: tuple(t.shape) for t in f16_file.tensors}
+
 
 class _TransposedKernel(lfm2.Lfm2Spec):
     """Each [hidden, L] kernel's bytes written as its [L, hidden] transpose, the shape kept: llama.cpp
