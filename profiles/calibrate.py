@@ -191,6 +191,5 @@ def calibrate(name: str = "host", root: Path = Path("/"), budget_s: float = 4.0,
     cal = measure(budget_s, threads=threads)
     table = None
     if kernels:
-        table = measure_kernels(threads=threads or usable_cores(), gemm_gflops=cal.matmul_gflops,
-                                **(quick_settings() if quick else {}))
+        table = measure_kernels(threads=threads or usable_cores(), **(quick_settings() if quick else {}))
     return calibrated_profile(detect_host(root, name=name), cal, table), cal

@@ -214,23 +214,9 @@ def _per_layer_s() -> float:
     return CPU_OVERHEADS[Runtime.LLAMA_CPP].layer_s
 
 
-def _prompt_overhead_s(shape: Shape, layers: int, prompt: int, gemm_gflops: float | None) -> float:
-    """What the cost model adds beside the matmuls for a prompt (attention over the prompt so far,
-    fixed per-layer costs): taken off the measured time, so the table holds the kernels alone."""
-    from .costs import CPU_ATTENTION, CPU_OVERHEADS
-    from .schema import Runtime
-
-    fixed = layers * prompt * CPU_OVERHEADS[Runtime.LLAMA_CPP].prompt_layer_s
-    if not gemm_gflops:
-        return fixed
-    attn = 4 * layers * shape.heads * shape.head_dim * prompt * prompt / 2  # FLOP over the cached positions
-    return fixed + attn / (gemm_gflops * 1e9 * CPU_ATTENTION[1])
-
-
 def measure_type(type_name: str, work: Path, *, threads: int = 1, sizes_mib: Sequence[float] = SIZES_MIB,
-                 prompt: int = PROMPT, steps: int = DECODE_STEPS, gemm_gflops: float | None = None) -> KernelRate:
-    """One type's decode rate at each working set and its prompt rate, on this host. ``gemm_gflops``:
-    the host's fp32 GEMM rate (the calibration's), to take the modelled attention off the prompt."""
+                 prompt: int = PROMPT, steps: int = DECODE_STEPS) -> KernelRate:
+    """One type's decode rate at each working set and its prompt rate, on this host."""
     rows_of = _tiler(_seed_rows(work, type_name, threads))
     points: list[tuple[float, float]] = []
     layer_s = _per_layer_s()
@@ -250,23 +236,30 @@ def measure_type(type_name: str, work: Path, *, threads: int = 1, sizes_mib: Seq
         points.append((round(read / 2**20, 3), round(read / step_s / 1e9, 3)))
         log.info("kernel %s: %.1f MiB, %d layers: decode %.2f GB/s", type_name, read / 2**20, layers,
                  read / step_s / 1e9)
-    # the prompt on the wide shape (matmuls dominate attention there), two layers: the last
-    # layer's FFN runs for the last token only (llama.cpp keeps only the tokens it returns
-    # logits for after the last attention), as does the LM head
+    # the prompt on the wide shape, two layers (the last layer's FFN runs for the last token only:
+    # llama.cpp keeps only the tokens it returns logits for after the last attention, as does the
+    # LM head), at two lengths: matmuls grow with the prompt, attention with its square, so the
+    # two timings separate the kernel from attention with no attention model (which, fitted on
+    # another CPU, had shifted the figure by a third)
     layers = SMALL_LAYERS
     path = work / f"k-{type_name}-prompt.gguf"
     _write_model(path, LARGE, layers, rows_of, type_name)
+    lengths = (max(16, prompt // 4), prompt)
     try:
-        _, prompt_s = _timings(path, threads, prompt, 1)
+        times = [_timings(path, threads, n, 1)[1] for n in lengths]
     finally:
         path.unlink()
-    assert prompt_s is not None
     once = ("output.weight", f"blk.{layers - 1}.ffn_")
-    flop = 2 * sum(ne0 * rows * (1 if name.startswith(once) else prompt)
-                   for name, ne0, rows in LARGE.matrices(layers) if name != "token_embd.weight")
-    kernel_s = max(prompt_s - _prompt_overhead_s(LARGE, layers, prompt, gemm_gflops), prompt_s / 2)
-    prompt_gflops = flop / kernel_s / 1e9
-    log.info("kernel %s: prompt %.1f GFLOP/s", type_name, prompt_gflops)
+    mats = [(name, ne0 * rows) for name, ne0, rows in LARGE.matrices(layers) if name != "token_embd.weight"]
+    flops = [2 * sum(n * (1 if name.startswith(once) else p) for name, n in mats) for p in lengths]
+    # t = flop / rate + b * p^2: two equations in (1 / rate, b)
+    (f1, f2), (p1, p2) = flops, lengths
+    t1, t2 = (t or 0.0 for t in times)
+    inv_rate = (t1 * p2**2 - t2 * p1**2) / (f1 * p2**2 - f2 * p1**2)
+    if inv_rate <= 0:  # noise swamped the difference: the longer prompt, attention included
+        inv_rate = t2 / f2
+    prompt_gflops = 1 / inv_rate / 1e9
+    log.info("kernel %s: prompt %.1f GFLOP/s (%s tokens: %s s)", type_name, prompt_gflops, lengths, times)
     points.sort()
     return KernelRate(tuple(points), round(prompt_gflops, 2))
 
@@ -277,7 +270,7 @@ def quick_settings() -> dict[str, Any]:
 
 
 def measure_kernels(types: Sequence[str] = ALL_TYPES, *, threads: int = 1, sizes_mib: Sequence[float] = SIZES_MIB,
-                    prompt: int = PROMPT, steps: int = DECODE_STEPS, gemm_gflops: float | None = None,
+                    prompt: int = PROMPT, steps: int = DECODE_STEPS,
                     progress: Callable[[str], None] | None = None) -> KernelTable:
     """Every type in ``types``, measured; the table a calibrated profile stores."""
     from edgekit.errors import InputError
@@ -293,7 +286,7 @@ def measure_kernels(types: Sequence[str] = ALL_TYPES, *, threads: int = 1, sizes
             if progress:
                 progress(t.upper())
             rates[t.upper()] = measure_type(t.upper(), Path(tmp), threads=threads, sizes_mib=sizes_mib, prompt=prompt,
-                                            steps=steps, gemm_gflops=gemm_gflops)
+                                            steps=steps)
     clock = "CPU time" if threads == 1 else "wall time"
     ref = (f"llama.cpp on synthetic models of each type, {threads} thread{'s' if threads > 1 else ''} ({clock}), "
            f"decode at {len(sizes_mib)} working sets, prompt {prompt} tokens ({time.perf_counter() - t0:.0f} s)")

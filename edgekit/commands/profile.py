@@ -140,7 +140,7 @@ def calibrate_cmd(name: str, seconds: float, kernels: bool, kernel_types: str | 
         if kernel_types:
             opts["types"] = [t.strip().upper() for t in kernel_types.split(",") if t.strip()]
         table = measure_kernels(threads=threads or usable_cores(), progress=lambda t: say(f"- timing {t} kernels"),
-                                gemm_gflops=cal.matmul_gflops, **opts)
+                                **opts)
     p = calibrated_profile(detect_host(name=name), cal, table)
     path = None if no_save else save_profile(p)
     if as_json:
