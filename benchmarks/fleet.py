@@ -88,6 +88,7 @@ def main() -> int:
     one_s: list[float] = []
     out: dict[str, Any] = {}
     with LocalCluster([("head", "pa"), ("b1", "pb")]) as cluster:
+        os.environ.update(cluster.env)  # this process is the cluster's driver
         idle_nodes = {n.name: tree_rss(n) for n in cluster.nodes}
         for i in range(args.rounds):
             t0 = time.perf_counter()

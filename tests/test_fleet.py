@@ -33,6 +33,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("EDGEKIT_HOME", str(home))  # the boards' artifact caches (inherited by every node)
         c = LocalCluster(BOARDS)
+        for k, v in c.env.items():  # the cluster's own auth token, for the CLI drivers the tests start
+            mp.setenv(k, v)
         try:
             yield c.start()
         finally:

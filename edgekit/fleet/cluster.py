@@ -114,6 +114,26 @@ def board_facts_here() -> dict[str, Any]:
     return {**asdict(detect_board(profile="unknown")), "profile_origin": "not joined with edgekit fleet join"}
 
 
+def _token_available() -> bool:
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    return os.path.isfile(path)
+
+
+def auth_env() -> dict[str, str]:
+    """RAY_AUTH_MODE=token when it is unset and a Ray token is available here.
+
+    Ray 2.60's ``ray start --head`` turns token authentication on by itself when it finds a
+    token (``~/.ray/auth_token``), but ``ray start --address`` and a connecting driver do not,
+    so a board holding the same token is refused ("InvalidAuthToken ... RAY_AUTH_MODE is
+    currently 'disabled'"). Saying it explicitly makes every node and driver agree; an explicit
+    RAY_AUTH_MODE (``disabled`` included) is left as it is."""
+    if os.environ.get("RAY_AUTH_MODE") is None and _token_available():
+        return {"RAY_AUTH_MODE": "token"}
+    return {}
+
+
 @dataclass
 class JoinPlan:
     command: list[str]
@@ -153,7 +173,7 @@ def join_plan(head: str | None, *, profile: str | None = None, name: str | None 
         cmd += ["--temp-dir", temp_dir]
     if block:
         cmd.append("--block")
-    return JoinPlan(cmd, {BOARD_ENV: board.to_json()}, board)
+    return JoinPlan(cmd, {BOARD_ENV: board.to_json(), **auth_env()}, board)
 
 
 def run_join(plan: JoinPlan) -> subprocess.CompletedProcess[str]:
@@ -174,6 +194,7 @@ def connect(address: str | None) -> Any:
         return ray
     address = address or os.environ.get("RAY_ADDRESS") or "auto"
     _ray_prints_to_log(ray)
+    os.environ.update(auth_env())  # the driver's Ray reads its mode from the environment (see auth_env)
     try:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
                  configure_logging=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -65,7 +66,8 @@ class LocalNode:
 
 
 class LocalCluster:
-    """``with LocalCluster([("head", "pa"), ("a2", "pa"), ("b1", "pb")]) as c: c.address``.
+    """``with LocalCluster([("head", "pa"), ("a2", "pa"), ("b1", "pb")]) as c: c.address``
+    (drivers connect with ``c.env`` in their environment).
 
     The first entry is the head. Each node: ``--num-cpus`` CPUs, a small object store."""
 
@@ -79,6 +81,9 @@ class LocalCluster:
         self.address = f"127.0.0.1:{self.port}"
         self.nodes: list[LocalNode] = []
         self._facts: BoardFacts | None = None
+        # a token of its own (Ray's token authentication, as a real fleet should run it), so
+        # nothing depends on what ~/.ray holds; drivers of this cluster need ``env`` too
+        self.env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 
     def _start(self, name: str, profile: str, head: str | None) -> LocalNode:
         from dataclasses import replace
@@ -88,7 +93,7 @@ class LocalCluster:
         plan = join_plan(head, port=self.port, num_cpus=self.num_cpus, object_store_memory=self.object_store,
                          temp_dir=str(self.root / "ray"), block=True, board=replace(base, name=name, profile=profile))
         log = self.root / f"{name}.log"
-        env = {**os.environ, **plan.env}
+        env = {**os.environ, **plan.env, **self.env}
         with open(log, "wb") as f:
             proc = subprocess.Popen(plan.command, env=env, stdout=f, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
@@ -127,7 +132,7 @@ class LocalCluster:
 
     def wait_for(self, alive: int, timeout_s: float = 90.0) -> None:
         r = subprocess.run([sys.executable, "-c", _WAIT_SCRIPT, self.address, str(alive), str(timeout_s)],
-                           capture_output=True, text=True, timeout=timeout_s + 30)
+                           capture_output=True, text=True, timeout=timeout_s + 30, env={**os.environ, **self.env})
         if r.returncode != 0:
             logs = " | ".join(n.log.read_text(errors="replace")[-300:] for n in self.nodes)
             raise FleetError(f"{alive} nodes did not come up within {timeout_s:.0f} s: {r.stderr[-400:]} {logs}")
