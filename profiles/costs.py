@@ -430,7 +430,10 @@ def estimate(shapes: ModelShapes, weights: WeightPlan, runtime: Runtime, backend
             gflops = host[t].prompt_gflops if t in host else 0.0
             prompt_s += 2 * n / (gflops * 1e9) if gflops > 0 else 2 * n / (flops * k.prompt)
         fixed = CPU_OVERHEADS[runtime]
-        per_layer_s = fixed.layer_s + fixed.sync_s * math.log2(max(1, threads or profile.compute.cpu_cores.value))
+        layer_fixed = fixed.layer_s
+        if host and profile.kernels is not None and profile.kernels.layer_us is not None:
+            layer_fixed = profile.kernels.layer_us * 1e-6  # measured on the host with the kernels
+        per_layer_s = layer_fixed + fixed.sync_s * math.log2(max(1, threads or profile.compute.cpu_cores.value))
         gen_tps = 1 / (decode_s + fixed.token_s + n_layers * per_layer_s)
         prompt_tps = 1 / (prompt_s + n_layers * fixed.prompt_layer_s)
     peak = weights.total_bytes + kv + buffers + overhead

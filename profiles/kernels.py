@@ -207,19 +207,37 @@ def _timings(path: Path, threads: int, prompt: int | None, steps: int) -> tuple[
         llm.close()
 
 
-def _per_layer_s() -> float:
-    from .costs import CPU_OVERHEADS
-    from .schema import Runtime
+# A Llama of layers too small to cost anything but their fixed work (norms, rope, softmax, graph
+# nodes): its decode step at 1 and TINY_LAYERS layers gives the fixed cost per layer.
+TINY = Shape(hidden=64, ff=128, heads=1, kv_heads=1)
+TINY_LAYERS = 33
 
-    return CPU_OVERHEADS[Runtime.LLAMA_CPP].layer_s
+
+def measure_layer_s(work: Path, threads: int, steps: int = 16) -> float:
+    """Seconds of fixed cost per layer per decode step, on this host (F16 matrices of 64 x 128)."""
+    import numpy as np
+
+    def rows_of(ne0: int, rows: int) -> Any:
+        a = (np.random.default_rng(0).standard_normal((rows, ne0), dtype=np.float32) * 0.02).astype(np.float16)
+        return a.view(np.uint8)
+
+    times = []
+    for layers in (1, TINY_LAYERS):
+        path = work / f"tiny-{layers}.gguf"
+        _write_model(path, TINY, layers, rows_of, "F16")
+        try:
+            times.append(_timings(path, threads, None, steps)[0])
+        finally:
+            path.unlink()
+    return max(0.0, (times[1] - times[0]) / (TINY_LAYERS - 1))
 
 
 def measure_type(type_name: str, work: Path, *, threads: int = 1, sizes_mib: Sequence[float] = SIZES_MIB,
-                 prompt: int = PROMPT, steps: int = DECODE_STEPS) -> KernelRate:
-    """One type's decode rate at each working set and its prompt rate, on this host."""
+                 prompt: int = PROMPT, steps: int = DECODE_STEPS, layer_s: float = 0.0) -> KernelRate:
+    """One type's decode rate at each working set and its prompt rate, on this host (``layer_s``:
+    the fixed cost per layer, taken off each decode step; the cost model adds it back)."""
     rows_of = _tiler(_seed_rows(work, type_name, threads))
     points: list[tuple[float, float]] = []
-    layer_s = _per_layer_s()
     for target in sizes_mib:
         shape = SMALL if target <= 0 else LARGE
         one = sum(rows * _row_bytes(type_name, ne0) for name, ne0, rows in shape.matrices(1) if name.startswith("blk."))
@@ -282,12 +300,14 @@ def measure_kernels(types: Sequence[str] = ALL_TYPES, *, threads: int = 1, sizes
     t0 = time.perf_counter()
     rates: dict[str, KernelRate] = {}
     with tempfile.TemporaryDirectory(prefix="edgekit-kernels-") as tmp:
+        layer_s = measure_layer_s(Path(tmp), threads)
+        log.info("kernel fixed cost: %.1f us per layer per decode step", layer_s * 1e6)
         for t in types:
             if progress:
                 progress(t.upper())
             rates[t.upper()] = measure_type(t.upper(), Path(tmp), threads=threads, sizes_mib=sizes_mib, prompt=prompt,
-                                            steps=steps)
+                                            steps=steps, layer_s=layer_s)
     clock = "CPU time" if threads == 1 else "wall time"
     ref = (f"llama.cpp on synthetic models of each type, {threads} thread{'s' if threads > 1 else ''} ({clock}), "
            f"decode at {len(sizes_mib)} working sets, prompt {prompt} tokens ({time.perf_counter() - t0:.0f} s)")
-    return KernelTable(rates, threads, SourceKind.MEASURED, ref)
+    return KernelTable(rates, threads, SourceKind.MEASURED, ref, round(layer_s * 1e6, 2))

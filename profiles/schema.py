@@ -158,10 +158,14 @@ class KernelTable:
     threads: int
     source: SourceKind
     ref: str = ""
+    layer_us: float | None = None  # fixed cost per layer per decode step (norms, rope, graph), measured
 
     def to_dict(self) -> dict[str, Any]:
-        return _with_source({"threads": self.threads, "types": {k: v.to_dict() for k, v in self.types.items()}},
-                            self.source, self.ref)
+        d: dict[str, Any] = {"threads": self.threads}
+        if self.layer_us is not None:
+            d["layer_us"] = self.layer_us
+        d["types"] = {k: v.to_dict() for k, v in self.types.items()}
+        return _with_source(d, self.source, self.ref)
 
 
 @dataclass(frozen=True)
@@ -212,7 +216,7 @@ _MODE_KEYS = {"name", "bandwidth_gbs", "power_w", "emc_mhz", "note"}
 _RUNTIME_KEYS = {"runtime", "backend", "onnx", "note"}
 _FIGURE_KEYS = {"value", "source", "ref"}
 _CURVE_KEYS = {"points", "source", "ref"}
-_KERNEL_KEYS = {"threads", "types", "source", "ref"}
+_KERNEL_KEYS = {"threads", "types", "source", "ref", "layer_us"}
 _RATE_KEYS = {"decode", "prompt_gflops"}
 
 
@@ -337,7 +341,12 @@ class _V:
             if isinstance(gflops, bool) or not isinstance(gflops, int | float) or gflops < 0:
                 raise self.fail(f"{path}.prompt_gflops", f"expected a non-negative number, got {gflops!r}")
             rates[name] = KernelRate(self.pairs(self.required(e, "decode", path), f"{path}.decode", 1), float(gflops))
-        return KernelTable(rates, threads, self.enum(t, "source", key, SourceKind), self.ref(t, key))
+        layer_us = t.get("layer_us")
+        if layer_us is not None and (isinstance(layer_us, bool) or not isinstance(layer_us, int | float)
+                                     or layer_us < 0):
+            raise self.fail(f"{key}.layer_us", f"expected a non-negative number, got {layer_us!r}")
+        return KernelTable(rates, threads, self.enum(t, "source", key, SourceKind), self.ref(t, key),
+                           None if layer_us is None else float(layer_us))
 
 
 def _join(where: str, key: str) -> str:
