@@ -94,7 +94,7 @@ def status_cmd(address: str | None, as_json: bool) -> None:
         b = r.get("board", {})
         state = "dead" if not r["alive"] else ("no answer" if "error" in r else ("busy" if r.get("busy") else "idle"))
         table.append([b.get("name") or r["address"], ",".join(r["profiles"]) or "-", b.get("device"),
-                      r["node_id"][:8], r.get("memory_available_bytes"), r.get("memory_total_bytes"), r["cpus"], state])
+                      r["node_id"][:8], r.get("memory_available_bytes"), r.get("memory_total_bytes"), int(r["cpus"]), state])
     click.echo(format_table([Column("board"), Column("profiles"), Column("device"), Column("node"),
                              SIZE.named("free memory"), SIZE.named("memory"), Column("CPUs"), Column("state")], table))
 
