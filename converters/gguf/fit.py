@@ -51,13 +51,20 @@ log = logging.getLogger(__name__)
 
 # Rungs a tensor class may take, fewest bits first: the k-quants llama.cpp makes without an
 # importance matrix (each has fast CPU and CUDA kernels), q8_0, and F16 (no loss by definition:
-# the reference the losses are measured against). The i-quants are left out: several need an
-# importance matrix and their CPU kernels are slower per byte (profiles/costs.py).
-LADDER: tuple[str, ...] = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "F16")
+# the reference the losses are measured against). A class whose rows are not a multiple of 256
+# (Gemma 3 270M's hidden 640, SmolLM2's 576) cannot take a k-quant; it gets the 32-weight block
+# types llama.cpp itself falls back to (q4_0, q5_0) and iq4_nl (non-linear, no matrix needed)
+# instead. The other i-quants are left out: several need an importance matrix and their CPU
+# kernels are slower per byte (profiles/costs.py).
+LADDER: tuple[str, ...] = ("Q2_K", "Q3_K", "Q4_0", "IQ4_NL", "Q4_K", "Q5_0", "Q5_K", "Q6_K", "Q8_0", "F16")
+SMALL_BLOCK = frozenset({"Q4_0", "IQ4_NL", "Q5_0"})  # only where no k-quant divides the rows
+K_QUANTS = frozenset({"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"})
 # The quant whose llama.cpp file type names a mix dominated (by bytes) by each rung.
-FILE_TYPE_OF: dict[str, str] = {"Q2_K": "q2_k", "Q3_K": "q3_k_s", "Q4_K": "q4_k_s", "Q5_K": "q5_k_s",
-                                "Q6_K": "q6_k", "Q8_0": "q8_0", "F16": "q8_0"}
-PRECISION_OF: dict[str, Precision] = {"Q2_K": Precision.INT2, "Q3_K": Precision.INT3, "Q4_K": Precision.INT4,
+FILE_TYPE_OF: dict[str, str] = {"Q2_K": "q2_k", "Q3_K": "q3_k_s", "Q4_0": "q4_0", "IQ4_NL": "iq4_nl",
+                                "Q4_K": "q4_k_s", "Q5_0": "q5_0", "Q5_K": "q5_k_s", "Q6_K": "q6_k", "Q8_0": "q8_0",
+                                "F16": "q8_0"}
+PRECISION_OF: dict[str, Precision] = {"Q2_K": Precision.INT2, "Q3_K": Precision.INT3, "Q4_0": Precision.INT4,
+                                      "IQ4_NL": Precision.INT4, "Q4_K": Precision.INT4, "Q5_0": Precision.INT5,
                                       "Q5_K": Precision.INT5, "Q6_K": Precision.INT6, "Q8_0": Precision.INT8,
                                       "F16": Precision.FP16}
 METHODS = ("kl", "error")
@@ -261,6 +268,8 @@ def class_units(tensors: Sequence[TensorRow]) -> tuple[list[Unit], int]:
     units = []
     for name, ts in by_class.items():
         rungs = [r for r in ladder if all(t.shape[0] % _block(r) == 0 for t in ts)]
+        if K_QUANTS & set(rungs):  # the 32-block types are a fallback, not a choice, where k-quants fit
+            rungs = [r for r in rungs if r not in SMALL_BLOCK]
         pattern = (r"^blk\.\d+\." if any(t.name.startswith("blk.") for t in ts) else "^") + re.escape(name) + "$"
         u = Unit(name, pattern, ts, rungs)
         u.bytes = {r: sum(_padded(rung_bytes(t, r)) for t in ts) for r in rungs}
