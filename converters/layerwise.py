@@ -61,14 +61,26 @@ def _params_on_meta() -> Iterator[None]:
 
 def empty_model(model_dir: Path, dtype: Any) -> Any:
     """The model of ``model_dir``'s config with its parameters on the meta device (no memory, no init)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
     from transformers.initialization import no_init_weights
 
     config = AutoConfig.from_pretrained(model_dir)
     with _params_on_meta(), no_init_weights():
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, **reference_attention(config))
+        model = _from_config(config)(config, dtype=dtype, **reference_attention(config))
     model.tie_weights()
     return model.eval()
+
+
+def _from_config(config: Any) -> Any:
+    """AutoModelForCausalLM.from_config, or the checkpoint's own class where the auto table lacks
+    its config (Mistral3ForConditionalGeneration: its text path is what the reference runs)."""
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    if type(config) in transformers.models.auto.modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING:
+        return AutoModelForCausalLM.from_config
+    own = next((getattr(transformers, a) for a in (config.architectures or []) if hasattr(transformers, a)), None)
+    return own._from_config if own is not None else AutoModelForCausalLM.from_config
 
 
 def reference_attention(config: Any) -> dict[str, str]:

@@ -74,6 +74,13 @@ def _config(family: str) -> Any:
                            "num_attention_heads": 2, "image_size": 64, "patch_size": 16},
             mm_tokens_per_image=16, image_token_index=VOCAB - 24, boi_token_index=VOCAB - 23,
             eoi_token_index=VOCAB - 22)
+    if family == "mistral3-vl":  # Mistral Small 3.1's layout: Pixtral tower + projector beside a Mistral
+        return T.Mistral3Config(
+            text_config={**COMMON, "model_type": "mistral", "head_dim": HEAD_DIM, "num_hidden_layers": 2,
+                         "max_position_embeddings": 1024, "sliding_window": None},
+            vision_config={"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 1,
+                           "num_attention_heads": 2, "image_size": 64, "patch_size": 16, "head_dim": 128},
+            image_token_index=VOCAB - 24)
     if family == "olmo2":
         return T.Olmo2Config(**COMMON, num_hidden_layers=2, max_position_embeddings=1024, tie_word_embeddings=False)
     raise ValueError(family)
@@ -85,8 +92,9 @@ def _config(family: str) -> Any:
 SHARP_ATTENTION = {"smollm3": 4.0}
 _CLASSES = {"phi3": "Phi3ForCausalLM", "gemma2": "Gemma2ForCausalLM", "granite": "GraniteForCausalLM",
             "smollm3": "SmolLM3ForCausalLM", "olmo2": "Olmo2ForCausalLM",
-            "gemma3-vl": "Gemma3ForConditionalGeneration"}
-FAMILIES = [f for f in _CLASSES if f != "gemma3-vl"]  # the dense text families
+            "gemma3-vl": "Gemma3ForConditionalGeneration", "mistral3-vl": "Mistral3ForConditionalGeneration"}
+MULTIMODAL = ["gemma3-vl", "mistral3-vl"]
+FAMILIES = [f for f in _CLASSES if f not in MULTIMODAL]  # the dense text families
 
 
 def build_family(family: str, tokenizer_dir: Path, out: Path, seed: int = 0) -> Path:
@@ -247,12 +255,13 @@ def test_onnx_refuses_olmo2_before_writing(family_model: Callable[[str], Path], 
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
-def test_multimodal_checkpoint_converts_its_language_model(family_model: Callable[[str], Path],
+@pytest.mark.parametrize("family", MULTIMODAL)
+def test_multimodal_checkpoint_converts_its_language_model(family: str, family_model: Callable[[str], Path],
                                                            tmp_path: Path) -> None:
-    """Gemma3ForConditionalGeneration: the language model to GGUF (verified against transformers'
-    model on the text path), one line saying the vision tower is left out."""
+    """Gemma 3 4B+ / Mistral Small 3.1 layouts: the language model to GGUF (verified against
+    transformers' model on the text path), one line saying the vision tower is left out."""
     events: list[Any] = []
-    model = family_model("gemma3-vl")
+    model = family_model(family)
     res = convert_gguf(model, tmp_path, "f16", name=NAME, progress=events.append)
     (rep,) = res.reports
     assert rep.passed and rep.token_mismatches == [], rep.failures
@@ -260,7 +269,7 @@ def test_multimodal_checkpoint_converts_its_language_model(family_model: Callabl
     notes = [e.message for e in events if e.step == "note"]
     assert len(notes) == 1 and "vision tower" in notes[0] and "left out" in notes[0]
     names = {t.name for t in read_gguf(tmp_path / res.artifacts[0].file).tensors}
-    assert "blk.1.post_ffw_norm.weight" in names  # the language model only: no vision or projector tensor
+    assert "blk.1.ffn_down.weight" in names  # the language model only: no vision or projector tensor
     assert all(n.startswith("blk.") or n in ("token_embd.weight", "output_norm.weight") for n in names)
 
 
@@ -269,6 +278,12 @@ def test_multimodal_checkpoint_refused_for_onnx(family_model: Callable[[str], Pa
 
     with pytest.raises(UnsupportedArchitectureError, match="gemma3-vl cannot be converted to onnx"):
         convert_onnx(family_model("gemma3-vl"), tmp_path / "out", "fp32")
+
+
+def test_multimodal_checkpoint_with_an_unsupported_language_model_says_so() -> None:
+    cfg = {"architectures": ["Mistral3ForConditionalGeneration"], "text_config": {"model_type": "ministral3"}}
+    with pytest.raises(InputError, match="language model is 'ministral3', which edgekit does not convert"):
+        spec_for(cfg)
 
 
 # -- the specs themselves ----------------------------------------------------------------------

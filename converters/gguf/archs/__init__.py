@@ -17,7 +17,7 @@ FORMATS = ("gguf", "onnx", "gptq")  # the registry's Format values, in its order
 
 ARCHS: tuple[ArchSpec, ...] = (llama.SPEC, mistral.SPEC, qwen2.SPEC, qwen3.SPEC, gemma3.SPEC, phi3.SPEC,
                                gemma2.SPEC, granite.SPEC, smollm3.SPEC, olmo2.SPEC, gemma3.VL_SPEC,
-                               lfm2.SPEC)
+                               mistral.VL_SPEC, lfm2.SPEC)
 _BY_HF = {hf: spec for spec in ARCHS for hf in spec.hf_architectures}
 
 
