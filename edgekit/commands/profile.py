@@ -50,6 +50,12 @@ def _print_profile(p: Any) -> None:
     click.echo("\nRuntimes:")
     rows = [[r.runtime.value, r.backend.value, ",".join(x.value for x in r.onnx) or "gguf", r.note] for r in p.runtimes]
     click.echo(format_table(["runtime", "backend", "formats", "note"], rows))
+    if p.kernels is not None:
+        k = p.kernels
+        click.echo(f"\nllama.cpp kernels ({k.source.value}, {k.threads} thread(s)"
+                   f"{f', {k.layer_us:g} us per layer' if k.layer_us is not None else ''}): {k.ref}")
+        rows = [[t, " ".join(f"{mib:g}:{gbs:g}" for mib, gbs in r.decode), r.prompt_gflops] for t, r in k.types.items()]
+        click.echo(format_table(["type", "decode MiB:GB/s", "prompt GFLOP/s"], rows))
     if p.notes:
         click.echo(f"\n{p.notes}")
 
