@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fit-at", default=FIT_AT, help="stock types whose file sizes are the fit budgets ('': none)")
     ap.add_argument("--fit-methods", default="kl,error", help="pricing methods to fit with")
     ap.add_argument("--gemma", action="store_true", help="Gemma 3 270M (benchmarks/prepare_gemma.py) instead")
+    ap.add_argument("--resume", action="store_true",
+                    help="reuse the verified artifacts an earlier run left in OUT's folders instead of making them again")
     ap.add_argument("--calibration", type=Path, default=None, help="calibration text (default: the packaged mix)")
     ap.add_argument("--eval-tokens", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -59,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from _results import quality_run, save_results
 
     from edgekit.converters.gguf.convert import convert_gguf
+    from edgekit.converters.gguf.fit import size_label
     from edgekit.converters.gguf.imatrix import IMATRIX_FILE
     from edgekit.converters.gguf.quants import QUANTS
     from edgekit.ui import format_table, human_bytes
@@ -71,19 +74,22 @@ def main(argv: list[str] | None = None) -> int:
                       eval_text=None if (args.model or args.gemma) else heldout_path())
     model, out, n_params, common, timer = run.model, run.out, run.n_params, run.common, run.timer
     t0 = time.perf_counter()
-    with_im = convert_gguf(model, out / "imatrix", ",".join(filter(None, [args.stock, iquants])), imatrix=True,
-                           calibration=args.calibration, **common)
-    plain = convert_gguf(model, out / "plain", args.stock, **common) if args.stock else None
+
+    def convert(sub: str, quants: str, names: list[str], **kw: Any) -> Any:
+        return (args.resume and _made(out / sub, names)) or convert_gguf(model, out / sub, quants, **kw, **common)
+
+    stock_im = [n for n in ",".join(filter(None, [args.stock, iquants])).split(",") if n]
+    with_im = convert("imatrix", ",".join(stock_im), stock_im, imatrix=True, calibration=args.calibration)
+    plain = convert("plain", args.stock, args.stock.split(",")) if args.stock else None
     sizes = {a.quant: a.size_bytes for a in with_im.artifacts}
     fits = []
     for method in filter(None, args.fit_methods.split(",")):
         for at in filter(None, args.fit_at.split(",")):
             if at in sizes:
                 # one folder per method: the second and third budget reuse its pricing (fit-pricing.json)
-                fits.append((method, at, convert_gguf(model, out / f"fit-{method}", "",
-                                                      imatrix=out / "imatrix" / IMATRIX_FILE,
-                                                      calibration=args.calibration, fit_size=sizes[at],
-                                                      fit_method=method, **common)))
+                fits.append((method, at, convert(f"fit-{method}", "", [f"fit-{size_label(sizes[at])}"],
+                                                 imatrix=out / "imatrix" / IMATRIX_FILE, calibration=args.calibration,
+                                                 fit_size=sizes[at], fit_method=method)))
 
     rows: list[dict[str, Any]] = []
     kl_plain = {a.quant: (a.verification or {}).get("mean_kl") for a in (plain.artifacts if plain else [])}
@@ -128,10 +134,28 @@ def main(argv: list[str] | None = None) -> int:
     save_results({"model": str(model), "n_params": n_params, "eval_tokens": args.eval_tokens, "imatrix": im_info,
                   "imatrix_seconds": round(im_s, 1), "rows": rows, "pricing_methods": methods,
                   "fit_seconds": {f"{m}@{at}": round(sum(st["seconds"] for st in c.timer.as_dict()
-                                                         if st["step"] == "fit"), 1) for m, at, c in fits},
+                                                         if st["step"] == "fit"), 1) or None  # None: reused
+                                  for m, at, c in fits},
                   "plot": str(png) if png else None, "seconds": round(wall, 1), "steps": steps},
                  args.json or out / "results.json")
     return 0
+
+
+def _made(folder: Path, quants: list[str]) -> Any:
+    """--resume: the verified artifacts of ``quants`` an earlier run recorded in ``folder``, or None."""
+    from types import SimpleNamespace
+
+    from edgekit.manifest import MANIFEST_NAME, load_manifest
+    from edgekit.progress import StepTimer
+
+    if not (folder / MANIFEST_NAME).is_file():
+        return None
+    made = {a.quant: a for a in load_manifest(folder / MANIFEST_NAME).artifacts
+            if a.verification and (folder / a.file).is_file()}
+    if not all(q in made for q in quants):
+        return None
+    print(f"reusing {', '.join(quants)} from {folder}")
+    return SimpleNamespace(out_dir=folder, artifacts=[made[q] for q in quants], timer=StepTimer())
 
 
 def _against_curve(rows: list[dict[str, Any]]) -> None:
