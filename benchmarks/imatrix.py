@@ -133,9 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(rows)} artifacts in {wall:.0f} s (importance matrix {im_s:.1f} s, {out / 'imatrix' / IMATRIX_FILE})")
     save_results({"model": str(model), "n_params": n_params, "eval_tokens": args.eval_tokens, "imatrix": im_info,
                   "imatrix_seconds": round(im_s, 1), "rows": rows, "pricing_methods": methods,
-                  "fit_seconds": {f"{m}@{at}": round(sum(st["seconds"] for st in c.timer.as_dict()
-                                                         if st["step"] == "fit"), 1) or None  # None: reused
-                                  for m, at, c in fits},
+                  # every fit step of the run (pricing once per method, the other budgets reuse it)
+                  "fit_seconds_total": round(sum(st["seconds"] for st in steps if st["step"] == "fit"), 1) or None,
                   "plot": str(png) if png else None, "seconds": round(wall, 1), "steps": steps},
                  args.json or out / "results.json")
     return 0
