@@ -200,7 +200,9 @@ def float_model_from(model_dir: Path, config: dict[str, Any], weights: dict[str,
     cfg.pop("quantization_config", None)
     hf_config = AutoConfig.for_model(**{k: v for k, v in cfg.items() if k != "architectures"})
     hf_config.architectures = cfg.get("architectures")
-    model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
+    from ..layerwise import reference_attention
+
+    model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32, **reference_attention(hf_config))
     state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in weights.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {"lm_head.weight"} if getattr(hf_config, "tie_word_embeddings", False) else set()

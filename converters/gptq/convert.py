@@ -128,9 +128,13 @@ def check_group_size(source: SourceModel, group_size: int, bits: int) -> None:
 def _load_float_model(model_dir: Path, adapter: LoraAdapter | None) -> Any:
     """The source in float32 (LoRA merged by edgekit's own merge)."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    from ..layerwise import reference_attention
+
+    # eager attention where SDPA would skip soft-capping (Gemma 2): calibrated on the real model
+    attn = reference_attention(AutoConfig.from_pretrained(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, **attn)
     if adapter is not None:
         params = dict(model.named_parameters())
         with torch.no_grad():

@@ -30,7 +30,12 @@ class Reference:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        from transformers import AutoConfig
+
+        from ..layerwise import reference_attention
+
+        attn = reference_attention(AutoConfig.from_pretrained(model_dir))  # soft-capping kept (Gemma 2)
+        self.model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, **attn).eval()
 
     def encode(self, text: str, add_special: bool) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=add_special, verbose=False)["input_ids"])
