@@ -276,7 +276,8 @@ def plan(model_dir: Path, profile: Profile, *, ctx: int = DEFAULT_CTX, mode: str
                                meets_speed=min_tps is None or cost.gen_tps >= min_tps, artifact=artifact,
                                needs_imatrix=needs, types_from=types_from))
     if any(c.needs_imatrix for c in cands):
-        notes.append("candidates marked 'imatrix' need an importance matrix: convert with --imatrix / imatrix=True")
+        notes.append("candidates marked 'needs --imatrix': llama.cpp makes them only with an importance matrix "
+                     "(convert with --imatrix / imatrix=True)")
     fitting = [c for c in cands if c.fits]
     for c in fitting:
         c.pareto = not any(_dominates(o, c) for o in fitting if o is not c)
