@@ -93,6 +93,8 @@ def convert_gguf(
         if fit_size is not None or fit_profile is not None else None
     if fit is not None:
         check_feasible(fit, source.config)  # before anything is written
+    if not imatrix:
+        _check_shape_imatrix(wanted, source.config)
     if not wanted and fit is None:
         wanted = parse_quants(quants)  # the one-line error for an empty list
     given = _given_imatrix(imatrix, inputs, spec, wanted, fit is not None)  # a file is checked before anything is written
@@ -218,6 +220,22 @@ def _computed_imatrix(imatrix: bool | Path | None, calibration: Path | None, win
         with atomic_output(out_dir / IMATRIX_FILE) as tmp:
             im.write(tmp)
     return im.values(), {"file": IMATRIX_FILE, "computed": True, **im.describe(), "tensors_of_model": len(widths)}
+
+
+def _check_shape_imatrix(wanted: list[GGUFQuant], config: dict[str, Any]) -> None:
+    """A type llama.cpp refuses without an importance matrix for this model's shapes (iq3_xs puts
+    IQ3_XXS on attn_q/attn_k when their rows split into 256-blocks): the one-line error now,
+    not "failed to quantize" after the float file is written."""
+    from edgekit.profiles.llama_types import requires_imatrix
+    from edgekit.profiles.shapes import gguf_tensor_types, model_shapes
+
+    shapes = None
+    for q in wanted:
+        if q.name in FLOAT_QUANTS or q.needs_imatrix:
+            continue
+        shapes = shapes or model_shapes(config)
+        if requires_imatrix(gguf_tensor_types(shapes, q.name), q.name.upper()):
+            raise imatrix_needed(q.name)
 
 
 def _fit_text(model_dir: Path, calibration: Path | None) -> str:
