@@ -212,6 +212,9 @@ def test_iquant_refused_without_imatrix(tmp_path: Path) -> None:
         edgekit.convert(demo_model_dir(), out, quants="q4_k_m", imatrix=heldout_path(), samples=4)  # a file: no windows
     with pytest.raises(InputError, match=r"guides llama\.cpp's quantizer, but this run makes f16 only"):
         edgekit.convert(demo_model_dir(), out, quants="f16", imatrix=True)
+    # iq3_xs needs one only where its attn_q/attn_k rows split into 256-blocks (the demo's do)
+    with pytest.raises(InputError, match="iq3_xs needs an importance matrix"):
+        edgekit.convert(demo_model_dir(), out, quants="iq3_xs")
     assert not out.exists()
 
 
