@@ -196,13 +196,17 @@ ONNX_FAMILIES = [f for f in FAMILIES if next(s for s in ARCHS if _CLASSES[f] in 
 def family_inputs(family_model: Callable[[str], Path]) -> Callable[[str], Any]:
     """Each family's opened inputs, shared by its conversions: one transformers reference each."""
     from edgekit.converters.pipeline import open_inputs
+    from edgekit.converters.quality import EvalSettings, QualitySettings
     from edgekit.progress import StepTimer
 
+    # parity is what these tests check: quality is measured on one short window (still longer
+    # than Gemma 2's 128-token sliding window)
+    quality = QualitySettings(EvalSettings(tokens=256, ctx=256))
     cache: dict[str, Any] = {}
 
     def get(family: str) -> Any:
         if family not in cache:
-            cache[family] = open_inputs(family_model(family), None, StepTimer())
+            cache[family] = open_inputs(family_model(family), None, StepTimer(), quality=quality)
         return cache[family]
 
     return get
@@ -262,7 +266,10 @@ def test_multimodal_checkpoint_converts_its_language_model(family: str, family_m
     transformers' model on the text path), one line saying the vision tower is left out."""
     events: list[Any] = []
     model = family_model(family)
-    res = convert_gguf(model, tmp_path, "f16", name=NAME, progress=events.append)
+    from edgekit.converters.quality import EvalSettings, QualitySettings
+
+    res = convert_gguf(model, tmp_path, "f16", name=NAME, progress=events.append,
+                       quality=QualitySettings(EvalSettings(tokens=256, ctx=256)))  # parity, not quality
     (rep,) = res.reports
     assert rep.passed and rep.token_mismatches == [], rep.failures
     assert rep.metrics is not None and rep.metrics.rel_err < 0.05
