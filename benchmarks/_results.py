@@ -51,3 +51,34 @@ def quality_run(model: Path | None, gemma: bool, out: Path, eval_tokens: int, th
     n_params = sum(math.prod(i.shape) for i in inputs.source.iter_infos())
     common: dict[str, Any] = {"name": name, "threads": threads, "prepared": inputs, "timer": timer}
     return QualityRun(model, out, inputs, timer, n_params, common)
+
+
+Point = tuple[float, float, str]  # (bits per weight, mean KL, label)
+
+
+def kl_vs_bits_plot(series: list[tuple[str, str, list[Point]]], dest: Path, title: str) -> Path | None:
+    """Mean KL (log) against bits per weight, one marker per series: the quality benchmarks' plot."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install 'edgekit[bench]')")
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, marker, pts in series:
+        if pts:
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=label)
+            for x, y, name in pts:
+                ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_yscale("log")
+    ax.set_xlabel("bits per weight (file size / parameters)")
+    ax.set_ylabel("mean KL vs source (nats)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(dest, dpi=120)
+    plt.close(fig)
+    return dest

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shutil
@@ -25,7 +24,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from _results import save_results  # benchmarks/ sibling (scripts run from this folder)
+from _results import save_results
+from _synthetic import write_random_bf16  # benchmarks/ sibling (scripts run from this folder)
 from convert_vs_llamacpp import _spm_tokenizer, find_llamacpp, run_child, run_edgekit, warm_page_cache
 
 HIDDEN, LAYERS, INTER, VOCAB, HEADS, KV_HEADS, HEAD_DIM = 2048, 4, 5632, 32000, 16, 8, 128
@@ -63,33 +63,13 @@ def family_configs(T: Any, common: dict[str, Any], with_dim: dict[str, Any]) -> 
 
 def write_family(family: str, out: Path, seed: int = 0) -> Path:
     """A random bf16 model of ``family`` from its spec's layout, one tensor at a time."""
-    import numpy as np
 
     from edgekit.converters.gguf.archs import ARCHS, TextConfig
 
     spec = next(s for s in ARCHS if s.name == family)
     cfg = {**family_config(family), "architectures": [spec.hf_architectures[0]]}
     tensors = list(spec.hf_tensors(TextConfig.from_hf(cfg)))
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for name, shp in tensors:
-        n = math.prod(shp) * 2
-        header[name] = {"dtype": "BF16", "shape": list(shp), "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    rng = np.random.default_rng(seed)
-    pool = ((rng.standard_normal(16 << 20, dtype=np.float32) * 0.02).view(np.uint32) >> 16).astype(np.uint16)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "model.safetensors", "wb") as f:
-        f.write(len(raw).to_bytes(8, "little") + raw)
-        for _name, shp in tensors:
-            left, start = math.prod(shp), int(rng.integers(pool.size))
-            while left:
-                chunk = pool[start:start + left]
-                f.write(chunk.tobytes())
-                left -= chunk.size
-                start = 0
+    write_random_bf16(out / "model.safetensors", tensors, seed)
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     _spm_tokenizer(out)
     return out

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shutil
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from _results import save_results  # benchmarks/ sibling (scripts run from this folder)
+from _synthetic import write_random_bf16
 
 ENV_LLAMACPP = "EDGEKIT_LLAMACPP_DIR"
 OUTTYPES = ("f16", "bf16", "q8_0")
@@ -176,7 +176,6 @@ def write_synthetic(shape: str, out: Path, seed: int = 0) -> Path:
     """A random bf16 Llama of ``shape`` written tensor by tensor: one safetensors file, never
     a model in memory (values come from a 64 MiB pool of N(0, 0.02) draws, read at a random
     offset per tensor; norms are 1 + that)."""
-    import numpy as np
 
     hidden, layers, inter, vocab, heads, kv_heads, tied = SHAPES[shape]
     head_dim = hidden // heads
@@ -194,30 +193,7 @@ def write_synthetic(shape: str, out: Path, seed: int = 0) -> Path:
     tensors.append(("model.norm.weight", (hidden,)))
     if not tied:
         tensors.append(("lm_head.weight", (vocab, hidden)))
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for name, shp in tensors:
-        n = math.prod(shp) * 2
-        header[name] = {"dtype": "BF16", "shape": list(shp), "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    rng = np.random.default_rng(seed)
-    pool = (rng.standard_normal(32 << 20, dtype=np.float32) * 0.02).view(np.uint32)
-    pool = ((pool + 0x8000) >> 16).astype(np.uint16)  # round to bf16
-    with open(out / "model.safetensors", "wb") as f:
-        f.write(len(raw).to_bytes(8, "little") + raw)
-        for _name, shp in tensors:
-            left = math.prod(shp)
-            start = int(rng.integers(pool.size))
-            while left:
-                chunk = pool[start:start + left]
-                if len(shp) == 1:  # norms: 1 + noise (through float32, truncated back to bf16)
-                    chunk = (((chunk.astype(np.uint32) << 16).view(np.float32) + 1.0).view(np.uint32) >> 16
-                             ).astype(np.uint16)
-                f.write(chunk.tobytes())
-                left -= chunk.size
-                start = 0
+    write_random_bf16(out / "model.safetensors", tensors, seed, pool_floats=32 << 20, vectors_near_one=True)
     config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
               "intermediate_size": inter, "num_hidden_layers": layers, "num_attention_heads": heads,
               "num_key_value_heads": kv_heads, "head_dim": head_dim, "vocab_size": vocab,

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from _results import save_results  # benchmarks/ sibling (scripts run from this folder)
+from _results import save_results
+from _synthetic import write_random_bf16  # benchmarks/ sibling (scripts run from this folder)
 from convert_vs_llamacpp import _spm_tokenizer, run_child, warm_page_cache
 
 LFM2_350M = dict(hidden_size=1024, intermediate_size=6656, num_hidden_layers=16, num_attention_heads=16,
@@ -46,31 +46,11 @@ def lfm2_config() -> dict[str, Any]:
 
 def write_model(cfg: dict[str, Any], out: Path, seed: int = 0) -> Path:
     """A random bf16 model of ``cfg``'s family from its spec's layout, one tensor at a time."""
-    import numpy as np
 
     from edgekit.converters.gguf.archs import TextConfig, spec_for
 
     tensors = list(spec_for(cfg).hf_tensors(TextConfig.from_hf(cfg)))
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for name, shp in tensors:
-        n = math.prod(shp) * 2
-        header[name] = {"dtype": "BF16", "shape": list(shp), "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    rng = np.random.default_rng(seed)
-    pool = ((rng.standard_normal(16 << 20, dtype=np.float32) * 0.02).view(np.uint32) >> 16).astype(np.uint16)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "model.safetensors", "wb") as f:
-        f.write(len(raw).to_bytes(8, "little") + raw)
-        for _name, shp in tensors:
-            left, start = math.prod(shp), int(rng.integers(pool.size))
-            while left:
-                chunk = pool[start:start + left]
-                f.write(chunk.tobytes())
-                left -= chunk.size
-                start = 0
+    write_random_bf16(out / "model.safetensors", tensors, seed)
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     _spm_tokenizer(out)
     return out

@@ -217,32 +217,12 @@ def _spearman(x: list[float], y: list[float]) -> float:
 
 def _plot(rows: list[dict[str, Any]], dest: Path, title: str) -> Path | None:
     """Mean KL vs bits per weight, as benchmarks/quality.py draws it, one series per variant."""
-    try:
-        import matplotlib
+    from _results import kl_vs_bits_plot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot (pip install 'edgekit[bench]')")
-        return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for variant, marker in (("plain", "o"), ("imatrix", "s"), ("fit kl", "^"), ("fit error", "v")):
-        pts = [r for r in rows if r["variant"] == variant and r["mean_kl"]]
-        if pts:
-            ax.scatter([r["bits_per_weight"] for r in pts], [r["mean_kl"] for r in pts], marker=marker, label=variant)
-            for r in pts:
-                ax.annotate(r["quant"], (r["bits_per_weight"], r["mean_kl"]), fontsize=7, xytext=(3, 3),
-                            textcoords="offset points")
-    ax.set_yscale("log")
-    ax.set_xlabel("bits per weight (file size / parameters)")
-    ax.set_ylabel("mean KL vs source (nats)")
-    ax.set_title(f"importance matrix and fitted mixes: {Path(title).name}")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(dest, dpi=120)
-    plt.close(fig)
-    return dest
+    series = [(v, m, [(r["bits_per_weight"], r["mean_kl"], r["quant"]) for r in rows
+                      if r["variant"] == v and r["mean_kl"]])
+              for v, m in (("plain", "o"), ("imatrix", "s"), ("fit kl", "^"), ("fit error", "v"))]
+    return kl_vs_bits_plot(series, dest, f"importance matrix and fitted mixes: {Path(title).name}")
 
 
 def _g(v: float | None) -> str:

@@ -104,32 +104,12 @@ def _g(v: float | None) -> str:
 
 
 def _plot(rows: list[dict[str, Any]], dest: Path, title: str) -> Path | None:
-    try:
-        import matplotlib
+    from _results import kl_vs_bits_plot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot (pip install 'edgekit[bench]')")
-        return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for fmt, marker in (("gguf", "o"), ("onnx", "s"), ("gptq", "^")):
-        pts = [r for r in rows if r["format"] == fmt and r["mean_kl"]]
-        if pts:
-            ax.scatter([r["bits_per_weight"] for r in pts], [r["mean_kl"] for r in pts], marker=marker, label=fmt)
-            for r in pts:
-                ax.annotate(r["artifact"].split(" ", 1)[1], (r["bits_per_weight"], r["mean_kl"]), fontsize=7,
-                            xytext=(3, 3), textcoords="offset points")
-    ax.set_yscale("log")
-    ax.set_xlabel("bits per weight (file size / parameters)")
-    ax.set_ylabel("mean KL vs source (nats)")
-    ax.set_title(f"quality vs size: {Path(title).name}")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(dest, dpi=120)
-    plt.close(fig)
-    return dest
+    series = [(fmt, m, [(r["bits_per_weight"], r["mean_kl"], r["artifact"].split(" ", 1)[1]) for r in rows
+                        if r["format"] == fmt and r["mean_kl"]])
+              for fmt, m in (("gguf", "o"), ("onnx", "s"), ("gptq", "^"))]
+    return kl_vs_bits_plot(series, dest, f"quality vs size: {Path(title).name}")
 
 
 if __name__ == "__main__":
