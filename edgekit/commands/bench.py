@@ -37,7 +37,8 @@ def bench() -> None:
     """
 
 
-def _threads(value: str | None) -> tuple[int, ...]:
+def thread_counts(value: str | None) -> tuple[int, ...]:
+    """``-t 1,2,4`` -> (1, 2, 4); empty: () (the device's usable cores). Shared with `fleet bench`."""
     if not value:
         return ()
     try:
@@ -127,7 +128,7 @@ def run_cmd(artifacts: tuple[Path, ...], prompt_tokens: int, gen_tokens: int, re
     from edgekit.fsutil import write_text_atomic
 
     settings = BenchSettings(prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, repetitions=repetitions,
-                             warmup=warmup, threads=_threads(threads), device=device, n_ctx=n_ctx)
+                             warmup=warmup, threads=thread_counts(threads), device=device, n_ctx=n_ctx)
     try:
         results = run_bench(list(artifacts), settings, output=output, text=text, profile=profile, label=label,
                             tegrastats=tegrastats, progress=_Printer(quiet=as_json))

@@ -99,18 +99,6 @@ def status_cmd(address: str | None, as_json: bool) -> None:
                              SIZE.named("free memory"), SIZE.named("memory"), Column("CPUs"), Column("state")], table))
 
 
-def _thread_counts(value: str | None) -> tuple[int, ...]:
-    try:
-        if not value:
-            return ()  # each board's usable cores
-        out = tuple(int(x) for x in value.split(",") if x.strip())
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: give thread counts like 4 or 1,2,4") from None
-    if not out or any(t < 1 for t in out):
-        raise click.BadParameter(f"{value!r}: thread counts must be >= 1")
-    return out
-
-
 def _fleet_table(outcome: Any) -> str:
     s = outcome.results.settings
     rows = []
@@ -154,10 +142,11 @@ def bench_cmd(artifacts: tuple[Path, ...], on: str, threads: str | None, prompt_
               output: Path, results_dir: Path | None, address: str | None, as_json: bool) -> None:
     """Benchmark ARTIFACTS on every PROFILE: one job per (artifact, profile, thread count)."""
     from edgekit.bench import BenchSettings
+    from edgekit.commands.bench import thread_counts
     from edgekit.fleet.bench import default_results_dir, fleet_bench
 
     settings = BenchSettings(prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, repetitions=repetitions,
-                             warmup=warmup, threads=_thread_counts(threads), device=device, n_ctx=n_ctx)
+                             warmup=warmup, threads=thread_counts(threads), device=device, n_ctx=n_ctx)
     printer = _FleetPrinter(quiet=as_json)
     try:
         outcome = fleet_bench(list(artifacts), settings, on=on, output=output, results_dir=results_dir,

@@ -80,6 +80,22 @@ class TextConfig:
             raise InputError(f"config.json lacks {e.args[0]!r}", hint="pass a complete Hugging Face config") from e
 
 
+# The layout of transformers' ...ForConditionalGeneration checkpoints whose language model is a
+# decoder edgekit converts (Gemma 3 4B+, Mistral 3): the language model under model.language_model
+# (or language_model.model in older saves), a vision tower and projector beside it, left out.
+VISION_LANGUAGE_LAYOUT: dict[str, Any] = {
+    "text_prefixes": (("model.language_model.", "model."), ("lm_head.", "lm_head."),
+                      ("language_model.model.", "model."), ("language_model.lm_head.", "lm_head.")),
+    "left_out": ("model.vision_tower.", "model.multi_modal_projector.", "vision_tower.", "multi_modal_projector."),
+    "saved_prefixes": (("model.language_model.", "language_model.model."), ("lm_head.", "language_model.lm_head."),
+                       ("model.vision_tower.", "vision_tower."),
+                       ("model.multi_modal_projector.", "multi_modal_projector.")),
+    "formats": ("gguf",),
+    "why_not": (("onnx", "the language model of a multimodal checkpoint is converted to GGUF only"),
+                ("gptq", "the language model of a multimodal checkpoint is converted to GGUF only")),
+}
+
+
 @dataclass(frozen=True)
 class ArchSpec:
     """One supported architecture: data first, hooks for what differs."""

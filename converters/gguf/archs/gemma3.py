@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from edgekit.errors import InputError
 
-from .base import ArchSpec, TextConfig, _rope
+from .base import VISION_LANGUAGE_LAYOUT, ArchSpec, TextConfig, _rope
 
 if TYPE_CHECKING:
     import gguf
@@ -68,12 +68,5 @@ VL_SPEC = replace(
     SPEC,
     name="gemma3-vl",
     hf_architectures=("Gemma3ForConditionalGeneration",),
-    text_prefixes=(("model.language_model.", "model."), ("lm_head.", "lm_head."),
-                   ("language_model.model.", "model."), ("language_model.lm_head.", "lm_head.")),
-    left_out=("model.vision_tower.", "model.multi_modal_projector.", "vision_tower.", "multi_modal_projector."),
-    saved_prefixes=(("model.language_model.", "language_model.model."), ("lm_head.", "language_model.lm_head."),
-                    ("model.vision_tower.", "vision_tower."), ("model.multi_modal_projector.", "multi_modal_projector.")),
-    formats=("gguf",),
-    why_not=(("onnx", "the language model of a multimodal checkpoint is converted to GGUF only"),
-             ("gptq", "the language model of a multimodal checkpoint is converted to GGUF only")),
+    **VISION_LANGUAGE_LAYOUT,
 )

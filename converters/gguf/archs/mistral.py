@@ -12,7 +12,7 @@ from typing import Any
 
 from edgekit.errors import InputError
 
-from .base import ArchSpec
+from .base import VISION_LANGUAGE_LAYOUT, ArchSpec
 
 SPEC = ArchSpec(
     name="mistral",
@@ -38,12 +38,5 @@ VL_SPEC = Mistral3Spec(**replace(
     SPEC,
     name="mistral3-vl",
     hf_architectures=("Mistral3ForConditionalGeneration",),
-    text_prefixes=(("model.language_model.", "model."), ("lm_head.", "lm_head."),
-                   ("language_model.model.", "model."), ("language_model.lm_head.", "lm_head.")),
-    left_out=("model.vision_tower.", "model.multi_modal_projector.", "vision_tower.", "multi_modal_projector."),
-    saved_prefixes=(("model.language_model.", "language_model.model."), ("lm_head.", "language_model.lm_head."),
-                    ("model.vision_tower.", "vision_tower."), ("model.multi_modal_projector.", "multi_modal_projector.")),
-    formats=("gguf",),
-    why_not=(("onnx", "the language model of a multimodal checkpoint is converted to GGUF only"),
-             ("gptq", "the language model of a multimodal checkpoint is converted to GGUF only")),
+    **VISION_LANGUAGE_LAYOUT,
 ).__dict__)
