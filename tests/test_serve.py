@@ -91,15 +91,25 @@ def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def evil_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo model whose chat template reaches for Python internals."""
+    """The demo model as a GGUF whose chat template reaches for Python internals: a file from
+    the internet. edgekit's converter refuses to write one (its stop-token check renders the
+    template in the sandbox), so a harmless template of the same length is converted and its
+    bytes in the file are overwritten with the hostile one."""
     from edgekit.demo import demo_model_dir
 
+    loop = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    benign = "{#" + "x" * (len(EVIL_TEMPLATE) - len(loop) - 4) + "#}" + loop
+    assert len(benign) == len(EVIL_TEMPLATE)
     src = tmp_path_factory.mktemp("evil-src")
     shutil.copytree(demo_model_dir(), src, dirs_exist_ok=True)
-    (src / "chat_template.jinja").write_text(EVIL_TEMPLATE, encoding="utf-8")
+    (src / "chat_template.jinja").write_text(benign, encoding="utf-8")
     out = tmp_path_factory.mktemp("evil-gguf")
     edgekit.convert(src, out, to="gguf", quants="q8_0", verify_artifacts=False, name="evil")
-    return out / "evil-q8_0.gguf"
+    path = out / "evil-q8_0.gguf"
+    data = path.read_bytes()
+    assert data.count(benign.encode()) == 1
+    path.write_bytes(data.replace(benign.encode(), EVIL_TEMPLATE.encode()))
+    return path
 
 
 @pytest.fixture(scope="module")
