@@ -385,3 +385,17 @@ def test_gptq_of_a_model_with_nan_weights(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="NaN/inf"):  # was a checkpoint of NaN scales, "verified" or not
         convert_gptq(m, out, samples=4, seq_len=64, verify_artifacts=False)
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_hostile_chat_template_is_refused_at_conversion(tmp_path: Path) -> None:
+    """The converter renders the template (in the sandbox) to find its end-of-turn token: one that
+    reaches for Python internals stops the conversion with one line, and nothing is written."""
+    from edgekit.demo import demo_model_dir
+
+    src = _copy(demo_model_dir(), tmp_path / "src")
+    (src / "chat_template.jinja").write_text("{{ ''.__class__.__mro__ }}{% for m in messages %}{{ m['content'] }}"
+                                             "{% endfor %}", encoding="utf-8")
+    out = tmp_path / "out"
+    code, text = _run("convert", str(src), "-q", "q8_0", "--no-verify", "-o", str(out))
+    assert code == 1 and "unsafe operation" in _one_error_line(text)
+    assert not list(out.glob("*.gguf")) and not list(out.glob(".edgekit-tmp*"))
