@@ -232,6 +232,9 @@ def _complete_jobs(jobs_dir: Path) -> dict[str, str]:
     return out
 
 
+KILL_RUN = ("-p", "256", "-n", "256", "-r", "4")
+
+
 def test_killed_boards_retry_or_fail_and_lose_nothing(cluster: LocalCluster, artifacts: list[Path],
                                                       tmp_path: Path) -> None:
     """a2 (pa) is killed mid-job: its job is retried on head, the other pa board. Then b1 (the
@@ -239,7 +242,9 @@ def test_killed_boards_retry_or_fail_and_lose_nothing(cluster: LocalCluster, art
     reason; the pb result finished before stays. Runs last: it takes boards away."""
     out = tmp_path / "results.json"
     jobs_dir = tmp_path / "results-jobs"
-    args = ["bench", *map(str, artifacts), "--on", "pa,pb", "-p", "32", "-n", "16", "-r", "3", "--warmup", "0",
+    # jobs long enough (seconds, not tenths) that the poll below sees b1 inside its second job on
+    # any host, loaded or not
+    args = ["bench", *map(str, artifacts), "--on", "pa,pb", *KILL_RUN, "--warmup", "0",
             "-t", "1", "-o", str(out), "--json", "--address", cluster.address]
     proc = subprocess.Popen([sys.executable, "-m", "edgekit", "fleet", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -290,7 +295,7 @@ def test_killed_boards_retry_or_fail_and_lose_nothing(cluster: LocalCluster, art
     assert set(before_b1.values()) <= complete_keys
 
     # a rerun skips the finished jobs; pb has no board left, so its missing job fails at once
-    again = fleet(cluster, "bench", *map(str, artifacts), "--on", "pa,pb", "-p", "32", "-n", "16", "-r", "3",
+    again = fleet(cluster, "bench", *map(str, artifacts), "--on", "pa,pb", *KILL_RUN,
                   "--warmup", "0", "-t", "1", "-o", str(out), "--json")
     doc2 = json.loads(again.stdout)
     assert again.returncode == 1
