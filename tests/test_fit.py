@@ -65,6 +65,14 @@ def test_allocate_is_never_worse_than_a_uniform_type_of_the_same_size() -> None:
         assert loss <= best * 1.5 + 1e-3  # greedy on the hull: near the exhaustive optimum
 
 
+def test_allocate_takes_the_one_large_step_that_matters() -> None:
+    """A big sensitive class (a tied embedding) and a small one: spending on the small one's cheap
+    steps first would leave no room for the big one's single step; holding a class fixed finds it."""
+    big = _unit("embd", {"Q2_K": 100, "Q8_0": 400}, {"Q2_K": 1.0, "Q8_0": 0.0})
+    small = _unit("ffn", {"Q2_K": 10, "Q4_K": 20, "Q8_0": 40}, {"Q2_K": 0.5, "Q4_K": 0.1, "Q8_0": 0.0})
+    assert allocate([big, small], budget=420, fixed=0) == {"embd": "Q8_0", "ffn": "Q4_K"}  # 420 of 420
+
+
 def test_allocate_refuses_a_budget_below_the_smallest_mix() -> None:
     with pytest.raises(InputError, match="smaller than the smallest mix"):
         allocate(_units(), budget=51, fixed=0)
