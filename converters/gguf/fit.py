@@ -68,6 +68,7 @@ PRECISION_OF: dict[str, Precision] = {"Q2_K": Precision.INT2, "Q3_K": Precision.
                                       "Q5_K": Precision.INT5, "Q6_K": Precision.INT6, "Q8_0": Precision.INT8,
                                       "F16": Precision.FP16}
 METHODS = ("kl", "error")
+HOLD_SHARE = 0.05  # units this large a share of the model are also tried held at each rung
 ALIGN = 32  # GGUF tensor data alignment (general.alignment default)
 FIT_TOKENS = 1024  # calibration positions the kl method scores per rung
 FIT_CTX = 256  # tokens per scoring window (half scored)
@@ -278,6 +279,26 @@ def class_units(tensors: Sequence[TensorRow]) -> tuple[list[Unit], int]:
     return units, vectors
 
 
+def split_by_layer(units: list[Unit]) -> list[Unit]:
+    """Each block class as one unit per layer, each with its share (by weights) of the class's
+    priced loss: the allocation can then give half the layers of a class the next type, as
+    llama.cpp's _m mixes do, where a whole class's step would not fit (Gemma 3 270M at q4_k_m's
+    size: half its ffn_down at q6_k). The pricing stays per class (one probe per class and type)."""
+    out: list[Unit] = []
+    for u in units:
+        if len(u.tensors) < 2 or not all(t.name.startswith("blk.") for t in u.tensors):
+            out.append(u)
+            continue
+        total = sum(math.prod(t.shape) for t in u.tensors)
+        for t in u.tensors:
+            share = math.prod(t.shape) / total
+            part = Unit(t.name, "^" + re.escape(t.name) + "$", [t], list(u.rungs))
+            part.bytes = {r: _padded(rung_bytes(t, r)) for r in u.rungs}
+            part.loss = {r: v * share for r, v in u.loss.items()}
+            out.append(part)
+    return out
+
+
 def allocate(units: list[Unit], budget: int, fixed: int) -> dict[str, str]:
     """The greedy below, and the same with each class held at each of its rungs in turn, best of all.
 
@@ -289,7 +310,10 @@ def allocate(units: list[Unit], budget: int, fixed: int) -> dict[str, str]:
     def loss(choice: dict[str, str]) -> float:
         return sum(u.loss[choice[u.name]] for u in units)
 
+    whole = sum(max(u.bytes.values()) for u in units)
     for u in units:
+        if max(u.bytes.values()) < HOLD_SHARE * whole:
+            continue  # a small unit's steps are what the greedy already gets right
         for r in u.rungs:
             if r in u.loss and r != best[u.name]:
                 try:
@@ -534,10 +558,20 @@ def plan_fit(base: Path, request: FitRequest, work: Path, quantize: QuantizeFn, 
         else:
             measure_error(units, base, work, quantize, imatrix, progress)
         _write_pricing(work, key, units)
+    units = split_by_layer(units)
     choice = allocate(units, request.budget_bytes, fixed)
     size = fixed + sum(u.bytes[choice[u.name]] for u in units)
     loss = sum(u.loss[choice[u.name]] for u in units)
     plan = FitPlan(request, choice, units, size, loss, fixed)
-    report(progress, "fit", f"{size / 1e9:.3g} GB of {request.budget_bytes / 1e9:.3g}: "
-                            + ", ".join(f"{n.removesuffix('.weight')}={r.lower()}" for n, r in choice.items()))
+    report(progress, "fit", f"{size / 1e9:.3g} GB of {request.budget_bytes / 1e9:.3g}: {mix_summary(choice)}")
     return plan
+
+
+def mix_summary(choice: dict[str, str]) -> str:
+    """``attn_v=q8_0 x9 + q5_0 x9, token_embd=q8_0``: the chosen types per class, layers counted."""
+    by_class: dict[str, dict[str, int]] = {}
+    for name, rung in choice.items():
+        cls = re.sub(r"^blk\.\d+\.", "", name).removesuffix(".weight")
+        by_class.setdefault(cls, {})[rung.lower()] = by_class.setdefault(cls, {}).get(rung.lower(), 0) + 1
+    return ", ".join(cls + "=" + " + ".join(f"{r} x{n}" if n > 1 else r for r, n in kinds.items())
+                     for cls, kinds in by_class.items())
