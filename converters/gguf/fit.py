@@ -289,32 +289,14 @@ def split_by_layer(units: list[Unit]) -> list[Unit]:
         if len(u.tensors) < 2 or not all(t.name.startswith("blk.") for t in u.tensors):
             out.append(u)
             continue
-        n = len(u.tensors)
-        weight = {t.name: math.prod(t.shape) * (EDGE_LAYER_WEIGHT if _more_bits(_layer(t.name), n) else 1.0)
-                  for t in u.tensors}
-        total = sum(weight.values())
+        total = sum(math.prod(t.shape) for t in u.tensors)
         for t in u.tensors:
-            share = weight[t.name] / total
+            share = math.prod(t.shape) / total
             part = Unit(t.name, "^" + re.escape(t.name) + "$", [t], list(u.rungs))
             part.bytes = {r: _padded(rung_bytes(t, r)) for r in u.rungs}
             part.loss = {r: v * share for r, v in u.loss.items()}
             out.append(part)
     return out
-
-
-# llama.cpp's _m mixes give more bits to the first and last eighth of the layers and every third
-# in between (llama-quant.cpp use_more_bits): errors there cost more. The class's priced loss is
-# shared out with that prior, twice the weight on those layers, so they are upgraded first.
-EDGE_LAYER_WEIGHT = 2.0
-
-
-def _layer(name: str) -> int:
-    m = re.match(r"blk\.(\d+)\.", name)
-    return int(m.group(1)) if m else -1
-
-
-def _more_bits(i: int, n: int) -> bool:
-    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
 
 
 def allocate(units: list[Unit], budget: int, fixed: int) -> dict[str, str]:
