@@ -25,16 +25,16 @@ from typing import Any
 
 from .cluster import BoardFacts, FleetError, detect_board, join_plan
 
+# run as `python -c` in a child (its own driver, so the test process never joins Ray): the exit
+# status says whether `want` nodes came up before the deadline
 _WAIT_SCRIPT = """
 import sys, time, ray
 ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
 want, deadline = int(sys.argv[2]), time.monotonic() + float(sys.argv[3])
-while time.monotonic() < deadline:
-    alive = [n for n in ray.nodes() if n["Alive"]]
-    if len(alive) >= want:
-        print(len(alive)); sys.exit(0)
+def alive(): return sum(1 for n in ray.nodes() if n["Alive"])
+while alive() < want and time.monotonic() < deadline:
     time.sleep(0.2)
-sys.exit(1)
+raise SystemExit(0 if alive() >= want else 1)
 """
 
 
