@@ -176,3 +176,18 @@ def test_fit_profile_budget_is_what_the_profiler_leaves_for_weights() -> None:
     assert short.budget_bytes < p.usable_memory_gb.value * GIB
     with pytest.raises(InputError, match="no memory left for weights"):
         resolve_fit(config, None, "raspberry-pi-5-8gb", 2**31)
+
+
+def test_error_pricing_fits_without_running_the_model(tmp_path: Path) -> None:
+    """--fit-method error: priced from the quantized weights alone (imatrix-weighted), within budget."""
+    import edgekit
+    from edgekit.demo import demo_model_dir
+
+    res = edgekit.convert(demo_model_dir(), tmp_path, fit_size="1.4MB", fit_method="error", imatrix=True,
+                          verify=False, threads=1)
+    a = res.artifacts[0]
+    assert a.size_bytes <= 1_400_000 and a.extra["fit"]["method"] == "error"
+    for name, cls in a.extra["fit"]["classes"].items():
+        loss = cls["loss"]
+        # a 2-bit copy of a matrix is further from it than an 8-bit one, whatever the CPU
+        assert loss["Q2_K"] > loss["Q8_0"] >= 0.0, name

@@ -37,6 +37,18 @@ def bits_per_weight(type_name: str) -> float:
     return size * 8 / block
 
 
+def dequantize_rows(buf: mmap.mmap, t: TensorRow, lo: int, hi: int) -> np.ndarray:
+    """Float32 rows ``[lo, hi)`` (ggml rows: ne0 values each) of tensor ``t`` in a mapped GGUF, [rows, ne0]."""
+    import gguf
+
+    row_bytes = t.nbytes // (math.prod(t.shape[1:]) if len(t.shape) > 1 else 1)
+    raw = np.frombuffer(buf, dtype=np.uint8, count=(hi - lo) * row_bytes,
+                        offset=t.offset + lo * row_bytes).reshape(hi - lo, row_bytes)
+    out = np.array(gguf.quants.dequantize(raw, gguf.GGMLQuantizationType[t.type]), dtype=np.float32)
+    del raw
+    return out.reshape(hi - lo, t.shape[0])
+
+
 def hf_names(source: SourceModel, spec: ArchSpec, cfg: TextConfig) -> dict[str, str]:
     """GGUF tensor name -> HF tensor name, for every source tensor the converter writes."""
     import gguf
@@ -104,15 +116,7 @@ class GGUFWeights:
         return math.prod(t.shape[1:]) if len(t.shape) > 1 else 1
 
     def _dequantize(self, t: TensorRow, lo: int, hi: int) -> np.ndarray:
-        """Float32 rows ``[lo, hi)`` (ggml rows: ne0 values each) of a tensor, [rows, ne0]."""
-        import gguf
-
-        row_bytes = t.nbytes // self._rows(t)
-        raw = np.frombuffer(self._mm, dtype=np.uint8, count=(hi - lo) * row_bytes,
-                            offset=t.offset + lo * row_bytes).reshape(hi - lo, row_bytes)
-        out = np.array(gguf.quants.dequantize(raw, gguf.GGMLQuantizationType[t.type]), dtype=np.float32)
-        del raw
-        return out.reshape(hi - lo, t.shape[0])
+        return dequantize_rows(self._mm, t, lo, hi)
 
     def _release(self, t: TensorRow) -> None:
         """Drop a tensor's pages from this process's map of the file once dequantized: llama.cpp

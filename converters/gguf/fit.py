@@ -1,4 +1,4 @@
-"""Fit a GGUF to a size budget: one llama.cpp type per tensor class, chosen for the least loss.
+"""Fit a GGUF to a size budget: a llama.cpp type per layer of each tensor class, for the least loss.
 
 ``--fit-size 1.2GB`` (or ``--fit PROFILE --ctx N``: the memory the profile leaves for weights
 after the KV cache, compute buffers and runtime overhead) asks for the most accurate artifact
@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,10 +41,10 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import InputError
-from edgekit.fsutil import temp_path_for
 from edgekit.progress import ProgressFn, report
 
 from .inspect import TensorRow, read_gguf
+from .quantize import block_size
 from .quants import QUANTS, GGUFQuant, Precision
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def check_feasible(request: FitRequest, config: dict[str, Any]) -> None:
     least = 0
     for t in model_shapes(config).tensors:
         if t.is_matrix:
-            least += min((tensor_bytes(t.ne, r) for r in LADDER if t.ne[0] % _block(r) == 0),
+            least += min((tensor_bytes(t.ne, r) for r in LADDER if t.ne[0] % block_size(r) == 0),
                          default=tensor_bytes(t.ne, "F16"))
     if least > request.budget_bytes:
         raise InputError(f"the budget ({request.budget_bytes / 1e9:.3g} GB, {request.basis}) is smaller than the "
@@ -234,16 +234,9 @@ def _padded(n: int) -> int:
 
 
 def rung_bytes(t: TensorRow, rung: str) -> int:
-    import gguf
+    from edgekit.profiles.shapes import tensor_bytes
 
-    blk, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[rung]]
-    return math.prod(t.shape[1:]) * (t.shape[0] // blk) * size
-
-
-def _block(rung: str) -> int:
-    import gguf
-
-    return int(gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[rung]][0])
+    return tensor_bytes(tuple(t.shape), rung)
 
 
 def float_type(tensors: Sequence[TensorRow]) -> str:
@@ -268,7 +261,7 @@ def class_units(tensors: Sequence[TensorRow]) -> tuple[list[Unit], int]:
         by_class.setdefault(m.group(1) if m else t.name, []).append(t)
     units = []
     for name, ts in by_class.items():
-        rungs = [r for r in ladder if all(t.shape[0] % _block(r) == 0 for t in ts)]
+        rungs = [r for r in ladder if all(t.shape[0] % block_size(r) == 0 for t in ts)]
         if K_QUANTS & set(rungs):  # the 32-block types are a fallback, not a choice, where k-quants fit
             rungs = [r for r in rungs if r not in SMALL_BLOCK]
         pattern = (r"^blk\.\d+\." if any(t.name.startswith("blk.") for t in ts) else "^") + re.escape(name) + "$"
@@ -389,8 +382,6 @@ def _hull(points: list[tuple[int, float, str]]) -> list[tuple[int, float, str]]:
     return hull
 
 
-# -- pricing the rungs ---------------------------------------------------------------------------
-
 QuantizeFn = Callable[[Path, Path, GGUFQuant, Sequence[tuple[str, str]]], None]
 
 
@@ -406,135 +397,12 @@ def _is_float(rung: str) -> bool:
     return rung in ("F16", "BF16")
 
 
-def dequantize_rows(path: Path, t: TensorRow, rows: int = 4096) -> Iterator[np.ndarray]:
-    """A tensor's float32 ggml rows from ``path``, ``rows`` at a time ([n, ne0] each)."""
-    import mmap
-
-    import gguf
-
-    n_rows = math.prod(t.shape[1:])
-    row_bytes = t.nbytes // n_rows
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        for lo in range(0, n_rows, rows):
-            n = min(rows, n_rows - lo)
-            raw = np.frombuffer(mm, dtype=np.uint8, count=n * row_bytes,
-                                offset=t.offset + lo * row_bytes).reshape(n, row_bytes)
-            out = np.array(gguf.quants.dequantize(raw, gguf.GGMLQuantizationType[t.type]), dtype=np.float32)
-            del raw
-            yield out.reshape(n, t.shape[0])
-
-
-def measure_kl(units: list[Unit], base: Path, work: Path, quantize: QuantizeFn, calibration: str,
-               request: FitRequest, threads: int | None, progress: ProgressFn | None) -> None:
-    """``kl``: each (class, rung) quantized alone, the rest at F16, scored against the float file."""
-    from edgekit.runtimes.llamacpp import LlamaCppSession
-    from edgekit.runtimes.llamacpp_score import score_positions
-
-    from ..quality import ReferenceScores, make_windows, score_artifact
-
-    jobs = [(u, r) for u in units for r in u.rungs if not _is_float(r)]
-    top = float_type([t for u in units for t in u.tensors])
-    with LlamaCppSession(base, n_ctx=FIT_CTX, n_batch=FIT_CTX, n_threads=threads) as s:
-        ids, head = s.tokenize(calibration, False), s.tokenize("", True)
-        windows = make_windows(ids, head, n_ctx=min(FIT_CTX, s.context_length), eval_tokens=request.tokens,
-                               source="calibration")
-        vocab = int(s.llm.n_vocab())
-
-        def base_score(toks: list[int], start: int) -> Iterator[np.ndarray]:
-            return score_positions(s, toks, start)
-
-        ref = ReferenceScores.collect(windows, base_score, vocab)
-    report(progress, "fit", f"pricing {len(jobs)} (class, type) pairs on {windows.n_scored} calibration tokens")
-    for i, (u, rung) in enumerate(jobs):
-        tmp = temp_path_for(work / f"fit-probe-{i}.gguf")
-        try:
-            quantize(base, tmp, _rung_quant(rung), [(u.pattern, rung), (".", top)])
-            with LlamaCppSession(tmp, n_ctx=FIT_CTX, n_batch=FIT_CTX, n_threads=threads) as s:
-                def score(toks: list[int], start: int) -> Iterator[np.ndarray]:
-                    return score_positions(s, toks, start)
-
-                u.loss[rung] = max(0.0, score_artifact(ref, windows, score).mean_kl)
-        finally:
-            tmp.unlink(missing_ok=True)
-        report(progress, "fit", f"{i + 1}/{len(jobs)}: {u.name} at {rung}: KL {u.loss[rung]:.4g}")
-
-
-def measure_error(units: list[Unit], base: Path, work: Path, quantize: QuantizeFn,
-                  imatrix: dict[str, np.ndarray] | None, progress: ProgressFn | None) -> None:
-    """``error``: the whole model at each rung once; each class's imatrix-weighted relative error."""
-    rungs = sorted({r for u in units for r in u.rungs if not _is_float(r)}, key=_rank)
-    top = float_type([t for u in units for t in u.tensors])
-    base_rows = {t.name: t for t in read_gguf(base).tensors}
-    for k, rung in enumerate(rungs):
-        tmp = temp_path_for(work / f"fit-probe-{rung}.gguf")
-        try:
-            todo = [u for u in units if rung in u.rungs]
-            quantize(base, tmp, _rung_quant(rung), [(u.pattern, rung) for u in todo] + [(".", top)])
-            q_rows = {t.name: t for t in read_gguf(tmp).tensors}
-            for u in todo:
-                err = sig = 0.0
-                for t in u.tensors:
-                    w = np.ones(t.shape[0], dtype=np.float64)
-                    if imatrix is not None and t.name in imatrix and imatrix[t.name].size == t.shape[0]:
-                        w = imatrix[t.name].astype(np.float64)
-                    for ref_rows, q_rows_ in zip(dequantize_rows(base, base_rows[t.name]),
-                                                 dequantize_rows(tmp, q_rows[t.name]), strict=True):
-                        err += float(((q_rows_ - ref_rows) ** 2 @ w).sum())
-                        sig += float((ref_rows.astype(np.float64) ** 2 @ w).sum())
-                u.loss[rung] = err / max(sig, 1e-30)
-        finally:
-            tmp.unlink(missing_ok=True)
-        report(progress, "fit", f"{k + 1}/{len(rungs)}: relative output error at {rung}")
-
-
-PRICING_FILE = "fit-pricing.json"  # in the output directory: a second budget reuses the first's pricing
-
-
-def _pricing_key(base: Path, request: FitRequest, calibration: str, imatrix: dict[str, np.ndarray] | None) -> str:
-    """What the losses depend on: the float model's bytes, the method, its text or its matrix."""
-    import hashlib
-
-    from edgekit.fsutil import sha256_file
-
-    h = hashlib.sha256(f"{sha256_file(base)}|{request.method}|{request.tokens}|{FIT_CTX}".encode())
-    if request.method == "kl":
-        h.update(calibration.encode())
-    if imatrix is not None:  # both methods quantize their probes with it
-        for name in sorted(imatrix):
-            h.update(name.encode())
-            h.update(np.ascontiguousarray(imatrix[name], dtype=np.float32).tobytes())
-    return h.hexdigest()
-
-
-def _read_pricing(work: Path, key: str) -> dict[str, dict[str, float]] | None:
-    import json
-
-    try:
-        data = json.loads((work / PRICING_FILE).read_text(encoding="utf-8"))
-        entry = data.get(key) if isinstance(data, dict) else None
-        return entry if isinstance(entry, dict) else None
-    except (OSError, ValueError):
-        return None  # no cache, or a damaged one: price again
-
-
-def _write_pricing(work: Path, key: str, units: list[Unit]) -> None:
-    import json
-
-    from edgekit.fsutil import write_json_atomic
-
-    try:
-        data = json.loads((work / PRICING_FILE).read_text(encoding="utf-8"))
-        data = data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        data = {}
-    data[key] = {u.name: u.loss for u in units}
-    write_json_atomic(work / PRICING_FILE, data)
-
-
 def plan_fit(base: Path, request: FitRequest, work: Path, quantize: QuantizeFn, *, calibration: str = "",
              imatrix: dict[str, np.ndarray] | None = None, threads: int | None = None,
              progress: ProgressFn | None = None) -> FitPlan:
     """Price every (class, rung) of the float GGUF ``base`` and choose the mix for the budget."""
+    from .fit_pricing import PRICING_FILE, measure_error, measure_kl, pricing_key, read_pricing, write_pricing
+
     summary = read_gguf(base)
     units, vectors = class_units(summary.tensors)
     data = sum(_padded(t.nbytes) for t in summary.tensors)
@@ -546,8 +414,8 @@ def plan_fit(base: Path, request: FitRequest, work: Path, quantize: QuantizeFn, 
                              hint="convert without --fit-size / fit_size=")
     if smallest > request.budget_bytes:
         allocate(units, request.budget_bytes, fixed)  # raises the one-line error with the smallest mix
-    key = _pricing_key(base, request, calibration, imatrix)
-    cached = _read_pricing(work, key)
+    key = pricing_key(base, request, calibration, imatrix)
+    cached = read_pricing(work, key)
     if cached is not None and all(set(u.rungs) <= set(cached.get(u.name, {})) for u in units):
         for u in units:
             u.loss = {r: float(cached[u.name][r]) for r in u.rungs}
@@ -557,7 +425,7 @@ def plan_fit(base: Path, request: FitRequest, work: Path, quantize: QuantizeFn, 
             measure_kl(units, base, work, quantize, calibration, request, threads, progress)
         else:
             measure_error(units, base, work, quantize, imatrix, progress)
-        _write_pricing(work, key, units)
+        write_pricing(work, key, units)
     units = split_by_layer(units)
     choice = allocate(units, request.budget_bytes, fixed)
     size = fixed + sum(u.bytes[choice[u.name]] for u in units)
