@@ -83,6 +83,8 @@ def test_lfm2_gguf_matches_transformers(lfm2_model: Path, lfm2_inputs: Any, tmp_
         assert rep.passed, (quant, rep.failures)
         assert rep.token_mismatches == []
     f16 = by_quant["f16"][1].metrics
+    # as test_archs' f16 parity: f16 activation rounding alone (the same on every x86 CPU) gives
+    # rel. error ~1e-3 and KL ~1e-6 (measured 0.0013, 5.3e-7); the transposed kernel gives 1.41 and 0.64
     assert f16 is not None and f16.rel_err < 0.05 and f16.mean_kl < 1e-3
 
     for art, _ in by_quant.values():
