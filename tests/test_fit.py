@@ -133,7 +133,7 @@ def test_fitted_mix_is_within_budget_and_beats_the_stock_type(fitted_demo: tuple
     assert fit["verification"]["passed"] and fit["verification"]["correctness"]["passed"]
     # the test: lower KL than the stock type of the same size. Not a bound of the method
     # (the fit minimises loss priced on calibration text), so it rests on the gap: here 0.020-0.023
-    # vs 0.0258 on 8,415 held-out tokens (stderr ~4e-4), while what differs between CPUs is small:
+    # vs 0.0258 on 8,415 held-out tokens, while what differs between CPUs is small:
     # llama.cpp's quantizer is ggml's scalar reference code (the same bytes on every CPU) and the
     # pricing's KL moves by runtime rounding (~1e-5, the f16 artifact's KL), far below the gap
     assert fit["verification"]["mean_kl"] < stock["verification"]["mean_kl"]
