@@ -20,6 +20,10 @@
 #                 runs on another x86-64 host than the one that built it)
 #   EXTRA_CMAKE_ARGS   appended to CMAKE_ARGS
 #   CMAKE_BUILD_PARALLEL_LEVEL  compile jobs (default: all cores)
+#   BUILD_DIR     CMake's build tree (default: OUTDIR/build). It is kept, so running the script
+#                 again after an interruption resumes where the compile stopped: the CUDA
+#                 kernels take hours on a 2-core host or a Jetson, and pip's default temporary
+#                 tree would start them over
 #
 # Why the explicit CUDACXX: without it CMake may not find nvcc (it is not on PATH on Jetson's
 # JetPack by default) and llama-cpp-python then builds a CPU-only library without an error
@@ -132,11 +136,30 @@ echo "nvcc:    $nvcc (CUDA $cuda_version)"
 echo "cuBLAS:  $cublas_root"
 echo "driver:  ${driver_args:-system libcuda}"
 echo "archs:   $archs   jobs: $CMAKE_BUILD_PARALLEL_LEVEL   native CPU: $native"
+build_dir=${BUILD_DIR:-$out/build}
+mkdir -p "$build_dir"
+build_dir=$(cd "$build_dir" && pwd)
+# A stable source tree too: CMake refuses a build tree made from another source directory, and
+# pip unpacks an sdist into a new temporary one each run.
+srcdir=$build_dir/src
+if [ ! -e "$srcdir/pyproject.toml" ] || [ "$(cat "$build_dir/sdist.sha256" 2>/dev/null)" != "$(sha256sum "$sdist" | cut -d' ' -f1)" ]; then
+    rm -rf "$srcdir" && mkdir -p "$srcdir"
+    tar -xzf "$sdist" -C "$srcdir" --strip-components=1
+    sha256sum "$sdist" | cut -d' ' -f1 >"$build_dir/sdist.sha256"
+fi
+echo "build:   $build_dir$( [ -e "$build_dir/cmake/build.ninja" ] && echo '   (resuming)')"
 echo "CMAKE_ARGS=$CMAKE_ARGS"
 start=$(date +%s)
-python3 -m pip wheel --no-deps $isolation -w "$out" -v "$sdist" >"$out/build.log" 2>&1 \
-    || die "build failed after $(( $(date +%s) - start )) s -- see $out/build.log"
-secs=$(( $(date +%s) - start ))
+# Append, so a resumed build keeps the log of the part that ran before.
+# The seconds of earlier, interrupted runs are kept beside the tree, so 'time' is the whole compile.
+earlier=$(cat "$build_dir/seconds" 2>/dev/null || echo 0)
+trap 'echo $(( $(date +%s) - start + earlier )) >"$build_dir/seconds"; exit 130' INT TERM HUP
+status=0
+python3 -m pip wheel --no-deps $isolation -w "$out" -v -C build-dir="$build_dir/cmake" "$srcdir" >>"$out/build.log" 2>&1 \
+    || status=$?
+secs=$(( $(date +%s) - start + earlier ))
+echo "$secs" >"$build_dir/seconds"
+[ "$status" = 0 ] || die "build failed after $secs s -- see $out/build.log (run again to resume)"
 
 wheel=$(ls -t "$out"/llama_cpp_python-*.whl | head -1)
 # A wheel without libggml-cuda is the silent CPU-only build this script exists to prevent.
@@ -153,4 +176,4 @@ for lib in "$check"/llama_cpp/lib/libggml-cuda.so*; do
 done
 rm -rf "$check"
 echo "built:   $wheel"
-echo "size:    $(du -m "$wheel" | cut -f1) MiB   time: ${secs} s"
+echo "size:    $(du -m "$wheel" | cut -f1) MiB   time: ${secs} s (all runs of this build tree)"

@@ -11,7 +11,7 @@ from typing import Any
 from edgekit.errors import UnsupportedArchitectureError
 
 from . import gemma2, gemma3, granite, lfm2, llama, mistral, olmo2, phi3, qwen2, qwen3, smollm3
-from .base import ArchSpec, TextConfig
+from .base import ArchSpec, Composite, ExpertLayout, Piece, TextConfig
 
 FORMATS = ("gguf", "onnx", "gptq")  # the registry's Format values, in its order
 
@@ -66,5 +66,5 @@ def support_markdown() -> str:
     return "\n".join(lines)
 
 
-__all__ = ["ARCHS", "FORMATS", "ArchSpec", "TextConfig", "spec_for", "support_markdown", "support_rows",
+__all__ = ["ARCHS", "FORMATS", "ArchSpec", "Composite", "ExpertLayout", "Piece", "TextConfig", "spec_for", "support_markdown", "support_rows",
            "supported_names"]

@@ -97,6 +97,40 @@ VISION_LANGUAGE_LAYOUT: dict[str, Any] = {
 
 
 @dataclass(frozen=True)
+class Piece:
+    """Rows ``[lo, hi)`` of one checkpoint tensor. A row is the last axis's values (ggml's ne0),
+    the leading axes flattened: rows of an ``[E, 2*ff, hidden]`` tensor run ``0 .. E*2*ff``."""
+
+    hf_name: str
+    lo: int
+    hi: int
+
+
+@dataclass(frozen=True)
+class Composite:
+    """A GGUF tensor made of parts of checkpoint tensors, in order: Mixtral's or Qwen3-MoE's
+    per-expert matrices stacked into ``ffn_*_exps``, a fused ``[E, 2*ff, h]`` gate/up split into
+    ``ffn_gate_exps`` and ``ffn_up_exps``, Granite 4's ``input_linear`` split into gate and up.
+    The writer streams the pieces' rows one after the other; verification maps them back."""
+
+    gguf_name: str
+    shape: tuple[int, ...]  # numpy order (slowest axis first), as GGUF's tensor reversed
+    pieces: tuple[Piece, ...]
+
+
+@dataclass(frozen=True)
+class ExpertLayout:
+    """A mixture-of-experts feed-forward, per MoE layer: what memory holds (all experts) and what
+    one decoded token reads (the router's top-k of them plus the shared expert)."""
+
+    n_experts: int
+    n_active: int  # experts each token is routed to (num_experts_per_tok)
+    expert_ff: int  # one expert's hidden width (moe_intermediate_size)
+    shared_ff: int = 0  # the always-on shared expert's width (0: none)
+    moe_layers: tuple[int, ...] = ()  # layers with experts (empty: every layer)
+
+
+@dataclass(frozen=True)
 class ArchSpec:
     """One supported architecture: data first, hooks for what differs."""
 
@@ -218,6 +252,22 @@ class ArchSpec:
     def gguf_name(self, tmap: gguf.TensorNameMap, hf_name: str) -> str | None:
         """llama.cpp's name for an HF tensor (gguf-py's table), None where it has none."""
         return tmap.get_name(self.text_name(hf_name), try_suffixes=(".weight", ".bias"))
+
+    def composites(self, shapes: dict[str, tuple[int, ...]], c: TextConfig) -> list[Composite]:
+        """GGUF tensors assembled from parts of checkpoint tensors (``shapes``: every source
+        tensor not skipped, HF name -> shape). A checkpoint tensor any piece names is written
+        only through its composites, never one-to-one. None for dense Llama-like families."""
+        return []
+
+    def experts(self, c: TextConfig) -> ExpertLayout | None:
+        """The mixture-of-experts layout (None: a dense feed-forward). The profiler prices
+        decoding from the active experts' bytes and memory from all of them."""
+        return None
+
+    def recurrent_layers(self, c: TextConfig) -> int:
+        """Layers that keep a recurrent or convolution state per sequence instead of a KV cache
+        per token (LFM2's short convolutions, Mamba-2, gated delta-net)."""
+        return 0
 
     def swa_layers(self, c: TextConfig) -> tuple[int | None, int]:
         """(window, number of layers llama.cpp runs with it): its KV cache keeps only the window."""
