@@ -79,6 +79,46 @@ def _safe_relative(root: Path, location: str, owner: Path) -> Path:
     return root / Path(*p.parts)
 
 
+# The per-layer state bindings of a hybrid decoder (genai_config.json's ``layer_types``): a layer
+# of these types carries these states instead of a KV cache (ONNX Runtime GenAI's builders for
+# LFM2, Qwen3.5 and Granite 4). Every other layer type carries the KV cache (and its scales).
+_LAYER_STATES: dict[str, frozenset[str]] = {
+    "conv": frozenset({"conv"}),  # LFM2's gated short convolution: its last L-1 inputs
+    "linear_attention": frozenset({"conv", "recurrent"}),  # Qwen3.5's gated delta-net
+    "mamba": frozenset({"conv", "recurrent"}),  # Granite 4's Mamba-2
+}
+_KV_STATES = frozenset({"key", "value", "key_scale", "value_scale"})
+
+
+def state_layers(layer_types: list[Any]) -> list[int]:
+    """The layers of a hybrid decoder that carry a state instead of a KV cache (by the table above)."""
+    return [i for i, t in enumerate(layer_types) if str(t) in _LAYER_STATES]
+
+
+def _state_kind(binding: str) -> str | None:
+    """``past_conv_names`` -> ``conv``; None for a binding that is not per layer."""
+    for prefix in ("past_", "present_"):
+        if binding.startswith(prefix) and binding.endswith("_names"):
+            return binding[len(prefix):-len("_names")]
+    return None
+
+
+def _layers_bound(dec: dict[str, Any], binding: str) -> list[int]:
+    """The layers whose graph inputs/outputs a ``%d`` binding names: all of them, or in a hybrid
+    decoder only the layers whose type has that state."""
+    layers = int(dec.get("num_hidden_layers") or 0)
+    types = dec.get("layer_types")
+    kind = _state_kind(binding)
+    if not isinstance(types, list) or len(types) != layers or kind is None:
+        return list(range(layers))
+
+    def has(layer_type: Any) -> bool:
+        states = _LAYER_STATES.get(str(layer_type))
+        return kind in states if states is not None else kind in _KV_STATES or kind not in {"conv", "recurrent"}
+
+    return [i for i, t in enumerate(types) if has(t)]
+
+
 def _check_bindings(cfg: dict[str, Any], decoder: Path) -> None:
     """Every input and output name genai_config.json binds (``%d``: each layer) exists in the graph:
     ONNX Runtime GenAI would otherwise fail in the middle of a generation."""
@@ -88,7 +128,6 @@ def _check_bindings(cfg: dict[str, Any], decoder: Path) -> None:
         raise CorruptFileError(decoder, f"not a valid ONNX model ({e})",
                                hint="the file is truncated or corrupt; re-export or re-copy it") from e
     dec = cfg["model"]["decoder"]
-    layers = dec.get("num_hidden_layers") or 0
     for section, present in (("inputs", graph_in), ("outputs", graph_out)):
         bindings = dec.get(section, {})
         if not isinstance(bindings, dict) or any(not isinstance(v, str) for v in bindings.values()):
@@ -96,7 +135,7 @@ def _check_bindings(cfg: dict[str, Any], decoder: Path) -> None:
                                    hint="re-export the model with `edgekit convert --to onnx`")
         for key, template in bindings.items():
             try:
-                names = [template % i for i in range(layers)] if "%" in template else [template]
+                names = [template % i for i in _layers_bound(dec, key)] if "%" in template else [template]
             except (TypeError, ValueError):
                 names = [template]
             missing = [n for n in names if n not in present]

@@ -176,3 +176,91 @@ def test_lfm2_configs_llama_cpp_cannot_run_are_refused(lfm2_model: Path, tmp_pat
 
 
 HYBRID_CONFIGS = {"lfm2": lfm2_config}  # read by tests/test_archs.py's spec-layout test
+
+
+# -- LFM2 through ONNX Runtime GenAI's builder ------------------------------------------------
+# The builder writes LFM2's conv states as per-layer graph inputs/outputs (past.N.conv,
+# [batch, hidden, L-1]) on the conv layers only, and KV caches on the attention layers only,
+# with the decoder's layer_types in genai_config.json: the runtime feeds the states by it.
+
+
+@pytest.fixture(scope="module")
+def lfm2_onnx(lfm2_model: Path, lfm2_inputs: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    from edgekit.converters.onnx.convert import convert_onnx
+
+    out = tmp_path_factory.mktemp("lfm2-onnx")
+    return out, convert_onnx(lfm2_model, out, "fp32,int4", name=NAME, prepared=lfm2_inputs, quality=FAST)
+
+
+def test_lfm2_onnx_matches_transformers(lfm2_model: Path, lfm2_onnx: tuple[Path, Any]) -> None:
+    out, res = lfm2_onnx
+    by_quant = {a.quant: (a, rep) for a, rep in zip(res.artifacts, res.reports, strict=True)}
+    assert set(by_quant) == {"fp32", "int4"}
+    for quant, (_, rep) in by_quant.items():
+        assert rep.passed, (quant, rep.failures)
+        assert rep.token_mismatches == []
+    fp32 = by_quant["fp32"][1].metrics
+    # fp32 graph vs fp32 PyTorch: only the order of float32 sums differs (measured KL 1.3e-12)
+    assert fp32 is not None and fp32.mean_kl < 1e-6
+    decoder = json.loads((out / by_quant["fp32"][0].file / "genai_config.json").read_text())["model"]["decoder"]
+    assert decoder["layer_types"] == LFM2_TYPES
+    assert decoder["conv_cache_size"] == L_CACHE - 1
+    assert decoder["inputs"]["past_conv_names"] == "past.%d.conv"
+
+    from edgekit.runtimes.onnx import OnnxSession
+    from edgekit.runtimes.onnx_proto import graph_io
+
+    graph_in, _ = graph_io(out / by_quant["fp32"][0].file / "model.onnx")
+    for i, kind in enumerate(LFM2_TYPES):  # each layer's own state, no other
+        assert (f"past.{i}.conv" in graph_in) == (kind == "conv")
+        assert (f"past_key_values.{i}.key" in graph_in) == (kind == "full_attention")
+    with OnnxSession(out / by_quant["int4"][0].file, n_ctx=0, device="cpu") as s:  # the runtime API runs it
+        ids = s.tokenize("The quick brown fox")
+        assert s.logits(ids).shape == (len(ids), VOCAB)
+
+
+def test_lfm2_onnx_reversed_conv_kernel_is_caught(lfm2_model: Path, lfm2_onnx: tuple[Path, Any], tmp_path: Path) -> None:
+    """The conv kernels' taps reversed in the built model's data (as a builder that flipped the
+    causal convolution would): the projections still read back right, the logits do not."""
+    import onnx
+
+    from edgekit.converters.onnx.convert import check_onnx
+
+    out, res = lfm2_onnx
+    broken = tmp_path / f"{NAME}-onnx-fp32"
+    shutil.copytree(out / res.artifacts[0].file, broken)
+    graph = onnx.load(str(broken / "model.onnx"), load_external_data=False).graph
+    data = broken / "model.onnx.data"
+    for init in graph.initializer:
+        if init.name.endswith("conv.conv.weight"):
+            info = {e.key: e.value for e in init.external_data}
+            kernel = np.memmap(data, dtype=np.float32, mode="r+", offset=int(info["offset"]),
+                               shape=tuple(init.dims))
+            kernel[:] = kernel[..., ::-1].copy()
+            kernel.flush()
+            del kernel
+    with pytest.raises(VerificationError, match=r"logits"):
+        check_onnx(lfm2_model, broken, quality=FAST)
+
+
+def test_lfm2_onnx_layer_pattern_traps(lfm2_model: Path, lfm2_onnx: tuple[Path, Any], tmp_path: Path) -> None:
+    from edgekit.converters.onnx.convert import check_onnx
+    from edgekit.errors import CorruptFileError
+
+    out, res = lfm2_onnx
+    # a genai_config.json whose pattern is not the graph's: the runtime would feed states to the wrong layers
+    swapped = tmp_path / "swapped"
+    shutil.copytree(out / res.artifacts[0].file, swapped)
+    cfg = json.loads((swapped / "genai_config.json").read_text())
+    cfg["model"]["decoder"]["layer_types"] = ["full_attention", "conv", "full_attention", "conv"]
+    (swapped / "genai_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CorruptFileError, match=r"past_key_names.*past_key_values\.0\.key"):
+        check_onnx(lfm2_model, swapped, quality=FAST)
+    # a build whose (self-consistent) pattern is not the source's
+    other = tmp_path / "other-source"
+    shutil.copytree(lfm2_model, other)
+    src_cfg = json.loads((other / "config.json").read_text())
+    src_cfg["layer_types"] = ["full_attention", "conv", "full_attention", "conv"]
+    (other / "config.json").write_text(json.dumps(src_cfg))
+    with pytest.raises(VerificationError, match=r"state layers"):
+        check_onnx(other, out / res.artifacts[0].file, quality=FAST)

@@ -163,12 +163,31 @@ def verify_onnx(path: Path, label: str, q: OnnxQuant, verifier: Verifier, *, thr
 
     from .dequant import OnnxWeights
 
+    _check_layer_pattern(path, label, verifier.inputs.source.config)
     own = verifier.own_weights(q.name, OnnxWeights(path, verifier.inputs.source).weights())  # before ORT loads it
     with OnnxSession(path, n_ctx=0, n_threads=threads, device="cpu") as s:
         def score(ids: list[int], start: int) -> Iterator[np.ndarray]:
             yield s.logits(ids)[start:]
 
         return verifier.check(label, q.name, q.precision, s.tokenize, s.logits, score, own, is_eog=s.is_end)
+
+
+def _check_layer_pattern(path: Path, label: str, config: dict[str, Any]) -> None:
+    """A hybrid model's genai_config.json names which layers carry a convolution or recurrent
+    state instead of a KV cache; ONNX Runtime GenAI feeds the states by it. A pattern that is
+    not the source's would run the wrong layers' states (or fail mid-generation): refused."""
+    from edgekit.errors import VerificationError
+    from edgekit.runtimes.onnx_check import read_genai_config, state_layers
+
+    built = read_genai_config(path)["model"]["decoder"].get("layer_types")
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    source = text.get("layer_types") if isinstance(text, dict) else None
+    if not isinstance(built, list):
+        return
+    if not isinstance(source, list) or state_layers(built) != state_layers(source):
+        raise VerificationError(label, "layer pattern",
+                                f"genai_config.json runs layers {state_layers(built)} as state layers, the source "
+                                f"{state_layers(source) if isinstance(source, list) else 'has no layer_types'}")
 
 
 def _versions() -> dict[str, str]:

@@ -39,6 +39,7 @@ def _modules(spec: ArchSpec) -> dict[str, tuple[str, ...]]:
     """The builder's prefixes -> HF modules for this family: where HF stores q/k/v or gate/up
     fused (Phi-3), the builder's matrices are parts of that one HF tensor (rows, in order)."""
     out = dict(_MODULES)
+    out.update((prefix, (module,)) for prefix, module in spec.onnx_modules)
     if spec.fused_qkv:
         out["attn.qkv_proj"] = ("self_attn.qkv_proj",)
     if spec.fused_gate_up:

@@ -160,6 +160,10 @@ class ArchSpec:
     layer_norms: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")
     fused_qkv: bool = False  # one qkv_proj (Phi-3)
     fused_gate_up: bool = False  # one gate_up_proj (Phi-3)
+    # ONNX Runtime GenAI's builder names each projection after Llama's modules ("attn.o_proj",
+    # "mlp.gate_proj"): (builder prefix, this family's HF module) where the family's own differs,
+    # so verification reads the right matrix back (LFM2: ("attn.o_proj", "self_attn.out_proj")).
+    onnx_modules: tuple[tuple[str, str], ...] = ()
     # -- multimodal checkpoints: only the language model is converted --------------------------
     # (checkpoint prefix, text-only prefix) pairs, the layout transformers holds in memory first
     # (then the hub's saved layouts): ("model.language_model.", "model.") ...

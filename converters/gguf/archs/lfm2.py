@@ -141,13 +141,20 @@ class Lfm2Spec(ArchSpec):
         """Layers that keep a recurrent state per sequence instead of a KV cache per token."""
         return sum(1 for t in layer_types(c) if t == CONV)
 
+    def recurrent_state(self, c: TextConfig) -> tuple[int, int]:
+        """llama.cpp's n_embd_r for LFM2: the last L - 1 inputs of the short convolution (hidden
+        wide); no recurrent state (n_embd_s = 0)."""
+        return c.hidden_size * (conv_kernel_length(c) - 1), 0
+
 
 SPEC = Lfm2Spec(
     name="lfm2",
     hf_architectures=("Lfm2ForCausalLM",),
     gguf_arch="LFM2",
     required=("conv_L_cache",),
-    formats=("gguf",),
-    why_not=(("onnx", "edgekit does not yet verify LFM2's ONNX build (its conv states in genai_config.json)"),
-             ("gptq", "edgekit does not yet run LFM2 through llmcompressor's sequential pipeline")),
+    formats=("gguf", "onnx"),
+    why_not=(("gptq", "edgekit does not yet run LFM2 through llmcompressor's sequential pipeline"),),
+    onnx_modules=(("attn.o_proj", "self_attn.out_proj"), ("conv.in_proj", "conv.in_proj"),
+                  ("conv.out_proj", "conv.out_proj"), ("mlp.gate_proj", "feed_forward.w1"),
+                  ("mlp.up_proj", "feed_forward.w3"), ("mlp.down_proj", "feed_forward.w2")),
 )
