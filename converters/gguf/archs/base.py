@@ -273,6 +273,12 @@ class ArchSpec:
         per token (LFM2's short convolutions, Mamba-2, gated delta-net)."""
         return 0
 
+    def recurrent_state(self, c: TextConfig) -> tuple[int, int]:
+        """Floats each recurrent layer keeps per sequence, as llama.cpp allocates them (f32, one row
+        per sequence in llama_memory_recurrent): (``n_embd_r``, the rolling convolution or
+        token-shift history; ``n_embd_s``, the recurrent state). The profiler's memory model."""
+        return 0, 0
+
     def swa_layers(self, c: TextConfig) -> tuple[int | None, int]:
         """(window, number of layers llama.cpp runs with it): its KV cache keeps only the window."""
         return None, 0
