@@ -11,6 +11,10 @@ One model object serves both halves of verification:
   the model's logits on the probe set are compared with the artifact's runtime. Bounds are then
   as tight at q2_k as at f16: a wrong layout, graph or tokenizer is caught at every precision.
 
+A parameter transformers holds whole where the checkpoint stores parts (transformers 5's fused
+expert stacks, from a hub checkpoint's per-expert matrices: :meth:`~.gguf.archs.ArchSpec.checkpoint_parts`)
+is assembled from its parts, each compared with its own source tensor.
+
 The model is loaded in the source's own dtype (a bf16 model stays bf16: no fp32 copy), and
 swapping weights in place keeps the memory at one model whatever the number of artifacts.
 A LoRA adapter is merged by PEFT (not by edgekit's own merge, which the artifacts use), and
@@ -153,15 +157,19 @@ class SourceReference:
             _float32_head(model)
         self.lm = LayerwiseLM(model)
         # the checkpoint name of each parameter (tied weights: the one the source stores)
-        groups: dict[str, list[str]] = {}
-        for name, canon in self.lm.aliases.items():
-            groups.setdefault(canon, []).append(name)
         from .gguf.archs import spec_for
 
         spec = spec_for(self.source.config)  # multimodal checkpoints may be saved under other prefixes
-        self._stored = {canon: next((c for n in names for c in spec.checkpoint_names(n) if self.source.has(c)), canon)
-                        for canon, names in groups.items()}
-        self._by_stored = {stored: canon for canon, stored in self._stored.items()}  # artifacts name tensors so
+        self._stored, self._parts = checkpoint_layout(self.lm, self.source, spec)
+        # artifacts name tensors by the checkpoint's names
+        self._by_stored = {stored: canon for canon, stored in self._stored.items() if canon not in self._parts}
+        self._part_at: dict[str, tuple[str, int, int]] = {}  # part -> (parameter, its rows in it)
+        for canon, parts in self._parts.items():
+            pos = 0
+            for part in parts:
+                n = _rows(self.source.info(part).shape)
+                self._part_at[part] = (canon, pos, pos + n)
+                pos += n
         self._parked = self.streamed  # resident tensors are read on first use
         if not self.streamed:
             assert self.adapter is not None
@@ -189,15 +197,10 @@ class SourceReference:
         return self._stored[self.lm.aliases[name]]
 
     def _source_tensor(self, name: str) -> Any:
-        """A source tensor as stored (bf16 stays bf16), read into its own buffer."""
-        import torch
-
-        stored = self.stored_name(name)
-        raw = self.source.file_of(stored).raw(stored)
-        tag = self.source.info(stored).dtype
-        if tag == "BF16":
-            return torch.from_numpy(raw.view(np.int16)).view(torch.bfloat16)
-        return torch.from_numpy(np.require(raw, requirements=["W"]))
+        """A source tensor as stored (bf16 stays bf16), read into its own buffer (a parameter
+        stored in parts: assembled from them)."""
+        canon = self.lm.aliases[name]
+        return read_param(self.source, self.lm, canon, self._stored, self._parts)
 
     def park(self) -> None:
         """Drop the resident tensors (embedding, head, final norm) until the next torch pass:
@@ -287,17 +290,25 @@ class SourceReference:
         weights, for each of ``seqs``; each weight is compared with ``expected(name)`` as it is
         loaded. Tensors the artifact does not carry keep the source's values."""
         check = WeightCheck()
-        # the artifact's names (any alias of a tied weight) by the checkpoint name they stand for
-        known = {n: n if n in self.lm.aliases else self._by_stored.get(n) for n in weights.names}
-        carried = {self.stored_name(m): n for n, m in known.items() if m is not None}
+        # the artifact's names (any alias of a tied weight, a part of an assembled parameter) by the
+        # model parameter they stand for
+        known = {n: self.lm.aliases[n] if n in self.lm.aliases else self._by_stored.get(n) or
+                 self._part_at.get(n, (None,))[0] for n in weights.names}
+        carried = {m: n for n, m in known.items() if m is not None and n not in self._part_at}
+        in_parts = {n for n in weights.names if n in self._part_at}
+        carried.update({self._part_at[n][0]: n for n in in_parts})
         check.unexpected = [n for n, m in known.items() if m is None]
         changed: list[str] = []
 
         def load(names: list[str]) -> None:
             for name in names:
-                stored = self.stored_name(name)
-                if stored in carried:
-                    self.lm.set(name, self._compare(weights.get(carried[stored]), stored, expected, check, name))
+                canon = self.lm.aliases[name]
+                if canon in self._parts and canon in carried:
+                    self.lm.set(name, self._assemble(weights, canon, in_parts, expected, check))
+                    changed.append(name)
+                elif canon in carried:
+                    stored = self.stored_name(name)
+                    self.lm.set(name, self._compare(weights.get(carried[canon]), stored, expected, check, name))
                     changed.append(name)
                 elif self.streamed:
                     self.lm.set(name, self._source_tensor(name))
@@ -312,7 +323,7 @@ class SourceReference:
             load(self.lm.resident_names)
             self._parked = False
         else:
-            load([n for n in self.lm.resident_names if self.stored_name(n) in carried])
+            load([n for n in self.lm.resident_names if self.lm.aliases[n] in carried])
         try:
             hidden = self.lm.run(seqs, lambda i: load(self.lm.layer_names[i]), unload)
             logits = [np.concatenate([b.float().numpy() for b in self.lm.replay(ids, h)])
@@ -342,6 +353,40 @@ class SourceReference:
             return self._source_tensor(name or stored)
         rows = t.shape[0] if t.shape else 1
         cols = math.prod(t.shape[1:]) if t.shape else 1
+        out = param.data.view(rows, cols) if param.device.type != "meta" else \
+            torch.empty((rows, cols), dtype=param.dtype)
+        if self._fill(t, stored, expected, check, out):
+            return out.view(param.shape)
+        return self._source_tensor(name or stored)
+
+    def _assemble(self, weights: ArtifactWeights, canon: str, carried: set[str],
+                  expected: Callable[[str], np.ndarray], check: WeightCheck) -> Any:
+        """A parameter stored in parts (fused experts from per-expert matrices), each part from the
+        artifact where it carries it (compared with its source tensor), else from the source."""
+        import torch
+
+        param = self.lm.param(canon)
+        last = int(param.shape[-1])
+        out = torch.empty(tuple(param.shape), dtype=param.dtype).view(-1, last)
+        for part in self._parts[canon]:
+            _, lo, hi = self._part_at[part]
+            shape = self.source.info(part).shape
+            dst = out[lo:hi].view(shape[0], -1)
+            t = weights.get(part) if part in carried else None
+            if t is not None and t.shape != shape:
+                check.errors[part] = (float("inf"), t.stored_as, t.bits)
+                t = None
+            if t is None or not self._fill(t, part, expected, check, dst):
+                dst.copy_(_stored_tensor(self.source, part).reshape(dst.shape))
+        return out.view(param.shape)
+
+    def _fill(self, t: ArtifactTensor, stored: str, expected: Callable[[str], np.ndarray], check: WeightCheck,
+              out: Any) -> bool:
+        """``t``'s rows copied into ``out`` (``[rows, cols]``, the model's dtype), its error against the
+        source tensor ``stored`` recorded; False where its rows do not fit (then recorded as infinite)."""
+        import torch
+
+        rows, cols = out.shape
         if self.streamed:
             file = self.source.file_of(stored)
 
@@ -352,8 +397,6 @@ class SourceReference:
 
             def want_rows(lo: int, hi: int) -> np.ndarray:
                 return whole[lo:hi]
-        out = param.data.view(rows, cols) if param.device.type != "meta" else \
-            torch.empty((rows, cols), dtype=param.dtype)
         num = den = 0.0
         pos = 0
         for block in t.blocks():
@@ -369,13 +412,20 @@ class SourceReference:
             pos += len(b)
         err = math.sqrt(num / den) if den > 0 else (0.0 if num == 0 else float("inf"))
         check.errors[stored] = (err if pos == rows else float("inf"), t.stored_as, t.bits)
-        return out.view(param.shape) if pos == rows else self._source_tensor(stored)
+        return pos == rows
 
     def _restore(self, names: list[str], expected: Callable[[str], np.ndarray]) -> None:
         import torch
 
         for name in names:
-            self.lm.set(name, torch.from_numpy(np.require(expected(self.stored_name(name)), np.float32, ["C", "W"])))
+            canon = self.lm.aliases[name]
+            if canon in self._parts:
+                shape = tuple(self.lm.param(name).shape)
+                data = np.concatenate([np.asarray(expected(p), np.float32).reshape(-1, shape[-1])
+                                       for p in self._parts[canon]]).reshape(shape)
+            else:
+                data = expected(self.stored_name(name))
+            self.lm.set(name, torch.from_numpy(np.require(data, np.float32, ["C", "W"])))
 
     def _check_merge(self) -> None:
         """edgekit's LoRA merge (what the artifacts hold) must equal PEFT's."""
@@ -385,13 +435,78 @@ class SourceReference:
         worst, where = 0.0, ""
         for name in self.adapter.target_tensors:
             mine = self.adapter.merge(name, self.source.float32(name))
-            peft = self.lm.param(name).float().numpy()
+            if name in self._part_at:  # one expert's matrix of a fused stack
+                canon, lo, hi = self._part_at[name]
+                peft = self.lm.param(canon).float().reshape(-1, mine.shape[-1])[lo:hi].numpy().reshape(mine.shape)
+            else:
+                peft = self.lm.param(name).float().numpy()
             err = _rel_err(mine, peft)
             if err > worst:
                 worst, where = err, name
         if worst > 1e-2:
             raise VerificationError("the LoRA merge", "merge", f"edgekit's merge of {where} differs from PEFT's "
                                                                f"(relative error {worst:.3g})")
+
+
+def _rows(shape: tuple[int, ...]) -> int:
+    """Rows of a tensor as parts are counted: the last axis's values, the leading axes flattened."""
+    return math.prod(shape[:-1]) if len(shape) > 1 else 1
+
+
+def checkpoint_layout(lm: Any, source: SourceModel, spec: Any) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
+    """Where each model parameter (canonical name) is in the checkpoint: the name it is stored
+    under (tied weights: the one the source stores), and for those stored in parts (transformers
+    5's fused experts from per-expert matrices) the parts in order, checked against its shape."""
+    groups: dict[str, list[str]] = {}
+    for name, canon in lm.aliases.items():
+        groups.setdefault(canon, []).append(name)
+    stored = {canon: next((c for n in names for c in spec.checkpoint_names(n) if source.has(c)), canon)
+              for canon, names in groups.items()}
+    parts: dict[str, tuple[str, ...]] = {}
+    for canon, name in stored.items():
+        if source.has(name):
+            continue
+        got = tuple(spec.checkpoint_parts(canon, source.has))
+        if not got:
+            continue
+        shape = tuple(lm.param(canon).shape)
+        shapes = [source.info(p).shape for p in got]
+        if any(s[-1] != shape[-1] for s in shapes) or sum(_rows(s) for s in shapes) != _rows(shape):
+            raise InputError(f"the checkpoint's parts of {canon} ({got[0]}, ... {len(got)} tensors) do not make its "
+                             f"shape {list(shape)}", hint="the checkpoint's expert tensors do not match its "
+                                                          "config.json (num_experts / expert width / hidden_size)")
+        parts[canon] = got
+    return stored, parts
+
+
+def _stored_tensor(source: SourceModel, stored: str) -> Any:
+    """A checkpoint tensor as stored (bf16 stays bf16), read into its own buffer."""
+    import torch
+
+    raw = source.file_of(stored).raw(stored)
+    if source.info(stored).dtype == "BF16":
+        return torch.from_numpy(raw.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(np.require(raw, requirements=["W"]))
+
+
+def read_param(source: SourceModel, lm: Any, canon: str, stored: dict[str, str],
+               parts: dict[str, tuple[str, ...]]) -> Any:
+    """A model parameter from the checkpoint as stored (see :func:`checkpoint_layout`)."""
+    import torch
+
+    if canon not in parts:
+        return _stored_tensor(source, stored[canon])
+    shape = tuple(lm.param(canon).shape)
+    out: Any = None
+    pos = 0
+    for p in parts[canon]:  # one part read at a time beside the assembled parameter
+        t = _stored_tensor(source, p)
+        if out is None:
+            out = torch.empty(shape, dtype=t.dtype).view(-1, shape[-1])
+        n = _rows(tuple(t.shape))
+        out[pos:pos + n] = t.reshape(n, shape[-1])
+        pos += n
+    return out.view(shape)
 
 
 def _float32_head(model: Any) -> None:

@@ -135,6 +135,30 @@ class SafetensorsFile:
                 raise CorruptFileError(self.path, f"tensor {name!r} is cut short (file changed while reading?)")
         return to_float32(buf.view(np_dtype).reshape(n, *info.shape[1:]), info.dtype)
 
+    def span_blocks(self, name: str, lo: int, hi: int, max_bytes: int) -> Iterator[np.ndarray]:
+        """Rows ``[lo, hi)`` of the tensor as stored, ``[n, last axis]`` views in blocks of about
+        ``max_bytes``, a row being the last axis's values (the leading axes flattened: one expert's
+        gate half of a fused ``[E, 2*ff, h]`` stack is one span). Memory as :meth:`blocks`."""
+        info = self.tensors[name]
+        dtype = np.dtype(_DTYPES[info.dtype][0])
+        row = info.shape[-1] if info.shape else 1
+        if hi <= lo:
+            return
+        per_block = max(1, max_bytes // max(1, row * dtype.itemsize))
+        with open(self.path, "rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            for r0 in range(lo, hi, per_block):
+                n = min(per_block, hi - r0)
+                start = info.start + r0 * row * dtype.itemsize
+                yield np.frombuffer(mm, dtype=dtype, count=n * row, offset=start).reshape(n, row)
+                _release(mm, start, n * row * dtype.itemsize)
+        finally:
+            try:
+                mm.close()
+            except BufferError:  # the caller still holds the last view: the map closes when it is dropped
+                pass
+
     def blocks(self, name: str, max_bytes: int) -> Iterator[np.ndarray]:
         """The tensor as stored, in blocks of whole rows (first axis) of about ``max_bytes``.
 

@@ -56,6 +56,10 @@ class SourceModel:
         """The tensor as stored, in row blocks (see :meth:`SafetensorsFile.blocks`)."""
         return self._where[name].blocks(name, max_bytes)
 
+    def span_blocks(self, name: str, lo: int, hi: int, max_bytes: int) -> Iterator[np.ndarray]:
+        """Rows ``[lo, hi)`` (last-axis rows, leading axes flattened; see :meth:`SafetensorsFile.span_blocks`)."""
+        return self._where[name].span_blocks(name, lo, hi, max_bytes)
+
     def dtype_tags(self) -> set[str]:
         return {f.tensors[n].dtype for n, f in self._where.items()}
 

@@ -5,6 +5,8 @@ are compared with what the file's weights compute -- at q2_k as tightly as at f1
 numpy dequantizers cover every ggml type (k-quants and i-quants included); the mapping back
 is the converter's own forward mapping (gguf-py's TensorNameMap over the source's names)
 inverted, and each architecture's :meth:`~.archs.ArchSpec.untransform` undoes its fix-ups.
+A tensor the writer assembled from parts (:mod:`.composite`: stacked experts, split fused
+matrices) is mapped back row range by row range, so each source tensor is rebuilt from the file.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ from edgekit.errors import VerificationError
 
 from ..reference import ArtifactTensor, ArtifactWeights
 from ..source import SourceModel
-from .archs import ArchSpec, TextConfig
+from .archs import ArchSpec, Composite, TextConfig
+from .composite import Segment, plan_composites, rows_of, segments_by_source, source_shapes
 from .inspect import TensorRow
 
 BLOCK_ROWS = 4096  # rows dequantized at a time: 4096 x 4096 x 4 B = 64 MiB
+BLOCK_ELEMS = BLOCK_ROWS * 4096  # the same bound for tensors rebuilt from parts (an expert stack: experts at a time)
 
 
 def bits_per_weight(type_name: str) -> float:
@@ -50,18 +54,25 @@ def dequantize_rows(buf: mmap.mmap, t: TensorRow, lo: int, hi: int) -> np.ndarra
 
 
 def hf_names(source: SourceModel, spec: ArchSpec, cfg: TextConfig) -> dict[str, str]:
-    """GGUF tensor name -> HF tensor name, for every source tensor the converter writes."""
+    """GGUF tensor name -> HF tensor name, for every source tensor the converter writes one to one
+    (those assembled into composites: :func:`composites_of`)."""
     import gguf
 
     tmap = gguf.get_tensor_name_map(spec.model_arch, cfg.num_layers)
     out: dict[str, str] = {}
+    pieced = {p.hf_name for c in composites_of(source, spec, cfg) for p in c.pieces}
     for info in source.iter_infos():
-        if spec.skip(info.name, cfg):
+        if spec.skip(info.name, cfg) or info.name in pieced:
             continue
         gname = spec.gguf_name(tmap, info.name)
         if gname is not None:
             out[gname] = info.name
     return out
+
+
+def composites_of(source: SourceModel, spec: ArchSpec, cfg: TextConfig) -> list[Composite]:
+    """The GGUF tensors the converter assembles from parts of this source's tensors."""
+    return plan_composites(spec, source_shapes(source, spec, cfg), cfg)
 
 
 @dataclass
@@ -86,12 +97,20 @@ class GGUFWeights:
             self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         self.names = hf_names(self.source, self.spec, self.cfg)
         self.extra = self.spec.extra_tensors(self.cfg)
-        in_file = {t.name for t in self.tensors}
-        missing = sorted(hf for g, hf in self.names.items() if g not in in_file)
+        comps = composites_of(self.source, self.spec, self.cfg)
+        self.segments = segments_by_source(comps)
+        in_file = {t.name: t for t in self.tensors}
+        missing = sorted([hf for g, hf in self.names.items() if g not in in_file]
+                         + [p.hf_name for c in comps if c.gguf_name not in in_file for p in c.pieces])
         if missing:
             raise VerificationError(self.label, "weights", f"{len(missing)} source tensor(s) are missing from the "
                                                             f"file, e.g. {missing[0]}")
-        unknown = sorted(in_file - set(self.names) - set(self.extra))
+        for c in comps:  # rows are mapped back by position: the file's tensor must be the planned shape
+            if _hf_shape(in_file[c.gguf_name]) != tuple(c.shape):
+                raise VerificationError(self.label, "weights", f"{c.gguf_name} has shape "
+                                                                f"{list(_hf_shape(in_file[c.gguf_name]))}, the source's "
+                                                                f"parts give {list(c.shape)}")
+        unknown = sorted(set(in_file) - set(self.names) - set(self.extra) - {c.gguf_name for c in comps})
         if unknown:
             raise VerificationError(self.label, "weights", f"the file holds tensor(s) the source does not have, "
                                                             f"e.g. {unknown[0]}")
@@ -107,9 +126,15 @@ class GGUFWeights:
                 if want.shape != data.shape or not np.allclose(data, want, rtol=1e-3, atol=1e-6):
                     raise VerificationError(self.label, "weights", f"{t.name} differs from what the configuration "
                                                                     f"implies")
-            else:
+            elif t.name in self.names:
                 by_hf[self.names[t.name]] = t
-        return ArtifactWeights(tuple(by_hf), lambda hf: self._tensor(by_hf[hf], hf))
+        rows = {t.name: t for t in self.tensors}
+        parts = {hf: [(rows[s.gguf_name], s) for s in segs] for hf, segs in self.segments.items()}
+
+        def get(hf: str) -> ArtifactTensor:
+            return self._tensor(by_hf[hf], hf) if hf in by_hf else self._assembled(hf, parts[hf])
+
+        return ArtifactWeights((*by_hf, *parts), get)
 
     @staticmethod
     def _rows(t: TensorRow) -> int:
@@ -147,6 +172,47 @@ class GGUFWeights:
                 block = self._dequantize(t, i * per, (i + n) * per)
                 yield self.spec.untransform(hf, block.reshape(n, *shape[1:]), self.cfg)
         self._release(t)
+
+
+    def _assembled(self, hf: str, segs: list[tuple[TensorRow, Segment]]) -> ArtifactTensor:
+        """A source tensor whose rows lie in composites: rebuilt from their row ranges, a bounded
+        number of its leading-axis rows at a time (one expert of a stack at least)."""
+        shape = self.source.info(hf).shape
+        coarsest = min((t for t, _ in segs), key=lambda t: bits_per_weight(t.type))
+        if not self.spec.untransform_rowwise(hf):
+            data = self._gather(segs, 0, rows_of(shape)).reshape(shape)
+            return ArtifactTensor.whole(hf, self.spec.untransform(hf, data, self.cfg), coarsest.type,
+                                        bits_per_weight(coarsest.type))
+        return ArtifactTensor(hf, shape, partial(self._assembled_blocks, hf, segs, shape), coarsest.type,
+                              bits_per_weight(coarsest.type))
+
+    def _assembled_blocks(self, hf: str, segs: list[tuple[TensorRow, Segment]],
+                          shape: tuple[int, ...]) -> Iterator[np.ndarray]:
+        if len(shape) < 2:
+            yield self.spec.untransform(hf, self._gather(segs, 0, 1).reshape(shape), self.cfg)
+        else:
+            per = rows_of(shape) // shape[0]  # piece rows per leading-axis row (1 for a matrix)
+            step = max(1, BLOCK_ELEMS // (per * shape[-1]))
+            for i in range(0, shape[0], step):
+                n = min(step, shape[0] - i)
+                block = self._gather(segs, i * per, (i + n) * per)
+                yield self.spec.untransform(hf, block.reshape(n, *shape[1:]), self.cfg)
+        for t in {id(t): t for t, _ in segs}.values():
+            self._release(t)
+
+    def _gather(self, segs: list[tuple[TensorRow, Segment]], lo: int, hi: int) -> np.ndarray:
+        """Rows ``[lo, hi)`` of a source tensor (piece rows), dequantized from the composites holding them."""
+        out: np.ndarray | None = None
+        for t, s in segs:
+            a, b = max(lo, s.piece.lo), min(hi, s.piece.hi)
+            if a >= b:
+                continue
+            rows = self._dequantize(t, s.at + a - s.piece.lo, s.at + b - s.piece.lo)
+            if out is None:
+                out = np.empty((hi - lo, rows.shape[1]), dtype=np.float32)
+            out[a - lo:b - lo] = rows
+        assert out is not None  # plan_composites checked that the pieces cover every row
+        return out
 
 
 def _hf_shape(t: TensorRow) -> tuple[int, ...]:

@@ -35,7 +35,8 @@ from edgekit.progress import ProgressFn, report
 from ..lora import LoraAdapter
 from ..safetensors_io import to_float32
 from ..source import SourceModel
-from .archs import ArchSpec, TextConfig
+from .archs import ArchSpec, Piece, TextConfig
+from .composite import plan_composites, source_shapes
 from .vocab import write_vocab
 
 if TYPE_CHECKING:
@@ -64,6 +65,7 @@ class _Planned:
     shape: tuple[int, ...]  # HF/numpy order (rows, cols)
     ggml_type: str
     data: np.ndarray | None = field(default=None, compare=False, repr=False)  # synthesised tensors' values
+    pieces: tuple[Piece, ...] = ()  # a composite's parts (hf_name None): their rows, one after the other
 
 
 def _f32_to_bf16(x: np.ndarray, t: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
@@ -144,8 +146,20 @@ def plan_tensors(source: SourceModel, spec: ArchSpec, cfg: TextConfig, out_type:
     float_type = FLOAT_TYPES[out_type][0]
     planned: list[_Planned] = []
     unmapped: list[str] = []
+    # tensors assembled from parts (stacked experts, split fused matrices): each placed where its
+    # first part's tensor is in the checkpoint; a tensor any part names is written only through them
+    at_first: dict[str, list[_Planned]] = {}
+    pieced: set[str] = set()
+    for comp in plan_composites(spec, source_shapes(source, spec, cfg), cfg):
+        ggml_type = "F32" if len(comp.shape) <= 1 or spec.keeps_f32(comp.gguf_name) else float_type
+        at_first.setdefault(comp.pieces[0].hf_name, []).append(
+            _Planned(None, comp.gguf_name, comp.shape, ggml_type, pieces=comp.pieces))
+        pieced.update(p.hf_name for p in comp.pieces)
     for info in source.iter_infos():
         if spec.skip(info.name, cfg):
+            continue
+        planned += at_first.pop(info.name, [])
+        if info.name in pieced:
             continue
         gname = spec.gguf_name(tmap, info.name)
         if gname is None:
@@ -338,6 +352,10 @@ class _TrailingDigest:
 def _tensor_data(source: SourceModel, p: _Planned, spec: ArchSpec, cfg: TextConfig,
                  adapter: LoraAdapter | None, scratch: _Scratch) -> Iterator[np.ndarray]:
     """The tensor's bytes in ``p.ggml_type``, block by block (one block when read whole)."""
+    if p.pieces:
+        for piece in p.pieces:
+            yield from _piece_data(source, piece, p.ggml_type, spec, cfg, adapter, scratch)
+        return
     if p.hf_name is None:
         assert p.data is not None  # plan_tensors keeps what it synthesised
         yield _cast(p.data, p.ggml_type)
@@ -351,6 +369,41 @@ def _tensor_data(source: SourceModel, p: _Planned, spec: ArchSpec, cfg: TextConf
     tag = source.info(p.hf_name).dtype
     for block in source.blocks(p.hf_name, BLOCK_ELEMS * source.info(p.hf_name).storage_dtype.itemsize):
         yield _convert(block, tag, p.ggml_type, scratch)
+
+
+def _piece_data(source: SourceModel, piece: Piece, ggml_type: str, spec: ArchSpec, cfg: TextConfig,
+                adapter: LoraAdapter | None, scratch: _Scratch) -> Iterator[np.ndarray]:
+    """One piece's rows in ``ggml_type``, streamed block by block from the file (an expert stack is
+    never read whole); a tensor merged with a LoRA delta or transformed is read whole (as above)."""
+    name = piece.hf_name
+    info = source.info(name)
+    if (adapter is not None and name in adapter.target_tensors) or spec.transforms(name, cfg):
+        data = source.float32(name)
+        if adapter is not None:
+            data = adapter.merge(name, data)
+        data = spec.transform(name, data, cfg)
+        yield _cast(data.reshape(-1, data.shape[-1] if data.ndim else 1)[piece.lo:piece.hi], ggml_type)
+        return
+    for block in source.span_blocks(name, piece.lo, piece.hi, BLOCK_ELEMS * info.storage_dtype.itemsize):
+        yield _convert(block, info.dtype, ggml_type, scratch)
+
+
+def _copy_pieces(source: SourceModel, p: _Planned, spec: ArchSpec, cfg: TextConfig, adapter: LoraAdapter | None,
+                 copier: _Copier, f: BinaryIO) -> int | None:
+    """A composite whose parts are stored in its type already, copied file to file piece by piece
+    (each piece's rows are one contiguous byte range); None where that does not apply."""
+    infos = [source.info(piece.hf_name) for piece in p.pieces]
+    if any(_SAME_BYTES.get(i.dtype) != p.ggml_type or spec.transforms(i.name, cfg)
+           or (adapter is not None and i.name in adapter.target_tensors) for i in infos):
+        return None
+    start = f.tell()
+    for piece, info in zip(p.pieces, infos, strict=True):
+        row = (info.shape[-1] if info.shape else 1) * info.storage_dtype.itemsize
+        if not copier.copy(source.file_of(info.name).path, info.start + piece.lo * row, (piece.hi - piece.lo) * row, f):
+            f.seek(start)  # copier refused (and is off now): the pieces are streamed instead
+            f.truncate()
+            return None
+    return f.tell() - start
 
 
 def write_float_gguf(
@@ -410,7 +463,10 @@ def _write_tensors(f: BinaryIO, header: bytes, planned: Sequence[_Planned], sour
     for i, p in enumerate(planned, 1):
         want = _nbytes(p.shape, p.ggml_type)
         info = source.info(p.hf_name) if p.hf_name is not None else None
-        if (info is not None and _SAME_BYTES.get(info.dtype) == p.ggml_type and info.nbytes == want
+        copied = _copy_pieces(source, p, spec, cfg, adapter, copier, f) if p.pieces else None
+        if copied is not None:
+            written = copied
+        elif (info is not None and _SAME_BYTES.get(info.dtype) == p.ggml_type and info.nbytes == want
                 and not (adapter is not None and p.hf_name in adapter.target_tensors)
                 and not spec.transforms(info.name, cfg)
                 and copier.copy(source.file_of(info.name).path, info.start, info.nbytes, f)):

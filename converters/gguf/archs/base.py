@@ -7,7 +7,7 @@ TensorNameMap (llama.cpp's own table), so no architecture repeats name lists.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -262,6 +262,13 @@ class ArchSpec:
         tensor not skipped, HF name -> shape). A checkpoint tensor any piece names is written
         only through its composites, never one-to-one. None for dense Llama-like families."""
         return []
+
+    def checkpoint_parts(self, model_name: str, has: Callable[[str], bool]) -> tuple[str, ...]:
+        """The checkpoint tensors whose rows (last axis, leading axes flattened), one after the
+        other, make a model parameter the checkpoint does not store whole: transformers 5 holds
+        experts fused (``mlp.experts.gate_up_proj`` ``[E, 2*ff, h]``) where a hub checkpoint has
+        one matrix per expert. ``has``: whether the checkpoint holds a name. () where it is stored."""
+        return ()
 
     def experts(self, c: TextConfig) -> ExpertLayout | None:
         """The mixture-of-experts layout (None: a dense feed-forward). The profiler prices
