@@ -258,6 +258,11 @@ def verify(ref: SourceReference, artifact: str, precision: str, tokenize: Tokeni
     failures += wcheck.failures(weight_bound)
     got = (logits(ids) for ids in ref.logit_ids)  # one probe's logits at a time
     metrics = compare(want, got)
+    # NaN compares false with every bound: an artifact whose runtime overflows (a Mamba state that
+    # grows instead of decaying) would otherwise pass every check below
+    if not (math.isfinite(metrics.mean_kl) and math.isfinite(metrics.rel_err)):
+        failures.append(f"logits: not finite (mean KL {metrics.mean_kl:.3g}, relative error {metrics.rel_err:.3g}) "
+                        f"against the artifact's own weights")
     if metrics.mean_kl > th.max_mean_kl:
         failures.append(f"logits: mean KL {metrics.mean_kl:.3g} > {th.max_mean_kl:g} against the artifact's own weights")
     if metrics.n_decisive >= MIN_DECISIVE and metrics.top1_decisive < th.min_top1:
