@@ -1,7 +1,8 @@
 """Memory and speed of one (artifact, runtime, device) combination: a roofline model.
 
-Generation reads the weights (all but the embedding lookup) plus the KV cache filled so far
-for every token: tokens/s = bandwidth / bytes per token x efficiency. On x86 CPUs each weight
+Generation reads the weights (all but the embedding lookup; of a mixture of experts only the
+router's top-k experts, while memory holds them all) plus the KV cache filled so far (attention
+layers only) and a hybrid's per-sequence recurrent state for every token: tokens/s = bandwidth / bytes per token x efficiency. On x86 CPUs each weight
 type's kernel has its own streaming rate and arithmetic roof (CPU_KERNELS): the time per token
 sums, per type, the slower of the two, at the read rate of the cache level the model fits in
 (a calibrated profile's read curve), plus fixed costs per layer and per token. Prompt processing is
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from edgekit._compat import StrEnum
 
 from .schema import Backend, DeviceClass, KernelRate, OnnxPrecision, Profile, Runtime, SourceKind
-from .shapes import ModelShapes, WeightPlan, kv_cache_bytes, tensor_bytes
+from .shapes import ModelShapes, WeightPlan, kv_cache_bytes, recurrent_state_bytes, tensor_bytes
 
 GIB = 1024**3
 
@@ -218,10 +219,11 @@ class Cost:
     gen_tps: float
     prompt_tps: float
     efficiency: Efficiency
+    state_bytes: int = 0  # recurrent/convolution state of a hybrid's non-attention layers, one sequence
 
     @property
     def total_bytes(self) -> int:
-        return self.weights_bytes + self.kv_bytes + self.buffer_bytes + self.overhead_bytes
+        return self.weights_bytes + self.kv_bytes + self.state_bytes + self.buffer_bytes + self.overhead_bytes
 
 
 def read_bandwidth(profile: Profile, working_set_bytes: float, mode: str | None = None,
@@ -351,7 +353,8 @@ def prompt_once_numel(shapes: ModelShapes, weights: WeightPlan) -> dict[str, int
     out: dict[str, int] = {}
     for t in shapes.decode_matrices():
         if t.name == head or t.name.startswith(last):
-            out[weights.types[t.name]] = out.get(weights.types[t.name], 0) + t.numel
+            kind = weights.types[t.name]
+            out[kind] = out.get(kind, 0) + round(t.numel * shapes.read_fraction(t))
     return out
 
 
@@ -359,18 +362,19 @@ def _matmul_groups(shapes: ModelShapes, weights: WeightPlan, runtime: Runtime,
                    precision: OnnxPrecision | None) -> dict[str, tuple[int, int]]:
     """Weights a generated token multiplies by, per kernel type: type -> (parameters, bytes).
 
-    llama.cpp: every matrix but a separate embedding lookup, in its GGUF type. ONNX: the
-    export's matmuls run in its precision (int4 weight-only MatMulNBits, fp32 activations);
+    llama.cpp: every matrix but a separate embedding lookup, in its GGUF type; of an expert
+    tensor the active experts' share (``ggml_mul_mat_id`` reads only the experts routed to). ONNX:
+    the export's matmuls run in its precision (int4 weight-only MatMulNBits, fp32 activations);
     all bytes read a token go with them."""
     read = shapes.decode_matrices()
     if runtime is Runtime.ONNXRUNTIME:
         label = (precision or OnnxPrecision.FP32).value
-        return {label: (sum(t.numel for t in read), weights.per_token_bytes)}
+        return {label: (round(sum(t.numel * shapes.read_fraction(t) for t in read)), weights.per_token_bytes)}
     groups: dict[str, tuple[int, int]] = {}
     for t in read:
-        kind = weights.types[t.name]
+        kind, f = weights.types[t.name], shapes.read_fraction(t)
         n, b = groups.get(kind, (0, 0))
-        groups[kind] = (n + t.numel, b + tensor_bytes(t.ne, kind))
+        groups[kind] = (n + round(t.numel * f), b + round(tensor_bytes(t.ne, kind) * f))
     return groups
 
 
@@ -395,9 +399,10 @@ def estimate(shapes: ModelShapes, weights: WeightPlan, runtime: Runtime, backend
         cells = ctx
         buffers = onnx_buffers(shapes, ctx)
     kv = kv_cache_bytes(shapes, cells, kv_dtype)
+    state = recurrent_state_bytes(shapes)  # f32 in llama.cpp, one sequence; read and rewritten each token
     overhead = int(RUNTIME_OVERHEAD_GIB[(runtime, backend)][0] * GIB)
     fill = ctx // 2 if kv_fill is None else kv_fill
-    per_token = weights.per_token_bytes + kv_cache_bytes(shapes, max(fill, 1), kv_dtype)
+    per_token = weights.per_token_bytes + kv_cache_bytes(shapes, max(fill, 1), kv_dtype) + state
     gen_tps = read_bandwidth(profile, per_token, mode, backend) / per_token * eff.decode
     flops = compute_flops(profile, backend)
     prompt_tps = flops * eff.prefill / (2 * shapes.matmul_params())
@@ -405,7 +410,7 @@ def estimate(shapes: ModelShapes, weights: WeightPlan, runtime: Runtime, backend
     n_layers = shapes.config.num_layers
     layer_s = LAYER_OVERHEAD_S.get((backend, profile.device_class), LAYER_OVERHEAD_S[(backend, None)])
     c, plen = shapes.config, min(ctx, prompt_len)
-    attn = 4 * n_layers * c.num_heads * c.head_dim  # FLOP per token per cached position (CPU roofs)
+    attn = 4 * shapes.attention_layers * c.num_heads * c.head_dim  # FLOP per token per cached position (CPU roofs)
     host = measured_kernels(profile, runtime, backend)
     if family is None and not host:  # a GPU, or a CPU with no kernel table (Arm): bandwidth roof plus overhead
         gen_tps = 1 / (1 / gen_tps + n_layers * layer_s)
@@ -436,7 +441,7 @@ def estimate(shapes: ModelShapes, weights: WeightPlan, runtime: Runtime, backend
         per_layer_s = layer_fixed + fixed.sync_s * math.log2(max(1, threads or profile.compute.cpu_cores.value))
         gen_tps = 1 / (decode_s + fixed.token_s + n_layers * per_layer_s)
         prompt_tps = 1 / (prompt_s + n_layers * fixed.prompt_layer_s)
-    peak = weights.total_bytes + kv + buffers + overhead
+    peak = weights.total_bytes + kv + state + buffers + overhead
     if runtime is Runtime.LLAMA_CPP and cpu:
         peak += extra_buffer_bytes(shapes, weights.types, profile.compute.isa)
-    return Cost(weights.total_bytes, kv, buffers, overhead, peak, gen_tps, prompt_tps, eff)
+    return Cost(weights.total_bytes, kv, buffers, overhead, peak, gen_tps, prompt_tps, eff, state)

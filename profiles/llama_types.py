@@ -1,14 +1,20 @@
 """llama.cpp's per-tensor type choice, as data: what ``llama_model_quantize`` stores each tensor as.
 
 A port of ``llama_tensor_get_type_impl`` and ``tensor_type_fallback`` (src/llama-quant.cpp of the
-llama.cpp that llama-cpp-python 0.3.36 vendors) for dense models (no experts, not Falcon, not the
-70B attn_v bump), every ftype edgekit offers (converters/gguf/quants.py QUANTS):
+llama.cpp that llama-cpp-python 0.3.36 vendors) for decoder models, dense or mixture-of-experts
+(not Falcon, not the 70B attn_v bump), every ftype edgekit offers (converters/gguf/quants.py QUANTS):
 
 * the output head (``output.weight``, or the tied ``token_embd.weight``) -> Q8_0 when its rows do
   not split into the main type's blocks, Q5_K for the 1-2 bit i-quants, else Q6_K (Q8_0 stays);
 * an untied ``token_embd`` -> Q2_K (iq2_xxs/iq2_xs/iq1_*) or IQ3_S (iq2_s/iq2_m/iq3_xxs);
 * per tensor class and layer, the ``_S``/``_M``/``_L`` and i-quant mixes (``_RULES``);
 * last, a type whose block does not divide the row length falls back (``_FALLBACK``; then F16).
+
+Experts (``hparams.n_expert`` > 1): the stacked ``ffn_*_exps`` tensors follow the ffn_* rules with
+the layer read from the tensor's name; the router (``ffn_gate_inp``) is never quantized; with
+exactly 8 experts (Mixtral) attn_v and attn_k go to Q8_0, attn_output to Q5_K for most mixes, and
+iq3_m's ffn_down takes the "more bits" layers too; 4+ experts count as GQA >= 4 for the 1-2 bit
+i-quants' attn_v (``_EXPERT_RULES``).
 
 Some choices depend on whether an importance matrix was given (``has_imatrix`` in llama.cpp):
 iq3_xxs's attn_v and ffn_down, iq4_nl/iq4_xs's first ffn_down layers, q4_0/q5_0's. Checked tensor
@@ -27,12 +33,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class At:
-    """Where a tensor sits: its layer counter, the layer count, GQA ratio, and the imatrix flag."""
+    """Where a tensor sits: its layer counter, the layer count, GQA ratio, the imatrix flag and
+    the expert count (``hparams.n_expert``; 0 for a dense model)."""
 
     i: int
     n: int
     gqa: int
     imatrix: bool
+    n_expert: int = 0
 
 
 def more_bits(i: int, n: int) -> bool:
@@ -57,7 +65,7 @@ _IQ2_HI = {"IQ2_S": "IQ3_S", "IQ2_M": "IQ3_S"}  # their "a bit more" type; the o
 
 
 def _iq2_attn_v(ftype: str) -> _Rule:
-    return lambda a: "Q4_K" if a.gqa >= 4 else _IQ2_HI.get(ftype, "Q2_K")
+    return lambda a: "Q4_K" if a.gqa >= 4 or a.n_expert >= 4 else _IQ2_HI.get(ftype, "Q2_K")
 
 
 def _iq2_ffn_down(ftype: str) -> _Rule:
@@ -108,6 +116,20 @@ _RULES: dict[str, dict[str, _Rule]] = {
     "ffn_gate": {"IQ3_XS": _MID_IQ3_XXS},
     "ffn_up": {"IQ3_XS": _MID_IQ3_XXS},
 }
+# With exactly 8 experts llama.cpp replaces some of the rules above (its ``n_expert == 8`` branches):
+# class -> ftype (None: every ftype of that branch) -> the type; checked before ``_RULES``.
+_ATTN_OUT_8 = ("Q2_K", "IQ3_XS", "IQ3_XXS", "Q3_K_S", "Q3_K_M", "IQ4_NL", "Q4_K_S", "Q4_K_M", "IQ3_S", "IQ3_M",
+               "IQ4_XS")
+_EXPERT_RULES: dict[str, dict[str | None, _Rule]] = {
+    # attn_v: Q8_0 after any mix's own choice ("bumping this to Q8_0 trades just ~128MB")
+    "attn_v": {**{f: _iq2_attn_v(f) for f in _IQ2_FAMILY}, None: lambda a: "Q8_0"},
+    "attn_k": {**{f: (lambda a: "Q4_K") for f in _IQ2_FAMILY}, None: lambda a: "Q8_0"},
+    "attn_output": {**{f: (lambda a: "Q5_K") for f in (*_IQ2_FAMILY, *_ATTN_OUT_8)}, None: lambda a: None},
+    "ffn_down": {"IQ3_M": lambda a: "Q4_K" if a.i < a.n // 8 or more_bits(a.i, a.n) else None},
+}
+# llama.cpp never quantizes these matrices (tensor_allows_quantization): the router, convolution kernels
+_NOT_QUANTIZED = ("ffn_gate_inp.weight", "ssm_conv1d", "shortconv.conv.weight")
+
 # The output head for the 1-2 bit i-quants (and iq3_xxs); every other quantized ftype: Q6_K.
 _OUTPUT_Q5_K = frozenset({"IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ2_S", "IQ2_M", "IQ1_M"})
 # An untied token embedding (read by lookup, never multiplied) for the lowest types.
@@ -154,20 +176,34 @@ def fallback(row: int, type_name: str) -> str:
     return new if row % block_size(new) == 0 else "F16"
 
 
-def choose_types(shapes: ModelShapes, ftype: str, main_type: str, *, imatrix: bool = False) -> dict[str, str]:
+def choose_types(shapes: ModelShapes, ftype: str, main_type: str, *, imatrix: bool = False,
+                 base_type: str = "F16") -> dict[str, str]:
     """GGUF type name per tensor for a quantized llama.cpp ftype (``Q4_K_M``, ``IQ3_XS``), whose
-    default tensor type is ``main_type``; ``imatrix``: an importance matrix is given."""
+    default tensor type is ``main_type``; ``imatrix``: an importance matrix is given;
+    ``base_type``: the float type of the file quantized (what the tensors it leaves alone keep)."""
     c = shapes.config
     gqa = c.num_heads // max(c.num_kv_heads, 1)
     tied = not shapes.has_output
-    counters: dict[str, int] = {}  # llama.cpp counts attn_v / ffn_* tensors as it meets them
+    n_expert = shapes.experts.n_experts if shapes.experts is not None else 0
+    # llama.cpp counts attn_v-like tensors in the file (a hybrid has fewer than layers) and takes
+    # n_layer for the ffn_* classes; each counter advances as it meets that class's tensors
+    n_of = {"attn_v": sum(1 for t in shapes.tensors if tensor_class(t.name) == "attn_v")}
+    counters: dict[str, int] = {}
     out: dict[str, str] = {}
     for t in shapes.tensors:
         if not t.is_matrix:
             out[t.name] = "F32"
             continue
+        if t.name in shapes.f32_tensors or any(k in t.name for k in _NOT_QUANTIZED):
+            out[t.name] = "F32" if t.name in shapes.f32_tensors else base_type  # left as the source file has it
+            continue
         cls = tensor_class(t.name)
         new = main_type
+        i = counters.get(cls, 0)
+        if n_expert > 1 and cls in ("ffn_down", "ffn_gate", "ffn_up"):
+            i = t.layer  # experts "sprinkled in the model": llama.cpp parses the layer from the name
+        at = At(i, n_of.get(cls, c.num_layers), gqa, imatrix, n_expert)
+        expert_rules = _EXPERT_RULES.get(cls, {}) if n_expert == 8 else {}
         if cls == "output" or (tied and cls == "token_embd"):
             if t.ne[0] % block_size(main_type) != 0:
                 new = "Q8_0"
@@ -177,8 +213,10 @@ def choose_types(shapes: ModelShapes, ftype: str, main_type: str, *, imatrix: bo
                 new = "Q6_K"
         elif cls == "token_embd":
             new = _TOKEN_EMBD.get(ftype, main_type)
+        elif expert_rules and (rule := expert_rules.get(ftype, expert_rules.get(None))) is not None:
+            new = rule(at) or main_type
         elif (rule := _RULES.get(cls, {}).get(ftype)) is not None:
-            new = rule(At(counters.get(cls, 0), c.num_layers, gqa, imatrix)) or main_type
+            new = rule(at) or main_type
         if cls in ("attn_v", "ffn_down", "ffn_gate", "ffn_up"):
             counters[cls] = counters.get(cls, 0) + 1
         out[t.name] = fallback(t.ne[0], new)

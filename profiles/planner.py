@@ -26,7 +26,7 @@ from .llama_types import requires_imatrix
 from .quality import QUALITY_TIE_KL, Quality, QualitySource, from_verification, nearest_key, tie_kl
 from .quality import estimate as estimate_quality
 from .schema import Backend, OnnxPrecision, Profile, Runtime, SourceKind
-from .shapes import ModelShapes, WeightPlan, gguf_tensor_types, model_shapes, tensor_bytes, weight_plan
+from .shapes import ModelShapes, WeightPlan, gguf_weights, model_shapes, plan_for_types, weight_plan
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ class Candidate:
             "backend": self.backend.value, "artifact": self.artifact or None,
             "needs_imatrix": self.needs_imatrix, "types_from": self.types_from,
             "memory": {"total_bytes": c.total_bytes, "weights_bytes": c.weights_bytes, "kv_cache_bytes": c.kv_bytes,
+                       "recurrent_state_bytes": c.state_bytes,
                        "buffers_bytes": c.buffer_bytes, "runtime_overhead_bytes": c.overhead_bytes},
             "fits": self.fits, "gen_tokens_per_s": round(c.gen_tps, 2), "prompt_tokens_per_s": round(c.prompt_tps, 1),
             "meets_speed": self.meets_speed, "efficiency": {"decode": c.efficiency.decode,
@@ -155,11 +156,7 @@ def file_weights(shapes: ModelShapes, path: Path) -> WeightPlan | None:
     if set(rows) != {t.name for t in shapes.tensors}:
         log.warning("%s: its tensors differ from the model's config; its sizes are predicted instead", path.name)
         return None
-    types = {name: t.type for name, t in rows.items()}
-    sizes = {t.name: tensor_bytes(t.ne, types[t.name]) for t in shapes.tensors}
-    total = sum(sizes.values())
-    lookup = sizes["token_embd.weight"] if shapes.has_output else 0
-    return WeightPlan(total, total - lookup, types)
+    return plan_for_types(shapes, {name: t.type for name, t in rows.items()})
 
 
 def gguf_artifacts(model_dir: Path, shapes: ModelShapes) -> list[GGUFArtifact]:
@@ -190,10 +187,7 @@ def gguf_weights_for(shapes: ModelShapes, quant: str) -> tuple[WeightPlan, bool]
     plain = weight_plan(shapes, quant, None, Backend.CPU)
     if not requires_imatrix(plain.types, lookup(quant).name.upper()):
         return plain, False
-    types = gguf_tensor_types(shapes, quant, imatrix=True)
-    sizes = {t.name: tensor_bytes(t.ne, types[t.name]) for t in shapes.tensors}
-    total = sum(sizes.values())
-    return WeightPlan(total, total - (sizes["token_embd.weight"] if shapes.has_output else 0), types), True
+    return gguf_weights(shapes, quant, imatrix=True), True
 
 
 def source_config_dir(model_dir: Path) -> Path:

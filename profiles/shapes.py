@@ -17,8 +17,13 @@ The per-tensor type of each llama.cpp quant type is llama.cpp's own choice, port
 * 1-D tensors and norms stay F32; a type whose block does not divide the row length falls
   back (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, Q2_K/Q3_K -> Q4_0, then F16).
 
-Checked tensor by tensor against llama_model_quantize output in tests/test_profiles.py.
-MoE rules are not modelled (edgekit converts dense models only).
+Checked tensor by tensor against llama_model_quantize output in tests/test_profiles.py (and, for
+the mixture-of-experts rules, tests/test_profiles_moe.py).
+
+Mixtures of experts: memory holds every expert, a decoded token reads only the router's top-k of
+each ``*_exps`` tensor (``ne[2]`` = experts) plus everything else (:meth:`ModelShapes.read_fraction`).
+Hybrid families: only attention layers keep a KV cache; recurrent and convolution layers keep a
+fixed state per sequence instead (:func:`recurrent_state_bytes`).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from .llama_types import choose_types
 from .schema import Backend, OnnxPrecision
 
 if TYPE_CHECKING:
-    from edgekit.converters.gguf.archs import TextConfig
+    from edgekit.converters.gguf.archs import ExpertLayout, TextConfig
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,11 @@ class ModelShapes:
     tensors: tuple[TensorShape, ...]
     sliding_window: int | None = None  # tokens of KV kept on the local layers (Gemma 2/3)
     local_layers: int = 0
+    experts: ExpertLayout | None = None  # a mixture-of-experts feed-forward (None: dense)
+    recurrent_layers: int = 0  # layers with a per-sequence state instead of a KV cache
+    # floats one recurrent layer keeps per sequence (llama.cpp's n_embd_r + n_embd_s, f32)
+    recurrent_state_floats: int = 0
+    f32_tensors: frozenset[str] = frozenset()  # matrices written and kept in float32 (ArchSpec.keeps_f32)
 
     @property
     def params(self) -> int:
@@ -68,9 +78,24 @@ class ModelShapes:
     def has_output(self) -> bool:
         return any(t.name == "output.weight" for t in self.tensors)
 
+    @property
+    def attention_layers(self) -> int:
+        """Layers that keep a KV cache (all but the recurrent/convolution ones)."""
+        return self.config.num_layers - self.recurrent_layers
+
+    def read_fraction(self, t: TensorShape) -> float:
+        """The share of a tensor one decoded token reads: an expert tensor (``ffn_*_exps``,
+        ``ne[2]`` = experts) is read for the router's top-k experts only; everything else whole."""
+        e = self.experts
+        if e is None or len(t.ne) != 3 or "_exps" not in t.name or t.ne[2] != e.n_experts:
+            return 1.0
+        return e.n_active / e.n_experts
+
     def matmul_params(self) -> int:
-        """Parameters multiplied per generated token (everything but the embedding lookup)."""
-        return sum(t.numel for t in self.tensors if t.name != "token_embd.weight" or not self.has_output)
+        """Parameters multiplied per generated token (everything but the embedding lookup; of
+        each expert tensor only the active experts)."""
+        return round(sum(t.numel * self.read_fraction(t) for t in self.tensors
+                         if t.name != "token_embd.weight" or not self.has_output))
 
     def decode_matrices(self) -> list[TensorShape]:
         """The weight matrices a generated token multiplies by: all but a separate embedding
@@ -88,19 +113,36 @@ def model_shapes(config: dict[str, Any]) -> ModelShapes:
 
     spec = spec_for(config)  # raises UnsupportedArchitectureError with the supported list
     c = TextConfig.from_hf(config)
-    tmap = spec.tensor_map(c)
     t: list[TensorShape] = []
-    for hf_name, shape in spec.hf_tensors(c):
-        if spec.skip(hf_name, c):
+    for _, name, shape in _gguf_tensors(spec, c):
+        layer = int(name.split(".")[1]) if name.startswith("blk.") else -1
+        t.append(TensorShape(name, tuple(reversed(shape)), layer))  # the file's view (ggml order)
+    t += [TensorShape(name, tuple(reversed(arr.shape))) for name, arr in spec.extra_tensors(c).items()]
+    window, local = spec.swa_layers(c)
+    r, s = spec.recurrent_state(c)
+    return ModelShapes(spec.name, c, tuple(t), window, local, experts=spec.experts(c),
+                       recurrent_layers=spec.recurrent_layers(c), recurrent_state_floats=r + s,
+                       f32_tensors=frozenset(x.name for x in t if len(x.ne) >= 2 and spec.keeps_f32(x.name)))
+
+
+def _gguf_tensors(spec: Any, c: TextConfig) -> list[tuple[str | None, str, tuple[int, ...]]]:
+    """(HF name or None, GGUF name, numpy shape) of what the converter writes, in its order:
+    one-to-one tensors mapped by llama.cpp's table, composites (stacked experts) in place of the
+    checkpoint tensors their pieces name."""
+    tmap = spec.tensor_map(c)
+    hf = [(n, shape) for n, shape in spec.hf_tensors(c) if not spec.skip(n, c)]
+    composites = spec.composites(dict(hf), c)
+    pieced = {p.hf_name for comp in composites for p in comp.pieces}
+    out: list[tuple[str | None, str, tuple[int, ...]]] = []
+    for hf_name, shape in hf:
+        if hf_name in pieced:
             continue
         name = spec.gguf_name(tmap, hf_name)
         if name is None:  # a spec whose layout llama.cpp's table does not cover: a bug in the spec
             raise AssertionError(f"{spec.name}: no llama.cpp name for {hf_name}")
-        layer = int(name.split(".")[1]) if name.startswith("blk.") else -1
-        t.append(TensorShape(name, tuple(reversed(spec.gguf_shape(hf_name, shape))), layer))  # the file's view
-    t += [TensorShape(name, tuple(reversed(arr.shape))) for name, arr in spec.extra_tensors(c).items()]
-    window, local = spec.swa_layers(c)
-    return ModelShapes(spec.name, c, tuple(t), window, local)
+        out.append((hf_name, name, spec.gguf_shape(hf_name, shape)))
+    out += [(None, comp.gguf_name, comp.shape) for comp in composites]
+    return out
 
 def tensor_bytes(ne: tuple[int, ...], type_name: str) -> int:
     import gguf
@@ -117,7 +159,8 @@ def gguf_tensor_types(shapes: ModelShapes, quant_name: str, *, imatrix: bool = F
     llama.cpp's own choice (:mod:`.llama_types`); ``imatrix``: quantized with an importance matrix."""
     q = quant(quant_name)
     if q.name in FLOAT_QUANTS:
-        return {t.name: q.main_type if t.is_matrix else "F32" for t in shapes.tensors}
+        return {t.name: q.main_type if t.is_matrix and t.name not in shapes.f32_tensors else "F32"
+                for t in shapes.tensors}
     return choose_types(shapes, q.name.upper(), q.main_type, imatrix=imatrix)
 
 
@@ -130,12 +173,21 @@ class WeightPlan:
     types: dict[str, str]  # tensor -> type (GGUF type names; ONNX: a precision label)
 
 
-def gguf_weights(shapes: ModelShapes, quant_name: str) -> WeightPlan:
-    types = gguf_tensor_types(shapes, quant_name)
-    sizes = {t.name: tensor_bytes(t.ne, types[t.name]) for t in shapes.tensors}
-    total = sum(sizes.values())
-    lookup = sizes["token_embd.weight"] if shapes.has_output else 0  # tied: it is the LM head too
-    return WeightPlan(total, total - lookup, types)
+def plan_for_types(shapes: ModelShapes, types: dict[str, str]) -> WeightPlan:
+    """The bytes of a GGUF holding these tensor types: memory holds all of them; a generated token
+    reads all but a separate embedding (a tied one is the LM head too), and of each expert tensor
+    only the active experts' share."""
+    total = per_token = 0.0
+    for t in shapes.tensors:
+        size = tensor_bytes(t.ne, types[t.name])
+        total += size
+        if t.name != "token_embd.weight" or not shapes.has_output:
+            per_token += size * shapes.read_fraction(t)
+    return WeightPlan(int(total), round(per_token), types)
+
+
+def gguf_weights(shapes: ModelShapes, quant_name: str, *, imatrix: bool = False) -> WeightPlan:
+    return plan_for_types(shapes, gguf_tensor_types(shapes, quant_name, imatrix=imatrix))
 
 
 def gguf_file_bytes(shapes: ModelShapes, quant_name: str, tokenizer_bytes: int = 0) -> int:
@@ -190,7 +242,7 @@ def onnx_weights(shapes: ModelShapes, precision: OnnxPrecision, backend: Backend
     def nbits(numel: int, bits: int) -> int:  # codes + a scale and a zero point per block of 32
         return numel * bits // 8 + (numel // 32) * io_bytes + numel // 32 * bits // 8
 
-    total = per_token = 0
+    total = per_token = 0.0
     types: dict[str, str] = {}
     for t in shapes.tensors:
         is_embd = t.name == "token_embd.weight"
@@ -204,12 +256,10 @@ def onnx_weights(shapes: ModelShapes, precision: OnnxPrecision, backend: Backend
             size = t.numel * io_bytes
         types[t.name] = f"int{bits}" if quantized else (precision.value if t.is_matrix else "fp32")
         total += size
-        if not is_embd:
-            per_token += size
-        elif tied:  # the same matrix is the LM head, read in full every token
-            per_token += size
+        if not is_embd or tied:  # a tied embedding is the LM head, read in full every token
+            per_token += size * shapes.read_fraction(t)
     rope = shapes.config.max_position * shapes.config.head_dim * (4 if precision is OnnxPrecision.FP32 else io_bytes)
-    return WeightPlan(total + rope, per_token, types)
+    return WeightPlan(int(total) + rope, round(per_token), types)
 
 
 def weight_plan(shapes: ModelShapes, quant_name: str, precision: OnnxPrecision | None,
@@ -219,12 +269,21 @@ def weight_plan(shapes: ModelShapes, quant_name: str, precision: OnnxPrecision |
 
 
 def kv_cache_bytes(shapes: ModelShapes, ctx: int, dtype_bytes: int = 2) -> int:
-    """K and V for every layer: layers x kv_heads x head_dim x 2 x ctx x dtype bytes.
+    """K and V for every attention layer: layers x kv_heads x head_dim x 2 x ctx x dtype bytes.
 
-    Gemma 3's sliding-window layers keep only the window (llama.cpp's default SWA cache)."""
+    Gemma 3's sliding-window layers keep only the window (llama.cpp's default SWA cache); the
+    recurrent and convolution layers of a hybrid keep none (llama_memory_hybrid's attention
+    filter: ``!is_recr(il)``)."""
     c = shapes.config
     per_token_layer = c.num_kv_heads * c.head_dim * 2 * dtype_bytes
     if shapes.sliding_window:
         local_ctx = min(ctx, shapes.sliding_window)
-        return per_token_layer * (shapes.local_layers * local_ctx + (c.num_layers - shapes.local_layers) * ctx)
-    return per_token_layer * c.num_layers * ctx
+        return per_token_layer * (shapes.local_layers * local_ctx + (shapes.attention_layers - shapes.local_layers) * ctx)
+    return per_token_layer * shapes.attention_layers * ctx
+
+
+def recurrent_state_bytes(shapes: ModelShapes, n_seq: int = 1) -> int:
+    """The state the recurrent/convolution layers keep, per sequence and independent of the context:
+    llama_memory_recurrent's f32 ``r`` and ``s`` rows (``n_embd_r``/``n_embd_s``: LFM2's conv
+    history is hidden x (L - 1) floats, a Mamba layer's also its SSM state) for each of them."""
+    return shapes.recurrent_layers * shapes.recurrent_state_floats * 4 * max(1, n_seq)
