@@ -27,6 +27,7 @@ from edgekit.converters.gguf.archs import (
     TextConfig,
     gemma2,
     granite,
+    ministral3,
     olmo2,
     phi3,
     smollm3,
@@ -83,17 +84,33 @@ def _config(family: str) -> Any:
             image_token_index=VOCAB - 24)
     if family == "olmo2":
         return T.Olmo2Config(**COMMON, num_hidden_layers=2, max_position_embeddings=1024, tie_word_embeddings=False)
+    if family == "ministral3":  # YaRN, and a temperature period short enough to change within the probes
+        return T.Ministral3Config(**COMMON, head_dim=HEAD_DIM, num_hidden_layers=2, max_position_embeddings=1024,
+                                  tie_word_embeddings=False, rope_parameters=MINISTRAL3_ROPE)
+    if family == "ministral3-vl":  # Ministral 3's layout: Pixtral tower + projector beside a ministral3
+        return T.Mistral3Config(
+            text_config={**COMMON, "model_type": "ministral3", "head_dim": HEAD_DIM, "num_hidden_layers": 2,
+                         "max_position_embeddings": 1024, "rope_parameters": MINISTRAL3_ROPE},
+            vision_config={"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 1,
+                           "num_attention_heads": 2, "image_size": 64, "patch_size": 16, "head_dim": 128},
+            image_token_index=VOCAB - 24)
     raise ValueError(family)
+
+
+MINISTRAL3_ROPE = {"rope_type": "yarn", "rope_theta": 1e6, "factor": 16.0, "original_max_position_embeddings": 64,
+                   "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0,
+                   "llama_4_scaling_beta": 1.0}
 
 
 # Random q/k make near-uniform attention, under which a layer with or without RoPE computes
 # almost the same: SmolLM3's q/k are scaled so that positions matter and a lost no-RoPE
 # layer shows in the logits.
-SHARP_ATTENTION = {"smollm3": 4.0}
+SHARP_ATTENTION = {"smollm3": 4.0, "ministral3": 4.0}  # Ministral 3: so that the attention temperature shows
 _CLASSES = {"phi3": "Phi3ForCausalLM", "gemma2": "Gemma2ForCausalLM", "granite": "GraniteForCausalLM",
-            "smollm3": "SmolLM3ForCausalLM", "olmo2": "Olmo2ForCausalLM",
-            "gemma3-vl": "Gemma3ForConditionalGeneration", "mistral3-vl": "Mistral3ForConditionalGeneration"}
-MULTIMODAL = ["gemma3-vl", "mistral3-vl"]
+            "smollm3": "SmolLM3ForCausalLM", "olmo2": "Olmo2ForCausalLM", "ministral3": "Ministral3ForCausalLM",
+            "gemma3-vl": "Gemma3ForConditionalGeneration", "mistral3-vl": "Mistral3ForConditionalGeneration",
+            "ministral3-vl": "Mistral3ForConditionalGeneration"}
+MULTIMODAL = ["gemma3-vl", "mistral3-vl", "ministral3-vl"]
 FAMILIES = [f for f in _CLASSES if f not in MULTIMODAL]  # the dense text families
 
 
@@ -172,6 +189,12 @@ class _NoLogitScale(granite.GraniteSpec):
     write_hparams = _drop_key("{arch}.logit_scale", 1.0)
 
 
+class _NoTemperature(ministral3.Ministral3Spec):
+    """Llama 4's attention temperature left out (0 turns it off in llama.cpp)."""
+
+    write_hparams = _drop_key("{arch}.attention.temperature_scale", 0.0)
+
+
 class _DroppedPostNorm(ArchSpec):
     """OLMo 2's post-feed-forward norm written as ones (a converter that forgot it)."""
 
@@ -188,6 +211,7 @@ BROKEN: dict[str, Callable[[], ArchSpec]] = {
     "granite": lambda: _respec(granite.SPEC, _NoLogitScale),
     "smollm3": lambda: dataclasses.replace(smollm3.SPEC, gguf_arch="LLAMA"),  # RoPE on every layer
     "olmo2": lambda: _respec(olmo2.SPEC, _DroppedPostNorm),
+    "ministral3": lambda: _respec(ministral3.SPEC, _NoTemperature),
 }
 ONNX_FAMILIES = [f for f in FAMILIES if next(s for s in ARCHS if _CLASSES[f] in s.hf_architectures).supports("onnx")]
 
@@ -293,8 +317,8 @@ def test_multimodal_checkpoint_refused_for_onnx(family_model: Callable[[str], Pa
 
 
 def test_multimodal_checkpoint_with_an_unsupported_language_model_says_so() -> None:
-    cfg = {"architectures": ["Mistral3ForConditionalGeneration"], "text_config": {"model_type": "ministral3"}}
-    with pytest.raises(InputError, match="language model is 'ministral3', which edgekit does not convert"):
+    cfg = {"architectures": ["Mistral3ForConditionalGeneration"], "text_config": {"model_type": "ministral"}}
+    with pytest.raises(InputError, match="language model is 'ministral', which edgekit does not convert"):
         spec_for(cfg)
 
 

@@ -10,14 +10,14 @@ from typing import Any
 
 from edgekit.errors import UnsupportedArchitectureError
 
-from . import gemma2, gemma3, granite, lfm2, llama, mistral, olmo2, phi3, qwen2, qwen3, smollm3
+from . import gemma2, gemma3, granite, lfm2, llama, ministral3, mistral, olmo2, phi3, qwen2, qwen3, smollm3
 from .base import ArchSpec, Composite, ExpertLayout, Piece, TextConfig
 
 FORMATS = ("gguf", "onnx", "gptq")  # the registry's Format values, in its order
 
 ARCHS: tuple[ArchSpec, ...] = (llama.SPEC, mistral.SPEC, qwen2.SPEC, qwen3.SPEC, gemma3.SPEC, phi3.SPEC,
                                gemma2.SPEC, granite.SPEC, smollm3.SPEC, olmo2.SPEC, gemma3.VL_SPEC,
-                               mistral.VL_SPEC, lfm2.SPEC)
+                               mistral.VL_SPEC, lfm2.SPEC, ministral3.SPEC)
 _BY_HF = {hf: spec for spec in ARCHS for hf in spec.hf_architectures}
 
 
@@ -39,6 +39,7 @@ def spec_for(config: dict[str, Any], fmt: str | None = None) -> ArchSpec:
         err = UnsupportedArchitectureError(str(name), supported_names())
         err.hint = f"supported, by format: {_per_format()} (their Hugging Face classes: edgekit support)"
         raise err
+    spec = spec.for_config(config)
     spec.check_config(config)
     if fmt is not None and not spec.supports(fmt):
         err = UnsupportedArchitectureError(spec.name, [])

@@ -184,6 +184,11 @@ class ArchSpec:
     def why_not_for(self, fmt: str) -> str:
         return dict(self.why_not).get(fmt, f"edgekit does not convert {self.name} to {fmt}")
 
+    def for_config(self, cfg: dict[str, Any]) -> ArchSpec:
+        """The spec that converts this config: itself, or (a class whose language model varies,
+        as Mistral3ForConditionalGeneration's mistral or ministral3) the one for its language model."""
+        return self
+
     def check_config(self, cfg: dict[str, Any]) -> None:
         """A config naming this family but lacking a field it needs: one error naming the field."""
         nested = cfg.get("text_config")

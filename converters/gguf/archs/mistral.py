@@ -1,8 +1,9 @@
 """Mistral: Llama's layout (llama.cpp runs it as the LLAMA arch); sliding window unused at these contexts.
 
 ``Mistral3ForConditionalGeneration`` (Mistral Small 3.1): a Pixtral vision tower and projector
-beside a Mistral language model, which is what is converted. Its newer Ministral 3 language
-model (``ministral3``: YaRN with an attention temperature, llama.cpp's MISTRAL3) is refused.
+beside a Mistral language model, which is what is converted. Ministral 3's checkpoints use the
+same class with a ``ministral3`` language model (YaRN with an attention temperature, llama.cpp's
+MISTRAL3): :meth:`Mistral3Spec.for_config` hands those to :mod:`.ministral3`.
 """
 
 from __future__ import annotations
@@ -21,17 +22,22 @@ SPEC = ArchSpec(
     permute_qk=True,
 )
 
-_VL_LANGUAGE_MODELS = ("mistral",)
+def _vl_language_models() -> dict[str, ArchSpec]:
+    """text_config.model_type -> the spec of Mistral3ForConditionalGeneration with that language model."""
+    from . import ministral3
+
+    return {"mistral": VL_SPEC, "ministral3": ministral3.VL_SPEC}
 
 
 @dataclass(frozen=True)
 class Mistral3Spec(ArchSpec):
-    def check_config(self, cfg: dict[str, Any]) -> None:
-        super().check_config(cfg)
+    def for_config(self, cfg: dict[str, Any]) -> ArchSpec:
         kind = (cfg.get("text_config") or {}).get("model_type", "mistral")
-        if kind not in _VL_LANGUAGE_MODELS:
+        specs = _vl_language_models()
+        if kind not in specs:
             raise InputError(f"{self.hf_architectures[0]}'s language model is {kind!r}, which edgekit does not convert",
-                             hint=f"supported language models of this class: {', '.join(_VL_LANGUAGE_MODELS)}")
+                             hint=f"supported language models of this class: {', '.join(specs)}")
+        return specs[kind]
 
 
 VL_SPEC = Mistral3Spec(**replace(
