@@ -58,6 +58,7 @@ def family_configs(T: Any, common: dict[str, Any], with_dim: dict[str, Any]) -> 
         "granite": lambda: T.GraniteConfig(**common),
         "smollm3": lambda: T.SmolLM3Config(**with_dim),
         "olmo2": lambda: T.Olmo2Config(**common),
+        "ministral3": lambda: T.Ministral3Config(**with_dim),
     }
 
 
