@@ -10,15 +10,30 @@ from typing import Any
 
 from edgekit.errors import UnsupportedArchitectureError
 
-from . import gemma2, gemma3, granite, lfm2, llama, ministral3, mistral, olmo2, phi3, qwen2, qwen3, smollm3
+from . import (
+    gemma2,
+    gemma3,
+    granite,
+    lfm2,
+    llama,
+    ministral3,
+    mistral,
+    olmo2,
+    phi3,
+    qwen2,
+    qwen3,
+    qwen35,
+    smollm3,
+)
 from .base import ArchSpec, Composite, ExpertLayout, Piece, TextConfig
 
 FORMATS = ("gguf", "onnx", "gptq")  # the registry's Format values, in its order
 
 ARCHS: tuple[ArchSpec, ...] = (llama.SPEC, mistral.SPEC, qwen2.SPEC, qwen3.SPEC, gemma3.SPEC, phi3.SPEC,
                                gemma2.SPEC, granite.SPEC, smollm3.SPEC, olmo2.SPEC, gemma3.VL_SPEC,
-                               mistral.VL_SPEC, lfm2.SPEC, ministral3.SPEC)
+                               mistral.VL_SPEC, lfm2.SPEC, ministral3.SPEC, qwen35.SPEC, qwen35.VL_SPEC)
 _BY_HF = {hf: spec for spec in ARCHS for hf in spec.hf_architectures}
+_REFUSED = dict(qwen35.REFUSED)  # classes of a supported family that are not converted: (class, why)
 
 
 def supported_names(fmt: str | None = None) -> list[str]:
@@ -36,6 +51,10 @@ def spec_for(config: dict[str, Any], fmt: str | None = None) -> ArchSpec:
     spec = next((_BY_HF[a] for a in archs if a in _BY_HF), None)
     if spec is None:
         name = archs[0] if archs else config.get("model_type", "unknown")
+        if name in _REFUSED:
+            err = UnsupportedArchitectureError(str(name), [])
+            err.message, err.hint = f"{name} is not supported: {_REFUSED[name]}", "edgekit support lists what converts"
+            raise err
         err = UnsupportedArchitectureError(str(name), supported_names())
         err.hint = f"supported, by format: {_per_format()} (their Hugging Face classes: edgekit support)"
         raise err
