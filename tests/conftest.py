@@ -126,6 +126,10 @@ def _config(arch: str, vocab: int, layers: int = LAYERS) -> object:
         from test_archs_hybrid import HYBRID_CONFIGS
 
         return HYBRID_CONFIGS[arch]()
+    if arch == "granite4":
+        from test_archs_granite4 import granite4_config
+
+        return granite4_config()
     if arch in ("qwen35", "qwen35-vl"):
         from test_archs_qwen35 import QWEN35_CONFIGS
 
