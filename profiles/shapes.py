@@ -69,6 +69,9 @@ class ModelShapes:
     # floats one recurrent layer keeps per sequence (llama.cpp's n_embd_r + n_embd_s, f32)
     recurrent_state_floats: int = 0
     f32_tensors: frozenset[str] = frozenset()  # matrices written and kept in float32 (ArchSpec.keeps_f32)
+    # the float type the converter writes as the quantizer's input (what tensors llama.cpp does not
+    # quantize, such as a router, keep): the source's dtype (converters/gguf/convert.py _base_type)
+    base_type: str = "F16"
 
     @property
     def params(self) -> int:
@@ -122,7 +125,11 @@ def model_shapes(config: dict[str, Any]) -> ModelShapes:
     r, s = spec.recurrent_state(c)
     return ModelShapes(spec.name, c, tuple(t), window, local, experts=spec.experts(c),
                        recurrent_layers=spec.recurrent_layers(c), recurrent_state_floats=r + s,
-                       f32_tensors=frozenset(x.name for x in t if len(x.ne) >= 2 and spec.keeps_f32(x.name)))
+                       f32_tensors=frozenset(x.name for x in t if len(x.ne) >= 2 and spec.keeps_f32(x.name)),
+                       base_type=_BASE_TYPES.get(str(c.raw.get("dtype") or c.raw.get("torch_dtype")), "F16"))
+
+
+_BASE_TYPES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}  # config.json's dtype -> GGUF type
 
 
 def _gguf_tensors(spec: Any, c: TextConfig) -> list[tuple[str | None, str, tuple[int, ...]]]:
@@ -161,7 +168,7 @@ def gguf_tensor_types(shapes: ModelShapes, quant_name: str, *, imatrix: bool = F
     if q.name in FLOAT_QUANTS:
         return {t.name: q.main_type if t.is_matrix and t.name not in shapes.f32_tensors else "F32"
                 for t in shapes.tensors}
-    return choose_types(shapes, q.name.upper(), q.main_type, imatrix=imatrix)
+    return choose_types(shapes, q.name.upper(), q.main_type, imatrix=imatrix, base_type=shapes.base_type)
 
 
 @dataclass(frozen=True)
