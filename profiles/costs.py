@@ -403,7 +403,10 @@ def estimate(shapes: ModelShapes, weights: WeightPlan, runtime: Runtime, backend
     overhead = int(RUNTIME_OVERHEAD_GIB[(runtime, backend)][0] * GIB)
     fill = ctx // 2 if kv_fill is None else kv_fill
     per_token = weights.per_token_bytes + kv_cache_bytes(shapes, max(fill, 1), kv_dtype) + state
-    gen_tps = read_bandwidth(profile, per_token, mode, backend) / per_token * eff.decode
+    # the cache sees every weight tokens cycle through: a MoE's experts change from token to token,
+    # so its working set is all of them although one token reads only the routed ones
+    working = per_token + weights.cycled_bytes
+    gen_tps = read_bandwidth(profile, working, mode, backend) / per_token * eff.decode
     flops = compute_flops(profile, backend)
     prompt_tps = flops * eff.prefill / (2 * shapes.matmul_params())
     family = kernel_family(profile.compute.isa) if cpu else None
@@ -415,7 +418,7 @@ def estimate(shapes: ModelShapes, weights: WeightPlan, runtime: Runtime, backend
     if family is None and not host:  # a GPU, or a CPU with no kernel table (Arm): bandwidth roof plus overhead
         gen_tps = 1 / (1 / gen_tps + n_layers * layer_s)
     else:  # a CPU with a kernel table: per weight type the slower of streaming and arithmetic
-        read_rate = read_bandwidth(profile, CACHE_FOOTPRINT * per_token, mode) * eff.decode
+        read_rate = read_bandwidth(profile, CACHE_FOOTPRINT * working, mode) * eff.decode
         kv_s = max((per_token - weights.per_token_bytes) / read_rate, attn * fill / (flops * CPU_ATTENTION[0]))
         table = CPU_KERNEL_TABLES[runtime].get(family) if family is not None else None
         # The streaming shares were fitted against a calibrated read rate with the runs' thread
@@ -428,7 +431,7 @@ def estimate(shapes: ModelShapes, weights: WeightPlan, runtime: Runtime, backend
         for t, (n, b) in _matmul_groups(shapes, weights, runtime, onnx_precision).items():
             k = (table or {}).get(t, CPU_KERNEL_FALLBACK)
             if t in host:  # measured on this host: the type's own rate at this working set
-                decode_s += b / kernel_read_rate(host[t], per_token)
+                decode_s += b / kernel_read_rate(host[t], working)
             else:
                 decode_s += max(b / (read_rate * (k.stream if measured else 1.0)), 2 * n / (flops * k.decode))
             n -= once.get(t, 0) * (plen - 1) // plen if once else 0

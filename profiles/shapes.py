@@ -176,21 +176,23 @@ class WeightPlan:
     """Bytes of one artifact's weights, split the way the speed model needs them."""
 
     total_bytes: int  # all tensor data
-    per_token_bytes: int  # read for every generated token (all but the embedding lookup)
+    per_token_bytes: int  # read for every generated token (all but the embedding lookup; active experts)
     types: dict[str, str]  # tensor -> type (GGUF type names; ONNX: a precision label)
+    cycled_bytes: int = 0  # expert bytes one token skips and later tokens read (the cache's working set)
 
 
 def plan_for_types(shapes: ModelShapes, types: dict[str, str]) -> WeightPlan:
     """The bytes of a GGUF holding these tensor types: memory holds all of them; a generated token
     reads all but a separate embedding (a tied one is the LM head too), and of each expert tensor
     only the active experts' share."""
-    total = per_token = 0.0
+    total = per_token = skipped = 0.0
     for t in shapes.tensors:
         size = tensor_bytes(t.ne, types[t.name])
         total += size
         if t.name != "token_embd.weight" or not shapes.has_output:
             per_token += size * shapes.read_fraction(t)
-    return WeightPlan(int(total), round(per_token), types)
+            skipped += size * (1 - shapes.read_fraction(t))
+    return WeightPlan(int(total), round(per_token), types, round(skipped))
 
 
 def gguf_weights(shapes: ModelShapes, quant_name: str, *, imatrix: bool = False) -> WeightPlan:

@@ -134,6 +134,10 @@ def _config(arch: str, vocab: int, layers: int = LAYERS) -> object:
         from test_archs_qwen35 import QWEN35_CONFIGS
 
         return QWEN35_CONFIGS[arch]()
+    if arch in ("qwen3-moe", "mixtral"):
+        from test_archs_moe import MOE_CONFIGS
+
+        return MOE_CONFIGS[arch]()
     raise ValueError(arch)
 
 

@@ -19,10 +19,12 @@ from . import (
     llama,
     ministral3,
     mistral,
+    mixtral,
     olmo2,
     phi3,
     qwen2,
     qwen3,
+    qwen3_moe,
     qwen35,
     smollm3,
 )
@@ -33,7 +35,7 @@ FORMATS = ("gguf", "onnx", "gptq")  # the registry's Format values, in its order
 ARCHS: tuple[ArchSpec, ...] = (llama.SPEC, mistral.SPEC, qwen2.SPEC, qwen3.SPEC, gemma3.SPEC, phi3.SPEC,
                                gemma2.SPEC, granite.SPEC, smollm3.SPEC, olmo2.SPEC, gemma3.VL_SPEC,
                                mistral.VL_SPEC, lfm2.SPEC, ministral3.SPEC, granitehybrid.SPEC, qwen35.SPEC,
-                               qwen35.VL_SPEC)
+                               qwen35.VL_SPEC, qwen3_moe.SPEC, mixtral.SPEC)
 _BY_HF = {hf: spec for spec in ARCHS for hf in spec.hf_architectures}
 _REFUSED = dict(qwen35.REFUSED)  # classes of a supported family that are not converted: (class, why)
 
