@@ -40,24 +40,25 @@ FAST = QualitySettings(EvalSettings(tokens=512))  # quality is not what these te
 NAME = "tiny"
 
 
-def granite4_config() -> Any:
+def granite4_config(experts: int = 0) -> Any:
     import transformers as T
 
     return T.GraniteMoeHybridConfig(
         hidden_size=HIDDEN, intermediate_size=EXPERT_FF, shared_intermediate_size=SHARED_FF,
         num_hidden_layers=len(TYPES), num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, vocab_size=VOCAB,
         max_position_embeddings=1024, initializer_range=INIT_STD, bos_token_id=None, eos_token_id=None,
-        pad_token_id=None, tie_word_embeddings=True, num_local_experts=0, layer_types=TYPES,
+        pad_token_id=None, tie_word_embeddings=True, num_local_experts=experts, num_experts_per_tok=2,
+        layer_types=TYPES,
         mamba_n_heads=M_HEADS, mamba_d_head=M_HEAD_DIM, mamba_n_groups=1, mamba_d_state=D_STATE,
         mamba_d_conv=D_CONV, mamba_expand=2, mamba_chunk_size=64, position_embedding_type=None, **MULTIPLIERS)
 
 
-def build_granite4(tokenizer_dir: Path, out: Path, seed: int = 0) -> Path:
+def build_granite4(tokenizer_dir: Path, out: Path, seed: int = 0, experts: int = 0) -> Path:
     import torch
     import transformers as T
 
     torch.manual_seed(seed)
-    model = T.GraniteMoeHybridForCausalLM(granite4_config()).eval()
+    model = T.GraniteMoeHybridForCausalLM(granite4_config(experts)).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):  # norms start at exactly 1: perturb them so a lost one shows
@@ -228,7 +229,7 @@ def test_granite4_hub_layer_type_names_are_read() -> None:
     ({"layer_types": ["attention"] * 4}, "no Mamba layers"),
     ({"mamba_proj_bias": True}, "mamba_proj_bias"),
     ({"mamba_n_groups": 2}, "mamba_n_groups"),
-    ({"num_local_experts": 4}, "experts"),
+    ({"num_local_experts": 4, "num_experts_per_tok": 6}, "num_experts_per_tok"),
     ({"logits_scaling": None}, "logits_scaling"),
 ])
 def test_granite4_configs_llama_cpp_cannot_run_are_refused(granite4_model: Path, tmp_path: Path,
@@ -240,3 +241,59 @@ def test_granite4_configs_llama_cpp_cannot_run_are_refused(granite4_model: Path,
     with pytest.raises(InputError, match=match):
         convert_gguf(bad, tmp_path / "out", "f16", verify_artifacts=False)
     assert not list((tmp_path / "out").glob("*.gguf"))
+
+
+# -- the mixture-of-experts variant (granite-4.0-h-tiny/small): experts beside the shared MLP --------
+
+EXPERTS = 4
+
+
+@pytest.fixture(scope="module")
+def granite4_moe_model(tmp_path_factory: pytest.TempPathFactory, bpe_tok: Path) -> Path:
+    return build_granite4(bpe_tok, tmp_path_factory.mktemp("granite4-moe"), experts=EXPERTS)
+
+
+def test_granite4_moe_gguf_matches_transformers(granite4_moe_model: Path, tmp_path: Path) -> None:
+    """Experts [E, 2*ff, h] split into ffn_gate_exps/ffn_up_exps, the shared MLP as the shared expert."""
+    # f16 only: the quantized path of 3-D expert stacks is the MoE families' (tests/test_archs_moe.py)
+    res = convert_gguf(granite4_moe_model, tmp_path, "f16", name=NAME, quality=FAST)
+    (art,), (rep,) = res.artifacts, res.reports
+    assert rep.passed, rep.failures
+    assert rep.token_mismatches == []
+    assert rep.metrics is not None and rep.metrics.rel_err < 0.05 and rep.metrics.mean_kl < 1e-3
+
+    summary = read_gguf(tmp_path / art.file)
+    meta = summary.metadata
+    assert (meta["granitehybrid.expert_count"], meta["granitehybrid.expert_used_count"],
+            meta["granitehybrid.feed_forward_length"],
+            meta["granitehybrid.expert_shared_feed_forward_length"]) == (EXPERTS, 2, EXPERT_FF, SHARED_FF)
+    tensors = {t.name: t for t in summary.tensors}
+    for i in range(len(TYPES)):
+        for name, shape in (("ffn_gate_exps", [HIDDEN, EXPERT_FF, EXPERTS]), ("ffn_up_exps", [HIDDEN, EXPERT_FF, EXPERTS]),
+                            ("ffn_down_exps", [EXPERT_FF, HIDDEN, EXPERTS]), ("ffn_gate_shexp", [HIDDEN, SHARED_FF]),
+                            ("ffn_up_shexp", [HIDDEN, SHARED_FF]), ("ffn_down_shexp", [SHARED_FF, HIDDEN])):
+            assert list(tensors[f"blk.{i}.{name}.weight"].shape) == shape, name
+        assert tensors[f"blk.{i}.ffn_gate_inp.weight"].type == "F32"  # the router, as llama.cpp's converter keeps it
+        assert f"blk.{i}.ffn_gate.weight" not in tensors
+
+    from edgekit.profiles.shapes import model_shapes
+
+    config = json.loads((granite4_moe_model / "config.json").read_text())
+    assert {t.name: t.ne for t in model_shapes(config).tensors} == {t.name: tuple(t.shape) for t in summary.tensors}
+
+
+def test_granite4_moe_layout_is_transformers_layout() -> None:
+    import torch
+    import transformers as T
+
+    cfg = granite4_config(EXPERTS)
+    with torch.device("meta"):
+        model = T.GraniteMoeHybridForCausalLM(cfg)
+    raw = {**cfg.to_dict(), "architectures": ["GraniteMoeHybridForCausalLM"]}
+    spec = spec_for(raw)
+    c = TextConfig.from_hf(raw)
+    real = {n: tuple(t.shape) for n, t in model.state_dict().items() if not spec.skip(n, c)}
+    assert dict(spec.hf_tensors(c)) == real
+    layout = spec.experts(c)
+    assert layout is not None and (layout.n_experts, layout.n_active, layout.expert_ff, layout.shared_ff) == \
+        (EXPERTS, 2, EXPERT_FF, SHARED_FF)

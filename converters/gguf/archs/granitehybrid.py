@@ -24,6 +24,15 @@ What differs from Llama, and how llama.cpp's ``granitehybrid`` expects it (its c
   composite-tensor writer, and ``output_linear`` as ``ffn_down``. Its width is
   ``shared_intermediate_size`` (``intermediate_size`` is the experts' width, unused by a dense
   model), so that is the ``feed_forward_length`` written.
+- **Experts** (granite-4.0-h-tiny/small, ``num_local_experts`` > 0): the router
+  (``router.layer``) is ``ffn_gate_inp`` (float32, as llama.cpp's converter keeps it), the
+  experts' ``input_linear`` ``[E, 2*ff, h]`` is split expert by expert into ``ffn_gate_exps`` and
+  ``ffn_up_exps`` ``[E, ff, h]``, ``output_linear`` is ``ffn_down_exps``; the shared MLP becomes
+  the shared expert (``ffn_*_shexp``, its width ``expert_shared_feed_forward_length``) and
+  ``feed_forward_length`` is the experts' ``intermediate_size``. transformers 5 renames the three
+  in memory (``router.weight``, ``experts.gate_up_proj``, ``experts.down_proj``); both spellings
+  are read. llama.cpp's softmax over all experts, top-k, renormalized, is transformers' softmax
+  over the top-k logits.
 - **Positions**: Granite 4 hybrids use no RoPE (``position_embedding_type`` unset); llama.cpp
   reads ``rope.scaling.finetuned`` as the switch (true: RoPE on every attention layer).
   q/k rows are still permuted to llama.cpp's interleaved layout, as its converter does: with
@@ -32,6 +41,7 @@ What differs from Llama, and how llama.cpp's ``granitehybrid`` expects it (its c
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -40,7 +50,7 @@ import numpy as np
 
 from edgekit.errors import InputError
 
-from .base import ArchSpec, Composite, Piece, TextConfig
+from .base import ArchSpec, Composite, ExpertLayout, Piece, TextConfig
 
 if TYPE_CHECKING:
     import gguf
@@ -56,6 +66,13 @@ _A_LOG, _D, _NORM = ".mamba.A_log", ".mamba.D", ".mamba.norm.weight"
 _DT_BIAS = ".mamba.dt_bias"
 _GATE_UP = ".shared_mlp.input_linear.weight"
 _DOWN = ".shared_mlp.output_linear.weight"
+# the experts (granite-4.0-h-tiny/small): transformers 5's in-memory names -> the hub's (what
+# save_pretrained writes back and gguf-py's table knows); gate_up is [E, 2*ff, h], each expert's
+# gate rows then its up rows, as transformers' chunk(2) reads them
+_MOE_RENAMES = ((".block_sparse_moe.router.weight", ".block_sparse_moe.router.layer.weight"),
+                (".block_sparse_moe.experts.gate_up_proj", ".block_sparse_moe.input_linear.weight"),
+                (".block_sparse_moe.experts.down_proj", ".block_sparse_moe.output_linear.weight"))
+_EXPERTS_GATE_UP = (".block_sparse_moe.input_linear.weight", ".block_sparse_moe.experts.gate_up_proj")
 
 
 @dataclass(frozen=True)
@@ -114,6 +131,15 @@ def n_experts(c: TextConfig) -> int:
     return int(c.raw.get("num_local_experts") or 0)
 
 
+def experts_used(c: TextConfig) -> int:
+    return int(c.raw.get("num_experts_per_tok") or 0)
+
+
+def expert_ff(c: TextConfig) -> int:
+    """One expert's width (``intermediate_size``; a dense Granite 4 leaves it unused)."""
+    return c.intermediate_size
+
+
 def shared_ff(c: TextConfig) -> int:
     """The shared MLP's width (the whole feed-forward of a dense Granite 4)."""
     return int(c.raw.get("shared_intermediate_size") or 1024)
@@ -125,6 +151,13 @@ def uses_rope(c: TextConfig) -> bool:
 
 @dataclass(frozen=True)
 class GraniteHybridSpec(ArchSpec):
+    # experts in the feed-forward (granite-4.0-h-tiny/small): the shared MLP is then the shared
+    # expert (ffn_*_shexp); dense (granite-4.0-h-micro): it is the feed-forward (ffn_*)
+    moe: bool = False
+
+    def for_config(self, cfg: dict[str, Any]) -> ArchSpec:
+        return dataclasses.replace(self, moe=bool(cfg.get("num_local_experts")))
+
     def check_config(self, cfg: dict[str, Any]) -> None:
         """Configs llama.cpp's granitehybrid cannot run as transformers does: refused before
         anything is written, each with the field that decides it."""
@@ -135,9 +168,9 @@ class GraniteHybridSpec(ArchSpec):
         refusals = (
             (MAMBA not in types, "has no Mamba layers (an all-attention Granite 4, which llama.cpp runs as "
                                  "'granite', not 'granitehybrid')", "edgekit converts the hybrid models only"),
-            (n_experts(c) > 0, f"has {n_experts(c)} experts per layer (granite-4.0-h-tiny/small); edgekit's "
-                               "granitehybrid spec does not yet map block_sparse_moe's expert tensors",
-             "convert a dense Granite 4 (num_local_experts 0, e.g. granite-4.0-h-micro)"),
+            (n_experts(c) > 0 and not 0 < experts_used(c) <= n_experts(c),
+             f"routes each token to {experts_used(c)} of its {n_experts(c)} experts (num_experts_per_tok)",
+             "pass the model's own config.json"),
             (m.expand != 2, f"sets mamba_expand {m.expand}; llama.cpp's granitehybrid asserts d_inner = 2 x hidden",
              "this checkpoint cannot run in llama.cpp as is"),
             (m.proj_bias, "sets mamba_proj_bias, which llama.cpp's granitehybrid has no tensors for",
@@ -170,7 +203,13 @@ class GraniteHybridSpec(ArchSpec):
         for key in (gguf.Keys.LLM.FEED_FORWARD_LENGTH, gguf.Keys.Attention.HEAD_COUNT_KV):
             del w.kv_data[0][key.format(arch=arch)]  # replaced below (no duplicate-key warning)
         raw = c.raw
-        w.add_feed_forward_length(shared_ff(c))
+        if n_experts(c):  # llama.cpp: n_ff is the experts' width, the shared expert's its own key
+            w.add_feed_forward_length(expert_ff(c))
+            w.add_expert_count(n_experts(c))
+            w.add_expert_used_count(experts_used(c))
+            w.add_expert_shared_feed_forward_length(shared_ff(c))
+        else:
+            w.add_feed_forward_length(shared_ff(c))
         w.add_head_count_kv([c.num_kv_heads if t == ATTENTION else 0 for t in layer_types(c)])
         w.add_attention_scale(float(raw["attention_multiplier"]))
         w.add_embedding_scale(float(raw["embedding_multiplier"]))
@@ -189,24 +228,49 @@ class GraniteHybridSpec(ArchSpec):
         name = self.text_name(hf_name)
         if name.endswith(_DT_BIAS):  # llama.cpp's converter renames it to dt_proj.bias first
             name = name[:-len(_DT_BIAS)] + ".mamba.dt_proj.bias"
-        elif name.endswith(_DOWN):  # gguf-py maps it to the shared expert's; dense: the FFN itself
+        elif name.endswith(_DOWN) and not self.moe:  # gguf-py's is the shared expert's; dense: the FFN itself
             return f"blk.{name.split('.')[2]}.ffn_down.weight"
+        for memory, hub in _MOE_RENAMES:
+            if name.endswith(memory):
+                name = name[:-len(memory)] + hub
         return tmap.get_name(name, try_suffixes=(".weight", ".bias"))
 
+    def checkpoint_names(self, model_name: str) -> list[str]:
+        """transformers 5 renames the experts' tensors in memory; checkpoints keep the hub's names."""
+        names = super().checkpoint_names(model_name)
+        names += [model_name[:-len(memory)] + hub for memory, hub in _MOE_RENAMES if model_name.endswith(memory)]
+        return names
+
     def composites(self, shapes: dict[str, tuple[int, ...]], c: TextConfig) -> list[Composite]:
-        """``shared_mlp.input_linear`` ``[2*ff, h]`` -> ``ffn_gate`` (rows 0..ff) and ``ffn_up`` (ff..2ff)."""
+        """``shared_mlp.input_linear`` ``[2*ff, h]`` -> ``ffn_gate`` (rows 0..ff) and ``ffn_up``
+        (ff..2ff), the shared expert's ``ffn_gate_shexp``/``ffn_up_shexp`` beside experts; the
+        experts' ``[E, 2*ff, h]`` -> ``ffn_gate_exps``/``ffn_up_exps`` ``[E, ff, h]``, expert by expert."""
         out: list[Composite] = []
+        shexp = "_shexp" if n_experts(c) else ""
         for name, shape in shapes.items():
-            if not name.endswith(_GATE_UP):
-                continue
-            ff, h = shape[0] // 2, shape[1]
-            if shape[0] != 2 * shared_ff(c):
-                raise InputError(f"{name} has {shape[0]} rows where 2 x shared_intermediate_size is "
-                                 f"{2 * shared_ff(c)}", hint="pass the model's own config.json")
-            layer = self.text_name(name).split(".")[2]
-            out += [Composite(f"blk.{layer}.ffn_gate.weight", (ff, h), (Piece(name, 0, ff),)),
-                    Composite(f"blk.{layer}.ffn_up.weight", (ff, h), (Piece(name, ff, 2 * ff),))]
+            layer = self.text_name(name).split(".")[2] if name.startswith(("model.layers.", "layers.")) else ""
+            if name.endswith(_GATE_UP):
+                ff, h = shape[0] // 2, shape[-1]
+                if len(shape) != 2 or shape[0] != 2 * shared_ff(c):
+                    raise InputError(f"{name} has shape {list(shape)} where [2 x shared_intermediate_size, hidden] is "
+                                     f"{[2 * shared_ff(c), c.hidden_size]}", hint="pass the model's own config.json")
+                out += [Composite(f"blk.{layer}.ffn_gate{shexp}.weight", (ff, h), (Piece(name, 0, ff),)),
+                        Composite(f"blk.{layer}.ffn_up{shexp}.weight", (ff, h), (Piece(name, ff, 2 * ff),))]
+            elif name.endswith(_EXPERTS_GATE_UP):
+                e, ff, h = n_experts(c), expert_ff(c), c.hidden_size
+                if tuple(shape) != (e, 2 * ff, h):
+                    raise InputError(f"{name} has shape {list(shape)} where [num_local_experts, 2 x intermediate_size, "
+                                     f"hidden] is {[e, 2 * ff, h]}", hint="pass the model's own config.json")
+                out += [Composite(f"blk.{layer}.ffn_{kind}_exps.weight", (e, ff, h),
+                                  tuple(Piece(name, i * 2 * ff + off, i * 2 * ff + off + ff) for i in range(e)))
+                        for kind, off in (("gate", 0), ("up", ff))]
         return out
+
+    def experts(self, c: TextConfig) -> ExpertLayout | None:
+        if not n_experts(c):
+            return None
+        return ExpertLayout(n_experts=n_experts(c), n_active=experts_used(c), expert_ff=expert_ff(c),
+                            shared_ff=shared_ff(c))
 
     # -- values and views that differ from the checkpoint's ------------------------------------
     def transforms(self, hf_name: str, c: TextConfig) -> bool:
@@ -244,8 +308,9 @@ class GraniteHybridSpec(ArchSpec):
 
     def keeps_f32(self, gguf_name: str) -> bool:
         # what llama.cpp's converter keeps in float32 (its quantizer leaves them too): the conv
-        # kernel (ggml_ssm_conv reads f32), A and D (no .weight suffix), the grouped norm
-        return gguf_name.endswith(("ssm_conv1d.weight", "ssm_a", "ssm_d", "ssm_norm.weight"))
+        # kernel (ggml_ssm_conv reads f32), A and D (no .weight suffix), the grouped norm; the
+        # router, as for every MoE llama.cpp converts
+        return gguf_name.endswith(("ssm_conv1d.weight", "ssm_a", "ssm_d", "ssm_norm.weight", "ffn_gate_inp.weight"))
 
     # -- the Hugging Face layout (the profiler's tensor list) ---------------------------------
     def hf_tensors(self, c: TextConfig) -> Iterator[tuple[str, tuple[int, ...]]]:
@@ -272,6 +337,11 @@ class GraniteHybridSpec(ArchSpec):
                     yield p + f"self_attn.{name}_proj.weight", (rows, q if name == "o" else h)
                     if bias:
                         yield p + f"self_attn.{name}_proj.bias", (rows,)
+            if n_experts(c):  # transformers 5's in-memory names (checkpoint_names gives the hub's)
+                e, eff = n_experts(c), expert_ff(c)
+                yield p + "block_sparse_moe.router.weight", (e, h)
+                yield p + "block_sparse_moe.experts.gate_up_proj", (e, 2 * eff, h)
+                yield p + "block_sparse_moe.experts.down_proj", (e, h, eff)
             yield p + "shared_mlp.input_linear.weight", (2 * ff, h)
             yield p + "shared_mlp.output_linear.weight", (h, ff)
         yield "model.norm.weight", (h,)
