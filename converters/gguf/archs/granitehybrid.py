@@ -366,8 +366,8 @@ SPEC = GraniteHybridSpec(
     permute_qk=True,
     required=("embedding_multiplier", "residual_multiplier", "attention_multiplier", "logits_scaling"),
     formats=("gguf",),
-    why_not=(("onnx", "edgekit does not yet verify Granite 4's ONNX build (its Mamba conv and SSM states in "
-                      "genai_config.json)"),
+    why_not=(("onnx", "ONNX Runtime GenAI 0.18's builder has no Mamba-2 layers (it builds a GraniteMoeHybrid's "
+                      "attention layers only, and fails on a hybrid's first Mamba layer)"),
              ("gptq", "edgekit does not yet run Granite 4's Mamba layers through llmcompressor's sequential "
                       "pipeline")),
 )
