@@ -297,3 +297,44 @@ def test_granite4_moe_layout_is_transformers_layout() -> None:
     layout = spec.experts(c)
     assert layout is not None and (layout.n_experts, layout.n_active, layout.expert_ff, layout.shared_ff) == \
         (EXPERTS, 2, EXPERT_FF, SHARED_FF)
+
+
+def test_granite4_memory_matches_llama_cpp(granite4_model: Path, granite4_f16: Path,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    """llama.cpp's own account of what it allocated (``llama_kv_cache: size = ...`` and
+    ``llama_memory_recurrent: ... R (f32): X MiB, S (f32): Y MiB``, 2 decimals) against the
+    profiler's: KV for the attention layers only, the Mamba conv window and SSM state per sequence
+    for the others (32 sequences: 0.42 MiB of conv window, 4 MiB of SSM state, so a conv window
+    of d_conv instead of d_conv - 1 or a state without its d_state factor shows)."""
+    import logging
+    import re
+
+    import llama_cpp
+
+    from edgekit.profiles import shapes
+    from edgekit.runtimes.llama_env import route_llama_logs
+
+    s = shapes.model_shapes(json.loads((granite4_model / "config.json").read_text()))
+    assert (s.attention_layers, s.recurrent_layers) == (TYPES.count("attention"), TYPES.count("mamba"))
+    route_llama_logs()
+    caplog.set_level(logging.INFO, logger="edgekit.llama_cpp")
+    model = llama_cpp.llama_model_load_from_file(str(granite4_f16).encode(), llama_cpp.llama_model_default_params())
+    assert model
+    n_seq, n_ctx = 32, 4096
+    try:
+        cp = llama_cpp.llama_context_default_params()
+        cp.n_ctx, cp.n_seq_max, cp.kv_unified = n_ctx, n_seq, True  # one KV stream of n_ctx cells for all sequences
+        ctx = llama_cpp.llama_init_from_model(model, cp)
+        assert ctx
+        llama_cpp.llama_free(ctx)
+    finally:
+        llama_cpp.llama_model_free(model)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    kv = re.search(r"llama_kv_cache: size = +([\d.]+) MiB \( *(\d+) cells, +(\d+) layers", text)
+    rs = re.search(r"llama_memory_recurrent: size = .*R \(f32\): +([\d.]+) MiB, S \(f32\): +([\d.]+) MiB", text)
+    assert kv and rs, text
+    assert int(kv.group(3)) == s.attention_layers and int(kv.group(2)) == n_ctx
+    assert abs(shapes.kv_cache_bytes(s, n_ctx) / 2**20 - float(kv.group(1))) <= 0.005
+    conv, ssm = (x * s.recurrent_layers * 4 * n_seq / 2**20 for x in ((D_CONV - 1) * CONV_DIM, D_STATE * D_INNER))
+    assert abs(conv - float(rs.group(1))) <= 0.005 and abs(ssm - float(rs.group(2))) <= 0.005
+    assert abs(shapes.recurrent_state_bytes(s, n_seq) / 2**20 - float(rs.group(1)) - float(rs.group(2))) <= 0.01
