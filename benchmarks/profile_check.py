@@ -28,7 +28,9 @@ Both are reported; the load average before and after is printed with the table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import os
 import platform
 import sys
@@ -65,46 +67,63 @@ def config_from_gguf(path: Path) -> dict[str, Any]:
 
 
 def make_synthetic(out: Path, quants: list[str], hidden: int = 1024, layers: int = 12, ff: int = 2816,
-                   heads: int = 16, kv_heads: int = 4, vocab: int = 32000, tied: bool = False) -> list[Path]:
-    """A random-weight Llama with a byte-fallback token list, as f16 plus quantized copies (types
-    that need an importance matrix get one of ones: the weights are random, quality is moot)."""
+                   heads: int = 16, kv_heads: int = 4, vocab: int = 32000, tied: bool = False,
+                   experts: tuple[int, int, int] | None = None) -> list[Path]:
+    """A random-weight Llama (``experts`` = (experts, active, expert width): a Qwen3-MoE, every layer
+    a mixture of experts) with a byte-fallback token list, as f16 plus quantized copies (types that
+    need an importance matrix get one of ones: the weights are random, quality is moot). The
+    metadata is the architecture spec's own (what edgekit's converter writes), the tensors the
+    profiler's list for the config."""
     import gguf
     import numpy as np
 
+    from edgekit.converters.gguf.archs import TextConfig, spec_for
     from edgekit.converters.gguf.quantize import quantize_file
     from edgekit.converters.gguf.quants import quant
     from edgekit.profiles.shapes import model_shapes
 
     out.mkdir(parents=True, exist_ok=True)
-    config = {"architectures": ["LlamaForCausalLM"], "hidden_size": hidden, "intermediate_size": ff,
-              "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
-              "head_dim": hidden // heads, "vocab_size": vocab, "max_position_embeddings": 4096,
-              "tie_word_embeddings": tied}
+    config: dict[str, Any] = {
+        "architectures": ["LlamaForCausalLM"], "hidden_size": hidden, "intermediate_size": ff,
+        "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+        "head_dim": hidden // heads, "vocab_size": vocab, "max_position_embeddings": 4096,
+        "tie_word_embeddings": tied, "rms_norm_eps": 1e-5, "dtype": "float16"}
+    if experts is not None:
+        n_experts, active, expert_ff = experts
+        config.update(architectures=["Qwen3MoeForCausalLM"], num_experts=n_experts, num_experts_per_tok=active,
+                      moe_intermediate_size=expert_ff, norm_topk_prob=True)
     (out / "config.json").write_text(json.dumps(config, indent=2))
+    spec, c = spec_for(config), TextConfig.from_hf(config)
     f16 = out / "synthetic-f16.gguf"
-    w = gguf.GGUFWriter(str(f16), "llama")
-    w.add_context_length(4096), w.add_embedding_length(hidden), w.add_block_count(layers)
-    w.add_feed_forward_length(ff), w.add_head_count(heads), w.add_head_count_kv(kv_heads)
-    w.add_layer_norm_rms_eps(1e-5), w.add_rope_dimension_count(hidden // heads), w.add_vocab_size(vocab)
+    w = gguf.GGUFWriter(str(f16), gguf.MODEL_ARCH_NAMES[spec.model_arch])
+    spec.write_hparams(w, c)
     w.add_file_type(1), w.add_tokenizer_model("llama")
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
     tokens += [f"t{i}" for i in range(vocab - len(tokens))]
     w.add_token_list(tokens), w.add_token_scores([0.0] * vocab)
     w.add_token_types([2, 3, 3] + [6] * 256 + [1] * (vocab - 259)), w.add_bos_token_id(1), w.add_eos_token_id(2)
     rng = np.random.default_rng(0)
-    for t in model_shapes(config).tensors:
+    shapes = model_shapes(config)
+    # one tensor in memory at a time (a MoE's expert stacks are the big ones)
+    for t in shapes.tensors:
+        dtype = np.float16 if t.is_matrix and t.name not in shapes.f32_tensors else np.float32
+        w.add_tensor_info(t.name, tuple(reversed(t.ne)), np.dtype(dtype), math.prod(t.ne) * np.dtype(dtype).itemsize)
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_ti_data_to_file()
+    for t in shapes.tensors:
         a = rng.standard_normal(tuple(reversed(t.ne)), dtype=np.float32) * 0.02
-        w.add_tensor(t.name, a.astype(np.float16) if t.is_matrix else a)
-    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+        dtype = np.float16 if t.is_matrix and t.name not in shapes.f32_tensors else np.float32
+        w.write_tensor_data(a.astype(dtype))
+        del a
+    w.close()
     paths = [f16] if "f16" in quants else []
     for q in quants:
         if q == "f16":
             continue
         dst = out / f"synthetic-{q}.gguf"
         ones = None
-        if quant(q).needs_imatrix:
-            ones = {t.name: np.ones(t.ne[0], np.float32) for t in model_shapes(config).tensors
-                    if t.is_matrix and t.name != "token_embd.weight"}
+        if quant(q).needs_imatrix:  # an expert stack's matrix has a row of weights per expert
+            ones = {t.name: np.ones(t.ne[0] * (t.ne[2] if len(t.ne) == 3 else 1), np.float32)
+                    for t in shapes.tensors if t.is_matrix and t.name != "token_embd.weight"}
         quantize_file(f16, dst, quant(q), imatrix=ones)
         paths.append(dst)
     if "f16" not in quants:
@@ -211,6 +230,15 @@ def repredict(report_path: Path, directory: Path, profile_name: str, output: Pat
     return 0
 
 
+def _measured_gen(res: dict[str, Any]) -> float:
+    """Generation tokens/s as judged: CPU time where it was measured, else the wall clock."""
+    return float((res.get("measured_cpu_time") or res["measured"])["gen_tps"])
+
+
+def _err(res: dict[str, Any], key: str) -> float:
+    return float(res["predicted"][key]) / _measured_gen(res) - 1
+
+
 def _stderr_progress(event: Any) -> None:
     if event.step == "bench" and event.total:
         print(f"- measuring {event.message}", file=sys.stderr)
@@ -225,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shape", default="1024,12,2816,16,4,32000",
                     help="--synthetic shape: hidden,layers,intermediate,heads,kv_heads,vocab")
     ap.add_argument("--tied", action="store_true", help="--synthetic: tie the embeddings (SmolLM2 does)")
+    ap.add_argument("--experts", help="--synthetic: a Qwen3-MoE instead, EXPERTS,ACTIVE,EXPERT_FF experts per layer "
+                                      "(e.g. 16,2,768: Qwen3-30B-A3B's expert width)")
     ap.add_argument("--no-cpu-time", action="store_true", help="skip the CPU-time runs (with --threads 1)")
     ap.add_argument("--repredict", type=Path, metavar="RESULTS_JSON",
                     help="predict an earlier run's measurements again with --profile (ARTIFACTS: its directory)")
@@ -251,14 +281,17 @@ def main(argv: list[str] | None = None) -> int:
     from edgekit.profiles.detect import usable_cores
     from edgekit.profiles.planner import file_weights
     from edgekit.profiles.schema import Backend, OnnxPrecision, Runtime
-    from edgekit.profiles.shapes import model_shapes, weight_plan
+    from edgekit.profiles.shapes import model_shapes, plan_for_types, weight_plan
     from edgekit.ui import format_table
 
     if args.synthetic:
         print(f"- building a synthetic model in {args.synthetic}", file=sys.stderr)
         hidden, layers, ff, heads, kv_heads, vocab = (int(x) for x in args.shape.split(","))
+        moe = tuple(int(x) for x in args.experts.split(",")) if args.experts else None
+        if moe is not None and len(moe) != 3:
+            ap.error("--experts takes EXPERTS,ACTIVE,EXPERT_FF")
         make_synthetic(args.synthetic, [q.strip() for q in args.quants.split(",") if q.strip()], hidden, layers, ff,
-                       heads, kv_heads, vocab, args.tied)
+                       heads, kv_heads, vocab, args.tied, moe)  # type: ignore[arg-type]
         args.artifacts = args.synthetic
     if args.artifacts is None:
         ap.error("give an edgekit output directory or a directory of GGUF files (or --synthetic DIR)")
@@ -318,7 +351,14 @@ def main(argv: list[str] | None = None) -> int:
         pred = estimate(shapes, weights, runtime, Backend.CPU, profile, ctx=ctx, kv_fill=max(1, args.gen // 2),
                         prompt_len=args.prompt, onnx_precision=precision, threads=threads)
         predicted = {"gen_tps": pred.gen_tps, "prompt_tps": pred.prompt_tps, "peak_rss_bytes": pred.peak_rss_bytes,
-                     "weights_bytes": weights.total_bytes}
+                     "weights_bytes": weights.total_bytes, "per_token_bytes": weights.per_token_bytes}
+        if shapes.experts is not None:  # beside it, what a profiler reading every expert would predict
+            every = dataclasses.replace(shapes, experts=dataclasses.replace(shapes.experts,
+                                                                            n_active=shapes.experts.n_experts))
+            dense = estimate(every, plan_for_types(every, weights.types), runtime, Backend.CPU, profile, ctx=ctx,
+                             kv_fill=max(1, args.gen // 2), prompt_len=args.prompt, onnx_precision=precision,
+                             threads=threads)
+            predicted.update(gen_tps_all_experts=dense.gen_tps, experts=dataclasses.asdict(shapes.experts))
         label = [r.artifact, r.kind, r.quant]
         if r.status != "complete":  # e.g. a runtime crash on one quant type: report it, check the rest
             results.append({"artifact": r.artifact, "format": r.kind, "quant": r.quant, "config": config,
@@ -359,6 +399,15 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(["artifact", "format", "quant", "gen pred", "gen wall", "err", "gen cpu", "err", "pp pred",
                         "pp wall", "err", "pp cpu", "err", "peak MiB pred", "peak MiB meas", "err",
                         f"target ±{GEN_TARGET:.0%}"], rows))
+    moe_rows = [x for x in results if "measured" in x and "gen_tps_all_experts" in x["predicted"]]
+    if moe_rows:  # decode speed from the routed experts' bytes vs from all of them, against the measurement
+        print("mixture of experts: a token reads the router's top-k experts; memory holds all of them")
+        print(format_table(["artifact", "read/token MiB", "weights MiB", "gen pred", "err", "pred all experts",
+                            "err", "gen meas"], [
+            [x["artifact"], round(x["predicted"]["per_token_bytes"] / 2**20), round(x["predicted"]["weights_bytes"] / 2**20),
+             round(x["predicted"]["gen_tps"], 1), f"{100 * _err(x, 'gen_tps'):+.0f}%",
+             round(x["predicted"]["gen_tps_all_experts"], 1), f"{100 * _err(x, 'gen_tps_all_experts'):+.0f}%",
+             round(_measured_gen(x), 1)] for x in moe_rows]))
     if profile.kernels is not None:
         print(f"kernel table: {profile.kernels.ref}")
     report = {"host": platform.node(), "machine": platform.machine(), "profile": profile.name,
