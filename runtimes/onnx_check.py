@@ -103,20 +103,39 @@ def _state_kind(binding: str) -> str | None:
     return None
 
 
-def _layers_bound(dec: dict[str, Any], binding: str) -> list[int]:
+def _layers_bound(dec: dict[str, Any], binding: str, graph_in: set[str]) -> list[int]:
     """The layers whose graph inputs/outputs a ``%d`` binding names: all of them, or in a hybrid
-    decoder only the layers whose type has that state."""
+    decoder only the layers that have that state: by ``layer_types`` (LFM2), else by the graph
+    itself (Qwen3.5's config lists no types: a layer whose every state input exists is a state
+    layer, every other layer must have the KV cache)."""
     layers = int(dec.get("num_hidden_layers") or 0)
-    types = dec.get("layer_types")
     kind = _state_kind(binding)
-    if not isinstance(types, list) or len(types) != layers or kind is None:
+    if kind is None:
         return list(range(layers))
+    types = dec.get("layer_types")
+    if isinstance(types, list) and len(types) == layers:
+        def has(layer_type: Any) -> bool:
+            states = _LAYER_STATES.get(str(layer_type))
+            return kind in states if states is not None else kind in _KV_STATES or kind not in _STATE_KINDS
 
-    def has(layer_type: Any) -> bool:
-        states = _LAYER_STATES.get(str(layer_type))
-        return kind in states if states is not None else kind in _KV_STATES or kind not in {"conv", "recurrent"}
+        return [i for i, t in enumerate(types) if has(t)]
+    raw_inputs = dec.get("inputs")
+    inputs: dict[str, Any] = raw_inputs if isinstance(raw_inputs, dict) else {}
+    state_templates = [t for k, t in inputs.items() if _state_kind(k) in _STATE_KINDS and "%" in str(t)]
+    if not state_templates:
+        return list(range(layers))
+    state = [i for i in range(layers) if all(_name(t, i) in graph_in for t in state_templates)]
+    return state if kind in _STATE_KINDS else [i for i in range(layers) if i not in state]
 
-    return [i for i, t in enumerate(types) if has(t)]
+
+_STATE_KINDS = frozenset({"conv", "recurrent"})
+
+
+def _name(template: str, i: int) -> str:
+    try:
+        return template % i
+    except (TypeError, ValueError):
+        return template
 
 
 def _check_bindings(cfg: dict[str, Any], decoder: Path) -> None:
@@ -134,10 +153,7 @@ def _check_bindings(cfg: dict[str, Any], decoder: Path) -> None:
             raise CorruptFileError(decoder.parent / GENAI_CONFIG, f"model.decoder.{section} must map names to strings",
                                    hint="re-export the model with `edgekit convert --to onnx`")
         for key, template in bindings.items():
-            try:
-                names = [template % i for i in _layers_bound(dec, key)] if "%" in template else [template]
-            except (TypeError, ValueError):
-                names = [template]
+            names = [_name(template, i) for i in _layers_bound(dec, key, graph_in)] if "%" in template else [template]
             missing = [n for n in names if n not in present]
             if missing:
                 raise CorruptFileError(decoder.parent / GENAI_CONFIG,

@@ -264,3 +264,50 @@ def test_lfm2_onnx_layer_pattern_traps(lfm2_model: Path, lfm2_onnx: tuple[Path, 
     (other / "config.json").write_text(json.dumps(src_cfg))
     with pytest.raises(VerificationError, match=r"state layers"):
         check_onnx(other, out / res.artifacts[0].file, quality=FAST)
+
+
+def _state_graph(out: Path, inputs: list[str], decoder: dict[str, Any]) -> Path:
+    """A GenAI model directory whose graph has exactly ``inputs`` (each passed through to an output
+    named as ONNX Runtime GenAI's builders name the presents), and ``decoder`` as its config."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    def present(name: str) -> str:
+        return name.replace("past_key_values.", "present.").replace("past.", "present.")
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [n], [present(n)]) for n in inputs], "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in inputs],
+        [helper.make_tensor_value_info(present(n), TensorProto.FLOAT, [1]) for n in inputs])
+    out.mkdir()
+    onnx.save(helper.make_model(graph), str(out / "model.onnx"))
+    io = {"past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value",
+          "past_conv_names": "past.%d.conv", "past_recurrent_names": "past.%d.recurrent"}
+    dec = {"filename": "model.onnx", "num_hidden_layers": 4, "head_size": 64, "hidden_size": 256,
+           "num_attention_heads": 4, "num_key_value_heads": 2, "inputs": io,
+           "outputs": {k.replace("past_", "present_"): v.replace("past_key_values.", "present.").replace("past.", "present.")
+                       for k, v in io.items()}, **decoder}
+    (out / "genai_config.json").write_text(json.dumps({"model": {"type": "qwen3_5_text", "vocab_size": 1024,
+                                                                 "context_length": 1024, "decoder": dec}}))
+    return out
+
+
+def test_hybrid_state_bindings_without_layer_types(tmp_path: Path) -> None:
+    """Qwen3.5's builder writes no layer_types: the graph says which layers carry the gated
+    delta-net's conv and recurrent states, and every other layer must have its KV cache."""
+    from edgekit.errors import CorruptFileError
+    from edgekit.runtimes.onnx_check import _check_bindings
+
+    states = ["past.0.conv", "past.0.recurrent", "past.2.conv", "past.2.recurrent"]
+    kv = [f"past_key_values.{i}.{k}" for i in (1, 3) for k in ("key", "value")]
+    ok = _state_graph(tmp_path / "ok", ["input_ids", *states, *kv], {})
+    _check_bindings(json.loads((ok / "genai_config.json").read_text()), ok / "model.onnx")
+    # layer 3 has neither a state nor its key: the runtime would fail mid-generation
+    bad = _state_graph(tmp_path / "bad", ["input_ids", *states, *kv[:2], kv[3]], {})
+    with pytest.raises(CorruptFileError, match=r"past_key_values\.3\.key"):
+        _check_bindings(json.loads((bad / "genai_config.json").read_text()), bad / "model.onnx")
+    # with layer_types, the types decide (here they contradict the graph)
+    typed = _state_graph(tmp_path / "typed", ["input_ids", *states, *kv],
+                         {"layer_types": ["full_attention", "linear_attention", "full_attention", "linear_attention"]})
+    with pytest.raises(CorruptFileError, match=r"past\.1\.conv|past_key_values\.0\.key"):
+        _check_bindings(json.loads((typed / "genai_config.json").read_text()), typed / "model.onnx")
