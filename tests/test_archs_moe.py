@@ -270,3 +270,52 @@ def test_qwen3_moe_configs_llama_cpp_cannot_run_are_refused(moe_models: dict[str
     with pytest.raises(InputError, match=match):
         convert_gguf(bad, tmp_path / "out", "f16", verify_artifacts=False)
     assert not list((tmp_path / "out").glob("*.gguf"))
+
+
+def test_moe_imatrix_counts_each_expert(moe_models: dict[str, Path], moe_inputs: Any, tmp_path: Path) -> None:
+    """The importance matrix of a MoE has llama-imatrix's per-expert entries for the stacks
+    (``in_sum2`` [experts, channels], ``counts`` [experts]: each token counted once for each of the
+    k experts it is routed to), and llama.cpp's quantizer takes it (it refuses a stack's entry of
+    the wrong size) for a verified q4_k_m."""
+    from edgekit.converters.gguf.imatrix import check_against, compute_imatrix, matrix_widths, read_imatrix
+    from edgekit.converters.source import open_source
+
+    model = moe_models["qwen3-moe"]
+    source = open_source(model)
+    im = compute_imatrix(model, source, qwen3_moe.SPEC, samples=4, seq_len=128)
+    tokens = im.chunk_count * im.chunk_size
+    for i in range(LAYERS):
+        gate, up, down = (f"blk.{i}.ffn_{w}_exps.weight" for w in ("gate", "up", "down"))
+        assert im.sums[gate].shape == (EXPERTS, HIDDEN) and im.sums[down].shape == (EXPERTS, EXPERT_FF)
+        assert im.counts[gate].shape == (EXPERTS,) and float(im.counts[gate].sum()) == tokens * TOP_K
+        assert (im.counts[gate] > 0).sum() >= 2  # the routing really differs from token to token
+        np.testing.assert_array_equal(im.sums[gate], im.sums[up])  # one input, two stacks
+        np.testing.assert_array_equal(im.counts[down], im.counts[gate])
+        q = f"blk.{i}.attn_q.weight"
+        assert im.sums[q].shape == (1, HIDDEN) and float(im.counts[q][0]) == tokens
+    path = tmp_path / "imatrix.gguf"
+    im.write(path)
+    back = read_imatrix(path)
+    check_against(back, matrix_widths(source, qwen3_moe.SPEC), "written")
+    np.testing.assert_array_equal(back.counts["blk.0.ffn_down_exps.weight"], im.counts["blk.0.ffn_down_exps.weight"])
+    res = convert_gguf(model, tmp_path / "out", "q4_k_m", name=NAME, imatrix=path, prepared=moe_inputs("qwen3-moe"),
+                       quality=FAST)
+    (rep,) = res.reports
+    assert rep.passed, rep.failures
+
+    # and it really steers the stacks' quantization (llama.cpp only logs a name it does not find)
+    from edgekit.converters.gguf.quantize import quantize_file
+    from edgekit.converters.gguf.quants import quant
+    from edgekit.converters.gguf.writer import write_float_gguf
+
+    write_float_gguf(source, tmp_path / "base.gguf", spec=qwen3_moe.SPEC, out_type="f32", compare_tokenizer=False)
+    for name, values in (("with.gguf", im.values()), ("without.gguf", None)):
+        quantize_file(tmp_path / "base.gguf", tmp_path / name, quant("q4_k_m"), imatrix=values)
+
+    def stack(p: Path) -> bytes:
+        t = next(t for t in read_gguf(p).tensors if t.name == "blk.0.ffn_down_exps.weight")
+        with open(p, "rb") as f:
+            f.seek(t.offset)
+            return f.read(t.nbytes)
+
+    assert stack(tmp_path / "with.gguf") != stack(tmp_path / "without.gguf")

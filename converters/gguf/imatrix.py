@@ -6,7 +6,10 @@ real text. ``llama-imatrix`` gets a_j by running a GGUF through llama.cpp; edgek
 the source model, so the calibration text (:mod:`..textsets`, as for GPTQ) runs through the
 Hugging Face model one decoder layer at a time (:mod:`..layerwise`: memory is the embedding,
 the head and one layer), a forward pre-hook on every ``nn.Linear`` of the loaded layer adding
-up the squared inputs and the token count.
+up the squared inputs and the token count. A mixture of experts' stacked matrices
+(``ffn_*_exps``) are counted per expert, as ``llama-imatrix`` does: a forward pre-hook on each
+experts module adds the squared inputs of the tokens routed to each expert (gate and up share
+that input) and of each expert's own down-projection input (recomputed from its gate and up).
 
 The file is llama.cpp's own GGUF imatrix format (``tools/imatrix/imatrix.cpp``), so its tools
 read edgekit's file and edgekit reads theirs: ``general.type = "imatrix"``, per matrix a float32
@@ -32,7 +35,7 @@ from edgekit.progress import ProgressFn, report
 from ..gptq.calibration import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN, MIN_SEQ_LEN
 from ..textsets import bos_id, calibration_texts, token_stream
 from .archs import ArchSpec, TextConfig
-from .dequant import hf_names
+from .dequant import composites_of, hf_names
 
 if TYPE_CHECKING:
     from ..lora import LoraAdapter
@@ -205,10 +208,13 @@ def check_against(im: Imatrix, expected: dict[str, int], where: str) -> None:
 
 
 def matrix_widths(source: SourceModel, spec: ArchSpec) -> dict[str, int]:
-    """GGUF name -> input channels of every 2-D weight the writer produces."""
+    """GGUF name -> input channels of every matrix the writer produces (2-D weights, and the 3-D
+    expert stacks: one matrix per expert)."""
     cfg = TextConfig.from_hf(source.config)
-    return {g: int(source.info(hf).shape[-1]) for g, hf in hf_names(source, spec, cfg).items()
-            if len(source.info(hf).shape) == 2}
+    out = {g: int(source.info(hf).shape[-1]) for g, hf in hf_names(source, spec, cfg).items()
+           if len(source.info(hf).shape) == 2}
+    out.update({c.gguf_name: int(c.shape[-1]) for c in composites_of(source, spec, cfg) if len(c.shape) >= 2})
+    return out
 
 
 # --------------------------------------------------------------------------- computing one
@@ -236,7 +242,7 @@ def compute_imatrix(model_dir: Path, source: SourceModel, spec: ArchSpec, *, ada
     from transformers import AutoTokenizer
 
     from ..layerwise import LayerwiseLM, empty_model
-    from ..reference import _torch_dtype
+    from ..reference import _torch_dtype, checkpoint_layout, read_param
 
     if threads:
         torch.set_num_threads(threads)
@@ -253,32 +259,68 @@ def compute_imatrix(model_dir: Path, source: SourceModel, spec: ArchSpec, *, ada
     dtype = torch.float32 if dtype == torch.float16 else dtype
     model = empty_model(model_dir, dtype)
     lm = LayerwiseLM(model)
-    groups: dict[str, list[str]] = {}
-    for name, canon in lm.aliases.items():
-        groups.setdefault(canon, []).append(name)
-    stored = {canon: next((n for n in names if source.has(n)), canon) for canon, names in groups.items()}
+    stored, parts = checkpoint_layout(lm, source, spec)
     merged = set(adapter.target_tensors) if adapter is not None else set()
+    if merged & {p for ps in parts.values() for p in ps}:
+        raise InputError("the LoRA adapter changes expert matrices; edgekit's importance matrix does not merge "
+                         "those", hint="convert without --imatrix / imatrix=, or merge the adapter first")
 
     def tensor(name: str) -> Any:
-        s = stored[lm.aliases[name]]
+        canon = lm.aliases[name]
+        s = stored[canon]
         if s in merged:
             assert adapter is not None
             return torch.from_numpy(np.require(adapter.merge(s, source.float32(s)), requirements=["W"]))
-        raw = source.file_of(s).raw(s)
-        if source.info(s).dtype == "BF16":
-            return torch.from_numpy(raw.view(np.int16)).view(torch.bfloat16)
-        return torch.from_numpy(np.require(raw, requirements=["W"]))
+        return read_param(source, lm, canon, stored, parts)
 
-    to_gguf = {hf: g for g, hf in hf_names(source, spec, TextConfig.from_hf(source.config)).items()}
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
+    cfg = TextConfig.from_hf(source.config)
+    to_gguf = {hf: g for g, hf in hf_names(source, spec, cfg).items()}
+    # each checkpoint tensor of an expert stack -> the stacks (GGUF names) its rows went into
+    in_stacks: dict[str, list[str]] = {}
+    for comp in composites_of(source, spec, cfg):
+        for piece in comp.pieces:
+            in_stacks.setdefault(piece.hf_name, [])
+            if comp.gguf_name not in in_stacks[piece.hf_name]:
+                in_stacks[piece.hf_name].append(comp.gguf_name)
+    sums: dict[str, torch.Tensor] = {}  # [experts, channels] (one row for a plain matrix)
+    counts: dict[str, torch.Tensor] = {}  # [experts]
+
+    def add(key: str, s: Any, c: Any) -> None:
+        sums[key] = sums[key] + s if key in sums else s
+        counts[key] = counts[key] + c if key in counts else c
 
     def hook(key: str) -> Any:
         def pre(module: Any, args: tuple[Any, ...]) -> None:
             x = args[0].reshape(-1, args[0].shape[-1])
-            s = x.float().square().sum(dim=0)
-            sums[key] = sums[key] + s if key in sums else s
-            counts[key] = counts.get(key, 0) + int(x.shape[0])
+            add(key, x.float().square().sum(dim=0, keepdim=True), torch.tensor([float(x.shape[0])]))
+        return pre
+
+    def stacks_of(param: str) -> list[str]:
+        canon = lm.aliases[param]
+        names = parts.get(canon, (stored[canon],))
+        return list(dict.fromkeys(g for n in names for g in in_stacks.get(n, [])))
+
+    def experts_hook(gate_up: list[str], down: list[str]) -> Any:
+        """Per expert: the squared inputs of the tokens routed to it (gate and up share them) and
+        of its down projection (silu(gate) * up, recomputed), and the number of those tokens."""
+        def pre(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            x = args[0] if args else kwargs["hidden_states"]
+            idx = args[1] if len(args) > 1 else kwargs["top_k_index"]
+            x = x.reshape(-1, x.shape[-1])
+            n = int(module.gate_up_proj.shape[0])
+            routed = torch.nn.functional.one_hot(idx.reshape(x.shape[0], -1), n).amax(dim=1).float()  # [T, E]
+            c = routed.sum(dim=0)
+            sq = x.float().square()
+            for key in gate_up:
+                add(key, routed.T @ sq, c)
+            mid = torch.zeros((n, int(module.down_proj.shape[-1])), dtype=torch.float32)
+            for e in range(n):
+                rows = routed[:, e].bool()
+                if rows.any():
+                    g, u = torch.nn.functional.linear(x[rows], module.gate_up_proj[e]).chunk(2, dim=-1)
+                    mid[e] = (module.act_fn(g) * u).float().square().sum(dim=0)
+            for key in down:
+                add(key, mid, c)
         return pre
 
     module_names = {id(m): n for n, m in model.named_modules()}
@@ -290,6 +332,11 @@ def compute_imatrix(model_dir: Path, source: SourceModel, spec: ArchSpec, *, ada
                 hf = stored[lm.aliases[f"{module_names[id(mod)]}.weight"]]
                 if hf in to_gguf:
                     handles.append(mod.register_forward_pre_hook(hook(to_gguf[hf])))
+            elif _is_experts(mod, cfg.hidden_size):  # transformers 5's fused expert stacks
+                name = module_names[id(mod)]
+                gate_up, down = stacks_of(f"{name}.gate_up_proj"), stacks_of(f"{name}.down_proj")
+                if gate_up or down:
+                    handles.append(mod.register_forward_pre_hook(experts_hook(gate_up, down), with_kwargs=True))
 
     def load(i: int) -> None:
         for name in lm.layer_names[i]:
@@ -335,6 +382,16 @@ def compute_imatrix(model_dir: Path, source: SourceModel, spec: ArchSpec, *, ada
     if not sums:
         raise InputError(f"no weight matrix of {source.architecture} was seen by the calibration pass",
                          hint="report this model; convert without --imatrix / imatrix= meanwhile")
-    return Imatrix({k: v.numpy().astype(np.float32).reshape(1, -1) for k, v in sums.items()},
-                   {k: np.array([c], dtype=np.float32) for k, c in counts.items()},
+    return Imatrix({k: v.numpy().astype(np.float32) for k, v in sums.items()},
+                   {k: c.numpy().astype(np.float32).reshape(-1) for k, c in counts.items()},
                    [texts.source], len(windows), len(windows[0]))
+
+
+def _is_experts(module: Any, hidden: int) -> bool:
+    """A transformers 5 experts module this pass can count: ``gate_up_proj`` ``[E, 2*ff, hidden]``
+    (gate rows then up rows per expert), ``down_proj`` ``[E, hidden, ff]``, a SwiGLU ``act_fn``."""
+    gate_up, down = getattr(module, "gate_up_proj", None), getattr(module, "down_proj", None)
+    if gate_up is None or down is None or not hasattr(module, "act_fn") or getattr(module, "is_transposed", False):
+        return False
+    return (gate_up.dim() == 3 and down.dim() == 3 and gate_up.shape[-1] == hidden and down.shape[1] == hidden
+            and gate_up.shape[1] == 2 * down.shape[-1])
