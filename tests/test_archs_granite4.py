@@ -40,25 +40,27 @@ FAST = QualitySettings(EvalSettings(tokens=512))  # quality is not what these te
 NAME = "tiny"
 
 
-def granite4_config(experts: int = 0) -> Any:
+def granite4_config(experts: int = 0, types: list[str] | None = None, rope: bool = False) -> Any:
     import transformers as T
 
+    types = types or TYPES
     return T.GraniteMoeHybridConfig(
         hidden_size=HIDDEN, intermediate_size=EXPERT_FF, shared_intermediate_size=SHARED_FF,
-        num_hidden_layers=len(TYPES), num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, vocab_size=VOCAB,
+        num_hidden_layers=len(types), num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, vocab_size=VOCAB,
         max_position_embeddings=1024, initializer_range=INIT_STD, bos_token_id=None, eos_token_id=None,
         pad_token_id=None, tie_word_embeddings=True, num_local_experts=experts, num_experts_per_tok=2,
-        layer_types=TYPES,
+        layer_types=types,
         mamba_n_heads=M_HEADS, mamba_d_head=M_HEAD_DIM, mamba_n_groups=1, mamba_d_state=D_STATE,
-        mamba_d_conv=D_CONV, mamba_expand=2, mamba_chunk_size=64, position_embedding_type=None, **MULTIPLIERS)
+        mamba_d_conv=D_CONV, mamba_expand=2, mamba_chunk_size=64, position_embedding_type="rope" if rope else None,
+        **MULTIPLIERS)
 
 
-def build_granite4(tokenizer_dir: Path, out: Path, seed: int = 0, experts: int = 0) -> Path:
+def build_granite4(tokenizer_dir: Path, out: Path, seed: int = 0, **config: Any) -> Path:
     import torch
     import transformers as T
 
     torch.manual_seed(seed)
-    model = T.GraniteMoeHybridForCausalLM(granite4_config(experts)).eval()
+    model = T.GraniteMoeHybridForCausalLM(granite4_config(**config)).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):  # norms start at exactly 1: perturb them so a lost one shows
@@ -226,7 +228,7 @@ def test_granite4_hub_layer_type_names_are_read() -> None:
 @pytest.mark.parametrize(("change", "match"), [
     ({"layer_types": None}, "layer_types"),
     ({"layer_types": ["mamba", "attention", "conv", "attention"]}, "layer_types"),
-    ({"layer_types": ["attention"] * 4}, "no Mamba layers"),
+    ({"layer_types": ["attention"] * 4, "num_local_experts": 4}, "experts and no Mamba layers"),
     ({"mamba_proj_bias": True}, "mamba_proj_bias"),
     ({"mamba_n_groups": 2}, "mamba_n_groups"),
     ({"num_local_experts": 4, "num_experts_per_tok": 6}, "num_experts_per_tok"),
@@ -338,3 +340,24 @@ def test_granite4_memory_matches_llama_cpp(granite4_model: Path, granite4_f16: P
     conv, ssm = (x * s.recurrent_layers * 4 * n_seq / 2**20 for x in ((D_CONV - 1) * CONV_DIM, D_STATE * D_INNER))
     assert abs(conv - float(rs.group(1))) <= 0.005 and abs(ssm - float(rs.group(2))) <= 0.005
     assert abs(shapes.recurrent_state_bytes(s, n_seq) / 2**20 - float(rs.group(1)) - float(rs.group(2))) <= 0.01
+
+
+def test_all_attention_granite4_is_llama_cpp_granite(bpe_tok: Path, tmp_path: Path) -> None:
+    """granite-4.0-micro / -1b / -350m: the same class, every layer attention, RoPE on. llama.cpp runs
+    them as its plain ``granite`` (its converter switches the architecture the same way)."""
+    model = build_granite4(bpe_tok, tmp_path / "src", types=["attention", "attention"], rope=True)
+    res = convert_gguf(model, tmp_path / "out", "f16", name=NAME, quality=FAST)
+    (art,), (rep,) = res.artifacts, res.reports
+    assert rep.passed, rep.failures
+    assert rep.metrics is not None and rep.metrics.rel_err < 0.05 and rep.metrics.mean_kl < 1e-3
+    summary = read_gguf(tmp_path / "out" / art.file)
+    meta = summary.metadata
+    assert summary.architecture == "granite"
+    assert meta["granite.rope.scaling.finetuned"] is True  # llama.cpp's RoPE switch for Granite: on
+    assert meta["granite.attention.head_count_kv"] == KV_HEADS and meta["granite.feed_forward_length"] == SHARED_FF
+    assert not [k for k in meta if ".ssm." in k]
+    from edgekit.profiles.shapes import model_shapes
+
+    shapes = model_shapes(json.loads((model / "config.json").read_text()))
+    assert {t.name: t.ne for t in shapes.tensors} == {t.name: tuple(t.shape) for t in summary.tensors}
+    assert shapes.recurrent_layers == 0

@@ -156,30 +156,38 @@ class GraniteHybridSpec(ArchSpec):
     moe: bool = False
 
     def for_config(self, cfg: dict[str, Any]) -> ArchSpec:
-        return dataclasses.replace(self, moe=bool(cfg.get("num_local_experts")))
+        """Experts or not; and an all-attention Granite 4 (granite-4.0-micro, -1b, -350m: the
+        same class without Mamba layers) is llama.cpp's plain ``granite``, as its converter writes it."""
+        hybrid = MAMBA in layer_types(TextConfig.from_hf(cfg))
+        return dataclasses.replace(self, moe=bool(cfg.get("num_local_experts")),
+                                   gguf_arch="GRANITE_HYBRID" if hybrid else "GRANITE")
+
+    @property
+    def hybrid(self) -> bool:
+        return self.gguf_arch == "GRANITE_HYBRID"
 
     def check_config(self, cfg: dict[str, Any]) -> None:
         """Configs llama.cpp's granitehybrid cannot run as transformers does: refused before
         anything is written, each with the field that decides it."""
         super().check_config(cfg)
         c = TextConfig.from_hf(cfg)
-        types = layer_types(c)
+        mamba = MAMBA in layer_types(c)
         m = MambaConfig.from_text(c)
         refusals = (
-            (MAMBA not in types, "has no Mamba layers (an all-attention Granite 4, which llama.cpp runs as "
-                                 "'granite', not 'granitehybrid')", "edgekit converts the hybrid models only"),
+            (not mamba and n_experts(c) > 0, "has experts and no Mamba layers (llama.cpp's granitemoe)",
+             "edgekit converts dense all-attention Granite 4 and hybrid ones with or without experts"),
             (n_experts(c) > 0 and not 0 < experts_used(c) <= n_experts(c),
              f"routes each token to {experts_used(c)} of its {n_experts(c)} experts (num_experts_per_tok)",
              "pass the model's own config.json"),
-            (m.expand != 2, f"sets mamba_expand {m.expand}; llama.cpp's granitehybrid asserts d_inner = 2 x hidden",
+            (mamba and m.expand != 2, f"sets mamba_expand {m.expand}; llama.cpp's granitehybrid asserts d_inner = 2 x hidden",
              "this checkpoint cannot run in llama.cpp as is"),
-            (m.proj_bias, "sets mamba_proj_bias, which llama.cpp's granitehybrid has no tensors for",
+            (mamba and m.proj_bias, "sets mamba_proj_bias, which llama.cpp's granitehybrid has no tensors for",
              "this checkpoint cannot run in llama.cpp as is"),
-            (m.d_head * m.n_heads != m.d_inner, f"mamba_d_head x mamba_n_heads ({m.d_head} x {m.n_heads}) is not "
+            (mamba and m.d_head * m.n_heads != m.d_inner, f"mamba_d_head x mamba_n_heads ({m.d_head} x {m.n_heads}) is not "
                                                f"mamba_expand x hidden_size ({m.d_inner})", _HINT),
             # transformers' gated norm (RMSNormGated) normalizes over all d_inner channels, llama.cpp's over
             # each group: with groups they are two models (every Granite 4 release has one group)
-            (m.n_groups != 1, f"sets mamba_n_groups {m.n_groups}; transformers normalizes the gated SSM output over "
+            (mamba and m.n_groups != 1, f"sets mamba_n_groups {m.n_groups}; transformers normalizes the gated SSM output over "
                               "all channels and llama.cpp per group, so the GGUF would be another model",
              "edgekit converts Granite 4 with mamba_n_groups 1 (every released checkpoint)"),
             (str(cfg.get("hidden_act", "silu")) != "silu", f"uses hidden_act {cfg.get('hidden_act')!r}; llama.cpp's "
@@ -203,6 +211,15 @@ class GraniteHybridSpec(ArchSpec):
         for key in (gguf.Keys.LLM.FEED_FORWARD_LENGTH, gguf.Keys.Attention.HEAD_COUNT_KV):
             del w.kv_data[0][key.format(arch=arch)]  # replaced below (no duplicate-key warning)
         raw = c.raw
+        w.add_attention_scale(float(raw["attention_multiplier"]))
+        w.add_embedding_scale(float(raw["embedding_multiplier"]))
+        w.add_residual_scale(float(raw["residual_multiplier"]))
+        w.add_logit_scale(float(raw["logits_scaling"]))
+        w.add_rope_scaling_finetuned(uses_rope(c))  # Granite's RoPE switch in llama.cpp
+        if not self.hybrid:  # llama.cpp's plain granite: one KV head count, no mixer
+            w.add_feed_forward_length(shared_ff(c))
+            w.add_head_count_kv(c.num_kv_heads)
+            return
         if n_experts(c):  # llama.cpp: n_ff is the experts' width, the shared expert's its own key
             w.add_feed_forward_length(expert_ff(c))
             w.add_expert_count(n_experts(c))
@@ -211,17 +228,12 @@ class GraniteHybridSpec(ArchSpec):
         else:
             w.add_feed_forward_length(shared_ff(c))
         w.add_head_count_kv([c.num_kv_heads if t == ATTENTION else 0 for t in layer_types(c)])
-        w.add_attention_scale(float(raw["attention_multiplier"]))
-        w.add_embedding_scale(float(raw["embedding_multiplier"]))
-        w.add_residual_scale(float(raw["residual_multiplier"]))
-        w.add_logit_scale(float(raw["logits_scaling"]))
         m = MambaConfig.from_text(c)
         w.add_ssm_conv_kernel(m.d_conv)
         w.add_ssm_state_size(m.d_state)
         w.add_ssm_group_count(m.n_groups)
         w.add_ssm_inner_size(m.d_inner)
         w.add_ssm_time_step_rank(m.n_heads)  # llama.cpp's name for the SSM head count
-        w.add_rope_scaling_finetuned(uses_rope(c))  # granitehybrid's RoPE switch
 
     # -- names llama.cpp's table lacks or gives another meaning ------------------------------
     def gguf_name(self, tmap: gguf.TensorNameMap, hf_name: str) -> str | None:
@@ -355,6 +367,8 @@ class GraniteHybridSpec(ArchSpec):
     def recurrent_state(self, c: TextConfig) -> tuple[int, int]:
         """Floats one Mamba-2 layer keeps per sequence, as llama.cpp sizes them (``n_embd_r``,
         ``n_embd_s``): the conv window's last d_conv - 1 inputs of x, B and C; the SSM state."""
+        if not self.recurrent_layers(c):
+            return 0, 0
         m = MambaConfig.from_text(c)
         return (m.d_conv - 1) * m.conv_dim, m.d_state * m.d_inner
 
