@@ -293,6 +293,13 @@ def compute_flops(profile: Profile, backend: Backend) -> float:
     return c.cpu_cores.value * 2.5e9 * per_cycle
 
 
+def ffn_width(shapes: ModelShapes) -> int:
+    """Feed-forward activations per token: a MoE computes its routed experts (``ggml_mul_mat_id``:
+    top-k x expert width) plus a shared expert, not the config's dense ``intermediate_size``."""
+    e = shapes.experts
+    return shapes.config.intermediate_size if e is None else e.n_active * e.expert_ff + e.shared_ff
+
+
 def llamacpp_compute_buffer(shapes: ModelShapes, ctx: int, n_ubatch: int = 512, flash_attn: bool = False,
                             n_outputs: int | None = None) -> int:
     """ggml's graph-allocator peak for one ubatch, fitted to the `compute buffer size` llama.cpp
@@ -307,12 +314,13 @@ def llamacpp_compute_buffer(shapes: ModelShapes, ctx: int, n_ubatch: int = 512, 
     ub = min(n_ubatch, ctx)
     outputs = ub if n_outputs is None else min(n_outputs, ub)
     q_dim, kv_dim, h = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.hidden_size
+    ff = ffn_width(shapes)
     if flash_attn:
-        peak = max(outputs * c.vocab_size + ub * 2 * h, ub * (3 * c.intermediate_size + 4 * h + ctx // 2))
+        peak = max(outputs * c.vocab_size + ub * 2 * h, ub * (3 * ff + 4 * h + ctx // 2))
     else:
         base = 3 * h + 2 * q_dim + 2 * kv_dim
         peak = max(ub * (ctx * (c.num_heads + 1) + base), outputs * c.vocab_size + ub * 3 * h,
-                   ub * (3 * c.intermediate_size + base))
+                   ub * (3 * ff + base))
     return 4 * peak + 4 * c.vocab_size  # + the output (logits) buffer
 
 
@@ -321,7 +329,7 @@ def onnx_buffers(shapes: ModelShapes, ctx: int, prompt: int = 1024) -> int:
     activations and per-head attention scores for a prompt of up to ``prompt`` tokens."""
     c = shapes.config
     p = min(ctx, prompt)
-    return 4 * p * (c.vocab_size + 3 * c.intermediate_size + c.num_heads * p)
+    return 4 * p * (c.vocab_size + 3 * ffn_width(shapes) + c.num_heads * p)
 
 
 def pad_ctx(ctx: int) -> int:
