@@ -59,6 +59,11 @@ def family_configs(T: Any, common: dict[str, Any], with_dim: dict[str, Any]) -> 
         "smollm3": lambda: T.SmolLM3Config(**with_dim),
         "olmo2": lambda: T.Olmo2Config(**common),
         "ministral3": lambda: T.Ministral3Config(**with_dim),
+        # mixtures of experts: 8 experts, top-2 (Qwen3-30B-A3B's expert width 768; Mixtral's scaled to 1408)
+        "qwen3-moe": lambda: T.Qwen3MoeConfig(**with_dim, moe_intermediate_size=768, num_experts=8,
+                                              num_experts_per_tok=2, norm_topk_prob=True),
+        "mixtral": lambda: T.MixtralConfig(**{**with_dim, "intermediate_size": 1408}, num_local_experts=8,
+                                           num_experts_per_tok=2, sliding_window=None),
     }
 
 
@@ -66,10 +71,12 @@ def write_family(family: str, out: Path, seed: int = 0) -> Path:
     """A random bf16 model of ``family`` from its spec's layout, one tensor at a time."""
 
     from edgekit.converters.gguf.archs import ARCHS, TextConfig
+    from edgekit.converters.gguf.archs.moe import MoeSpec
 
     spec = next(s for s in ARCHS if s.name == family)
     cfg = {**family_config(family), "architectures": [spec.hf_architectures[0]]}
-    tensors = list(spec.hf_tensors(TextConfig.from_hf(cfg)))
+    c = TextConfig.from_hf(cfg)  # a mixture of experts as published: one matrix per expert
+    tensors = list(spec.hub_tensors(c) if isinstance(spec, MoeSpec) else spec.hf_tensors(c))
     write_random_bf16(out / "model.safetensors", tensors, seed)
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     _spm_tokenizer(out)

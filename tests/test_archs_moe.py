@@ -254,6 +254,16 @@ def test_moe_layout_is_transformers_layout() -> None:
         assert e is not None and (e.n_experts, e.n_active, e.expert_ff, e.shared_ff) == (EXPERTS, TOP_K, EXPERT_FF, 0)
 
 
+def test_moe_hub_layout_is_what_save_pretrained_writes(moe_models: dict[str, Path]) -> None:
+    """The hub layout the benchmarks and profiler checks write (spec.hub_tensors) is transformers' own save."""
+    from edgekit.converters.safetensors_io import SafetensorsFile
+
+    for family, model in moe_models.items():
+        c = TextConfig.from_hf(json.loads((model / "config.json").read_text()))
+        saved = SafetensorsFile(model / "model.safetensors").tensors
+        assert dict(_SPECS[family].hub_tensors(c)) == {n: t.shape for n, t in saved.items()}
+
+
 @pytest.mark.parametrize(("change", "match"), [
     ({"norm_topk_prob": False}, "norm_topk_prob"),
     ({"mlp_only_layers": [0]}, "dense layers"),

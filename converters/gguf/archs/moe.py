@@ -63,6 +63,24 @@ class MoeSpec(ArchSpec):
         yield prefix + "mlp.experts.gate_up_proj", (e, 2 * ff, h)
         yield prefix + "mlp.experts.down_proj", (e, h, ff)
 
+    def hub_tensors(self, c: TextConfig) -> Iterator[tuple[str, tuple[int, ...]]]:
+        """The hub checkpoint's tensors (one matrix per expert, the family's own names): what a
+        published checkpoint holds, where :meth:`hf_tensors` is transformers 5's in-memory layout."""
+        n, h, ff = self.n_experts(c), c.hidden_size, self.expert_ff(c)
+        for name, shape in self.hf_tensors(c):
+            m = _FUSED.fullmatch(name)
+            if m is None:
+                yield (name.replace(".mlp.gate.", f".{self.moe_block}.gate."), shape) if name.endswith(
+                    ".mlp.gate.weight") else (name, shape)
+                continue
+            prefix = m.group(1) + "."
+            for e in range(n):
+                if m.group(2) == "gate_up_proj":
+                    yield self.hub_expert(prefix, e, 0), (ff, h)
+                    yield self.hub_expert(prefix, e, 1), (ff, h)
+                else:
+                    yield self.hub_expert(prefix, e, 2), (h, ff)
+
     def hub_expert(self, layer_prefix: str, e: int, which: int) -> str:
         """The hub layout's name of expert ``e``'s matrix ``which`` (0 gate, 1 up, 2 down)."""
         return f"{layer_prefix}{self.moe_block}.experts.{e}.{self.expert_names[which]}.weight"
