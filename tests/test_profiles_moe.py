@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import json
 import logging
 import re
 from pathlib import Path
@@ -116,12 +117,14 @@ def test_moe_memory_holds_all_experts_decoding_reads_the_active_ones() -> None:
     rest = sum(v for k, v in size.items() if "_exps" not in k and k != "token_embd.weight")  # router included
     assert w.total_bytes == sum(size.values())
     assert w.per_token_bytes == rest + round(experts * N_ACTIVE / 8)
+    assert w.cycled_bytes == experts - round(experts * N_ACTIVE / 8)  # the cache's working set: every expert
     # every expert routed to (n_active = n_experts) reads the whole model: same memory, slower decode
     dense = dataclasses.replace(s, experts=ExpertLayout(8, 8, EXPERT_FF))
     profile = store.get_profile("raspberry-pi-5-8gb")
     a = costs.estimate(s, w, Runtime.LLAMA_CPP, Backend.CPU, profile, ctx=1024)
     b = costs.estimate(dense, shapes.gguf_weights(dense, "q4_k_m"), Runtime.LLAMA_CPP, Backend.CPU, profile, ctx=1024)
-    assert a.total_bytes == b.total_bytes and a.gen_tps > b.gen_tps
+    assert (a.weights_bytes, a.kv_bytes) == (b.weights_bytes, b.kv_bytes) and a.gen_tps > b.gen_tps
+    assert a.buffer_bytes < b.buffer_bytes  # activations of 2 experts' width per token, not 8
     assert s.matmul_params() < dense.matmul_params() == dense.params - HIDDEN * VOCAB  # all but the lookup
 
 
@@ -204,3 +207,45 @@ def test_hybrid_estimate_counts_state_not_kv_for_conv_layers() -> None:
     assert cost.state_bytes == 4 * HIDDEN * 2 * 4  # 4 conv layers x hidden x (L - 1) x f32
     assert cost.total_bytes == cost.weights_bytes + cost.kv_bytes + cost.state_bytes + cost.buffer_bytes + \
         cost.overhead_bytes
+
+
+def test_moe_predictions_match_the_real_converter(bpe_tok: Path, tmp_path: Path) -> None:
+    """The profiler's Qwen3-MoE tensor list derived from the spec (experts stacked by its composites,
+    the router left in the source's float type) and its per-tensor types, against what edgekit's own
+    converter and llama.cpp's quantizer write for a tiny random Qwen3MoeForCausalLM."""
+    import shutil
+
+    import gguf
+    import torch
+    import transformers as T
+
+    import edgekit.converters.gguf.convert as convert
+
+    cfg = T.Qwen3MoeConfig(hidden_size=HIDDEN, intermediate_size=DENSE_FF, moe_intermediate_size=EXPERT_FF,
+                           num_experts=8, num_experts_per_tok=N_ACTIVE, norm_topk_prob=True, num_hidden_layers=2,
+                           num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, head_dim=HEAD_DIM,
+                           vocab_size=VOCAB, max_position_embeddings=1024, bos_token_id=None, eos_token_id=None,
+                           pad_token_id=None, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    src = tmp_path / "src"
+    T.Qwen3MoeForCausalLM(cfg).save_pretrained(src)
+    for f in bpe_tok.iterdir():
+        if f.is_file():
+            shutil.copy(f, src / f.name)
+    out = tmp_path / "out"
+    convert.convert_gguf(src, out, "f16,q4_k_m", verify_artifacts=False)
+    config = json.loads((src / "config.json").read_text())
+    s = shapes.model_shapes(config)
+    assert s.experts == ExpertLayout(8, N_ACTIVE, EXPERT_FF)
+    for quant in ("f16", "q4_k_m"):
+        reader = gguf.GGUFReader(str(next(out.glob(f"*-{quant}.gguf"))))
+        assert {t.name: tuple(int(x) for x in t.shape) for t in reader.tensors} == {t.name: t.ne for t in s.tensors}
+        predicted = shapes.gguf_weights(s, quant)
+        assert {t.name: t.tensor_type.name for t in reader.tensors} == predicted.types
+        assert sum(int(t.n_bytes) for t in reader.tensors) == predicted.total_bytes
+    # recommend plans the MoE from the files: memory from every expert, speed from the routed ones
+    from edgekit.profiles import planner
+
+    plan = planner.plan(out, store.get_profile("raspberry-pi-5-8gb"), ctx=1024)
+    q4 = next(c for c in plan.candidates if c.label == "gguf q4_k_m")
+    assert q4.types_from == "file" and q4.cost.weights_bytes == shapes.gguf_weights(s, "q4_k_m").total_bytes
