@@ -204,6 +204,7 @@ def float_model_from(model_dir: Path, config: dict[str, Any], weights: dict[str,
 
     model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32, **reference_attention(hf_config))
     state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in weights.items()}
+    _assemble_parts(model, state, cfg)
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {"lm_head.weight"} if getattr(hf_config, "tie_word_embeddings", False) else set()
     if set(missing) - tied or unexpected:
@@ -213,6 +214,25 @@ def float_model_from(model_dir: Path, config: dict[str, Any], weights: dict[str,
         model.tie_weights()
     model.eval()
     return model
+
+
+def _assemble_parts(model: Any, state: dict[str, Any], config: dict[str, Any]) -> None:
+    """Parameters transformers holds whole that a checkpoint stores in parts, assembled in place:
+    a MoE's fused experts (``mlp.experts.gate_up_proj`` ``[E, 2*ff, h]``) from the per-expert
+    matrices a GPTQ checkpoint holds, their rows one after the other (the spec's
+    :meth:`~edgekit.converters.gguf.archs.ArchSpec.checkpoint_parts`)."""
+    import torch
+
+    from ..gguf.archs import spec_for
+
+    absent = [(name, p) for name, p in model.named_parameters() if name not in state]
+    if not absent:  # every parameter stored whole (dense families)
+        return
+    spec = spec_for(config)
+    for name, p in absent:
+        parts = spec.checkpoint_parts(name, state.__contains__)
+        if parts:
+            state[name] = torch.cat([state.pop(part) for part in parts]).reshape(p.shape)
 
 
 def pack_all(quantized: dict[str, Any]) -> dict[str, GPTQTensors]:

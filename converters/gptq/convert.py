@@ -54,6 +54,7 @@ from .engine import (
     DEFAULT_ACT_ORDER,
     DEFAULT_GROUP_SIZE,
     GPTQSettings,
+    linearize_experts,
     quantized_linear_names,
     quiet_llmcompressor,
     require_llmcompressor,
@@ -74,6 +75,8 @@ class GPTQQuant:
 
 QUANTS = (GPTQQuant("int4"), GPTQQuant("int8"))
 _LINEAR_WEIGHT = re.compile(r"^(?P<mod>.*\.layers\.\d+\..+)\.weight$")
+# a mixture of experts' router ([experts, hidden]): no Linear in transformers, never quantized
+_ROUTERS = (".mlp.gate.weight", ".block_sparse_moe.gate.weight")
 
 
 def gain_line(extra: dict[str, Any]) -> str:
@@ -107,7 +110,7 @@ def check_group_size(source: SourceModel, group_size: int, bits: int) -> None:
     widths: list[int] = []
     for info in source.iter_infos():
         m = _LINEAR_WEIGHT.match(info.name)
-        if not m or len(info.shape) != 2:
+        if not m or len(info.shape) != 2 or info.name.endswith(_ROUTERS):
             continue
         out_f, in_f = info.shape
         widths.append(in_f)
@@ -251,6 +254,7 @@ def convert_gptq(
             with timer.step("load model"):
                 report(progress, "load", "source model in float32" + (" + LoRA merge" if inputs.adapter else ""))
                 model = _load_float_model(model_dir, inputs.adapter)
+                linearize_experts(model)  # a MoE's 3-D experts as Linears (nothing for a dense model)
             float_tensors = _float_tensors(model, quantized_linear_names(model))
             with timer.step("gptq"):
                 report(progress, "gptq", f"{scheme}, act-order {'on' if act_order else 'off'}, llmcompressor")

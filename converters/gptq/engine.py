@@ -170,6 +170,22 @@ def _layer_of(module: str) -> str:
     return ".".join(parts[:i + 1])
 
 
+def linearize_experts(model: Any) -> None:
+    """A mixture of experts' experts as one Linear per expert matrix, so GPTQ (Linear by Linear)
+    quantizes them: transformers 5 holds them as 3-D parameters (``mlp.experts.gate_up_proj``);
+    llmcompressor's ``linearize_moe`` swaps in modules named as the hub's per-expert layout
+    (``mlp.experts.{e}.gate_proj``, what GPTQ loaders read), and its ``oneshot`` then runs every
+    expert on every calibration token (``moe_calibrate_all_experts``, its default), so no expert
+    is quantized without statistics. The router (``mlp.gate``) is no Linear and stays float.
+    Nothing changes in a dense model."""
+    require_llmcompressor()
+    with quiet_llmcompressor(None):
+        from llmcompressor.modeling.moe.linearize import get_non_linearized_moes, linearize_moe
+
+        if get_non_linearized_moes(model):
+            linearize_moe(model)
+
+
 def quantized_linear_names(model: Any) -> list[str]:
     import torch
 
