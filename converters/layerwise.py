@@ -106,10 +106,18 @@ def decoder_layers(model: Any) -> Any:
 class _Owner:
     module: Any
     attr: str
+    buffer: bool = False  # a persistent buffer (saved in the checkpoint: Gemma 4's layer_scalar)
+
+    def get(self) -> Any:
+        return (self.module._buffers if self.buffer else self.module._parameters)[self.attr]
+
+    def put(self, tensor: Any) -> None:
+        (self.module._buffers if self.buffer else self.module._parameters)[self.attr] = tensor
 
 
 class LayerwiseLM:
-    """``model`` run layer by layer; parameters are addressed by their canonical (first) name."""
+    """``model`` run layer by layer; parameters (and the persistent buffers a checkpoint stores, which
+    the model otherwise keeps at their constructed values) are addressed by their canonical (first) name."""
 
     def __init__(self, model: Any) -> None:
         self.model = model
@@ -122,21 +130,25 @@ class LayerwiseLM:
                 full = f"{mod_name}.{attr}" if mod_name else attr
                 owners.setdefault(id(p), []).append(_Owner(module, attr))
                 self.aliases[full] = first.setdefault(id(p), full)
+            for attr, b in module.named_buffers(recurse=False, remove_duplicate=False):
+                if b is None or attr in module._non_persistent_buffers_set:
+                    continue
+                full = f"{mod_name}.{attr}" if mod_name else attr
+                owners.setdefault(id(b), []).append(_Owner(module, attr, buffer=True))
+                self.aliases[full] = first.setdefault(id(b), full)
         self._owners = {first[k]: v for k, v in owners.items()}
         layer_of: dict[int, int] = {}
         for i, layer in enumerate(self.layers):
-            for p in layer.parameters():
+            for p in (*layer.parameters(), *layer.buffers()):
                 layer_of[id(p)] = i
         self.layer_names: list[list[str]] = [[] for _ in self.layers]
         self.resident_names: list[str] = []
         for name, owner in self._owners.items():
-            p = owner[0].module._parameters[owner[0].attr]
-            at = layer_of.get(id(p))
+            at = layer_of.get(id(owner[0].get()))
             (self.layer_names[at] if at is not None else self.resident_names).append(name)
 
     def param(self, name: str) -> torch.nn.Parameter:
-        o = self._owners[self.aliases[name]][0]
-        p: torch.nn.Parameter = o.module._parameters[o.attr]
+        p: torch.nn.Parameter = self._owners[self.aliases[name]][0].get()
         return p
 
     def set(self, name: str, tensor: torch.Tensor) -> None:
@@ -148,7 +160,7 @@ class LayerwiseLM:
             raise ValueError(f"{name}: shape {tuple(tensor.shape)} where the model has {tuple(old.shape)}")
         new = torch.nn.Parameter(tensor.to(old.dtype), requires_grad=False)
         for o in self._owners[self.aliases[name]]:
-            o.module._parameters[o.attr] = new
+            o.put(new.data if o.buffer else new)
 
     def drop(self, name: str) -> None:
         """Back to the meta device: the memory is freed once nothing else holds the tensor."""
@@ -157,7 +169,7 @@ class LayerwiseLM:
         old = self.param(name)
         meta = torch.nn.Parameter(torch.empty(old.shape, dtype=old.dtype, device="meta"), requires_grad=False)
         for o in self._owners[self.aliases[name]]:
-            o.module._parameters[o.attr] = meta
+            o.put(meta.data if o.buffer else meta)
 
     # -- the three passes -------------------------------------------------------------------
     @contextlib.contextmanager

@@ -138,6 +138,10 @@ def _config(arch: str, vocab: int, layers: int = LAYERS) -> object:
         from test_archs_moe import MOE_CONFIGS
 
         return MOE_CONFIGS[arch]()
+    if arch == "gemma4":
+        from test_archs_gemma4 import GEMMA4_CONFIGS
+
+        return GEMMA4_CONFIGS[arch]()
     raise ValueError(arch)
 
 
