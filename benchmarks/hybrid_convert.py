@@ -1,18 +1,19 @@
-"""Benchmark: the hybrid families (issue 17) -- GGUF conversion time and peak RSS, and llama.cpp's
-prompt / generation speed of the q4_k_m, on a synthetic model of realistic width.
+"""Benchmark: the hybrid families (issue 17) -- conversion time and peak RSS (GGUF f16, q4_k_m and ONNX
+int4), prompt / generation speed of the GGUF q4_k_m beside the ONNX int4, and the profiler's
+predicted tg and memory beside the measured ones, per family on a synthetic model of realistic width.
 
-    python benchmarks/hybrid_convert.py [--runs 1] [--threads 2] [--json PATH]
+    python benchmarks/hybrid_convert.py [--families lfm2,...] [--runs 1] [--threads 2] [--json PATH]
 
-LFM2: an LFM2-350M-shaped bf16 model (hidden 1024, 16 layers of which 6 attention at LFM2-350M's
-positions, MLP 4608 from intermediate_size 6656 by LFM2's 2/3 rule, 16 heads, 8 KV heads, vocabulary
-65,536, tied embedding) written tensor by tensor from the spec's Hugging Face layout (checked against
-transformers' own model in tests/test_archs_hybrid.py), with a SentencePiece tokenizer. Each
-conversion (``edgekit convert -q f16`` and ``-q q4_k_m``, ``--no-verify``) runs in a fresh child process
-and reports its wall time and VmHWM (see convert_vs_llamacpp.py). llama.cpp's own converter is not
-run beside it: its LFM2 class reads tokenizer.json and refuses a BPE pre-tokenizer it does not know
-by hash, which a synthetic vocabulary is. The q4_k_m is then loaded through ``edgekit.load`` and
-timed on a 512-token prompt and 128 generated tokens. Results: a table, and JSON (default
-benchmarks/results/hybrid_convert.json).
+Each family's shape is a real small checkpoint's (FAMILIES below): a random bf16 model written tensor
+by tensor from the spec's Hugging Face layout (checked against transformers' own model in the tests),
+with a SentencePiece tokenizer. Each conversion (``edgekit convert -q f16``, ``-q q4_k_m``, ``--to onnx
+-q int4``, all ``--no-verify``) runs in a fresh child process and reports its wall time and VmHWM (see
+convert_vs_llamacpp.py). llama.cpp's own converter is not run beside it: its hybrid classes read
+tokenizer.json and refuse a BPE pre-tokenizer they do not know by hash, which a synthetic vocabulary is.
+Then benchmarks/profile_check.py runs on the q4_k_m and the int4 (``edgekit bench`` in fresh child
+processes, 256-token prompt, 64 generated tokens, the host calibrated right before): measured pp/tg and
+peak RSS beside the profiler's prediction for this host. Results: tables, and JSON (default
+benchmarks/results/hybrid_convert.json; profile_check's own report beside it).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import platform
 import statistics
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,14 @@ def lfm2_config() -> dict[str, Any]:
     return cfg
 
 
+# family -> (the real checkpoint whose shape it has, its config.json as transformers writes it)
+FAMILIES: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {
+    "lfm2": (f"LFM2-350M ({len(LFM2_350M_ATTENTION)} of 16 layers attention)", lfm2_config),
+}
+# what each family is converted to: (label, edgekit convert arguments)
+CONVERSIONS = (("gguf f16", ["-q", "f16"]), ("gguf q4_k_m", ["-q", "q4_k_m"]), ("onnx int4", ["--to", "onnx", "-q", "int4"]))
+
+
 def write_model(cfg: dict[str, Any], out: Path, seed: int = 0) -> Path:
     """A random bf16 model of ``cfg``'s family from its spec's layout, one tensor at a time."""
 
@@ -56,56 +66,84 @@ def write_model(cfg: dict[str, Any], out: Path, seed: int = 0) -> Path:
     return out
 
 
-def convert(model: Path, quant: str, out: Path) -> dict[str, Any]:
-    args = ["convert", str(model), "-q", quant, "-o", str(out), "--name", "model", "--json", "--quiet", "--no-verify"]
-    r = run_child("module", "edgekit", args)
+def convert(model: Path, args: list[str], out: Path) -> dict[str, Any]:
+    """One ``edgekit convert`` in a child process; its artifact lands in ``out`` (one manifest per family)."""
+    cli = ["convert", str(model), *args, "-o", str(out), "--name", "model", "--json", "--quiet", "--no-verify"]
+    r = run_child("module", "edgekit", cli)
     doc = json.loads(r.pop("stdout"))
-    art = doc["manifest"]["artifacts"][0]
-    r.update(size_bytes=art["size_bytes"], file=str(out / art["file"]))
+    art = doc["manifest"]["artifacts"][-1]
+    r.update(size_bytes=art["size_bytes"], file=art["file"])
     return r
 
 
-def speed(gguf: Path, threads: int) -> dict[str, float]:
-    import edgekit
+def profile_check(out: Path, threads: int, report: Path) -> list[dict[str, Any]]:
+    """benchmarks/profile_check.py on a family's output directory (q4_k_m and int4 only)."""
+    import subprocess
+    import sys
 
-    prompt = [10 + (i * 37) % 3000 for i in range(512)]  # token ids: exactly 512, whatever the tokenizer
-    with edgekit.load(gguf, n_ctx=1024, n_threads=threads) as s:
-        s.generate(prompt, max_tokens=128, temperature=0.0, ignore_eos=True)
-        stats: dict[str, float] = s.last_stats.to_dict()
-        return stats
+    cmd = [sys.executable, "-u", str(Path(__file__).parent / "profile_check.py"), str(out), "--threads", str(threads),
+           "--prompt", "256", "--gen", "64", "--reps", "2", "-o", str(report)]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    results: list[dict[str, Any]] = json.loads(report.read_text())["results"]
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
     from edgekit.ui import format_table, human_bytes
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--families", default=",".join(FAMILIES), help=f"comma-separated, of {', '.join(FAMILIES)}")
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "hybrid_convert.json")
     args = ap.parse_args(argv)
-    rows, results = [], []
+    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    unknown = sorted(set(families) - set(FAMILIES))
+    if unknown:
+        ap.error(f"unknown families {unknown}: choose from {', '.join(FAMILIES)}")
+    conv_rows, speed_rows, results = [], [], []
     with tempfile.TemporaryDirectory(prefix="ek-hybrid-") as tmp:
-        cfg = lfm2_config()
-        model = write_model(cfg, Path(tmp) / "lfm2")
-        weights = sum(p.stat().st_size for p in model.glob("*.safetensors"))
-        warm_page_cache(model)
-        for quant in ("f16", "q4_k_m"):
-            runs = [convert(model, quant, Path(tmp) / f"out-{quant}-{i}") for i in range(args.runs)]
-            s = statistics.median(r["wall_s"] for r in runs)
-            rss = statistics.median(r["peak_rss_bytes"] for r in runs)
-            entry: dict[str, Any] = {"family": "lfm2", "quant": quant, "weights_bytes": weights, "wall_s": s,
-                                     "peak_rss_bytes": rss, "size_bytes": runs[0]["size_bytes"]}
-            if quant == "q4_k_m":
-                entry.update(speed(Path(runs[0]["file"]), args.threads))
+        for family in families:
+            shape, config = FAMILIES[family]
+            cfg = config()
+            model = write_model(cfg, Path(tmp) / family)
+            weights = sum(p.stat().st_size for p in model.glob("*.safetensors"))
+            warm_page_cache(model)
+            out = Path(tmp) / f"{family}-out"
+            entry: dict[str, Any] = {"family": family, "shape": shape, "config": cfg, "weights_bytes": weights,
+                                     "conversions": []}
+            for label, conv_args in CONVERSIONS:
+                # repeated runs convert into their own directory; the first one's q4_k_m and int4 are kept in `out`
+                # f16's speed is not what is compared: it converts beside, not into `out`
+                keep = Path(tmp) / f"{family}-f16" if conv_args == ["-q", "f16"] else out
+                runs = [convert(model, conv_args, keep if i == 0 else Path(tmp) / f"{family}-rerun-{i}")
+                        for i in range(args.runs)]
+                wall = statistics.median(r["wall_s"] for r in runs)
+                rss = statistics.median(r["peak_rss_bytes"] for r in runs)
+                entry["conversions"].append({"what": label, "wall_s": wall, "peak_rss_bytes": rss,
+                                             "size_bytes": runs[0]["size_bytes"], "runs": args.runs})
+                conv_rows.append([family, label, human_bytes(weights), wall, human_bytes(rss),
+                                  human_bytes(runs[0]["size_bytes"])])
+                print(f"  {family} {label}: {wall:.2f} s, peak RSS {human_bytes(rss)}", flush=True)
+            checked = profile_check(out, args.threads, args.json.with_name(f"hybrid_convert-{family}-profile.json"))
+            entry["speed"] = checked
+            for r in checked:
+                if "measured" not in r:
+                    speed_rows.append([family, r.get("format"), r.get("quant"), None, None, None, None, None, None,
+                                       r.get("error") or r.get("skipped")])
+                    continue
+                m, p = r["measured"], r["predicted"]
+                speed_rows.append([family, r["format"], r["quant"], m["prompt_tps"], m["gen_tps"], p["gen_tps"],
+                                   p["gen_tps"] / m["gen_tps"], human_bytes(m["peak_rss_bytes"]),
+                                   human_bytes(p["peak_rss_bytes"]), f"{p['peak_rss_bytes'] / m['peak_rss_bytes']:.2f}x"])
             results.append(entry)
-            rows.append(["lfm2", quant, human_bytes(weights), s, human_bytes(rss), human_bytes(entry["size_bytes"]),
-                         entry.get("prompt_tokens_per_s"), entry.get("generation_tokens_per_s")])
-            print(f"  lfm2 {quant}: {s:.2f} s, peak RSS {human_bytes(rss)}", flush=True)
-    print(f"\n== GGUF --no-verify, synthetic bf16 LFM2-350M shape ({len(LFM2_350M_ATTENTION)} of 16 layers attention), "
-          f"{args.threads} threads")
-    print(format_table(["family", "quant", "weights", "convert s", "peak RSS", "file", "pp tok/s", "tg tok/s"], rows))
-    save_results({"host": platform.node(), "cpu": platform.processor(), "shape": {**LFM2_350M,
-                  "attention_layers": list(LFM2_350M_ATTENTION)}, "runs": args.runs, "threads": args.threads,
+    print(f"\n== conversion (--no-verify), synthetic bf16 models of real shapes: "
+          f"{'; '.join(f'{f}: {FAMILIES[f][0]}' for f in families)}")
+    print(format_table(["family", "to", "weights", "convert s", "peak RSS", "file"], conv_rows))
+    print(f"\n== speed and memory on this host, {args.threads} threads (pp256, tg64): measured vs the profiler")
+    print(format_table(["family", "format", "quant", "pp tok/s", "tg tok/s", "tg pred", "pred/meas", "peak RSS",
+                        "RSS pred", "pred/meas RSS"], speed_rows))
+    save_results({"host": platform.node(), "cpu": platform.processor(), "runs": args.runs, "threads": args.threads,
                   "results": results}, args.json)
     return 0
 
