@@ -231,6 +231,7 @@ def test_granite4_hub_layer_type_names_are_read() -> None:
     ({"layer_types": ["attention"] * 4, "num_local_experts": 4}, "experts and no Mamba layers"),
     ({"mamba_proj_bias": True}, "mamba_proj_bias"),
     ({"mamba_n_groups": 2}, "mamba_n_groups"),
+    ({"time_step_limit": [0.0, 0.1]}, "time_step_limit"),
     ({"num_local_experts": 4, "num_experts_per_tok": 6}, "num_experts_per_tok"),
     ({"logits_scaling": None}, "logits_scaling"),
 ])

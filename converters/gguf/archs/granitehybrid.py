@@ -33,6 +33,9 @@ What differs from Llama, and how llama.cpp's ``granitehybrid`` expects it (its c
   in memory (``router.weight``, ``experts.gate_up_proj``, ``experts.down_proj``); both spellings
   are read. llama.cpp's softmax over all experts, top-k, renormalized, is transformers' softmax
   over the top-k logits.
+- **All attention** (granite-4.0-micro, -1b, -350m: the same class, no Mamba layers, RoPE on)
+  is llama.cpp's plain ``granite`` (one KV head count, no ``ssm.*`` keys), as its converter
+  switches it; :meth:`GraniteHybridSpec.for_config` picks the architecture.
 - **Positions**: Granite 4 hybrids use no RoPE (``position_embedding_type`` unset); llama.cpp
   reads ``rope.scaling.finetuned`` as the switch (true: RoPE on every attention layer).
   q/k rows are still permuted to llama.cpp's interleaved layout, as its converter does: with
@@ -42,6 +45,7 @@ What differs from Llama, and how llama.cpp's ``granitehybrid`` expects it (its c
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -145,6 +149,15 @@ def shared_ff(c: TextConfig) -> int:
     return int(c.raw.get("shared_intermediate_size") or 1024)
 
 
+def _clamps_dt(limit: Any) -> bool:
+    """Whether a time_step_limit changes softplus(dt) (always > 0): a lower bound above 0 or a finite upper one."""
+    if limit is None:
+        return False
+    # transformers 5 writes infinity as {"__float__": "Infinity"} (JSON has none)
+    lo, hi = (float(x["__float__"] if isinstance(x, dict) else x) for x in limit)
+    return lo > 0 or math.isfinite(hi)
+
+
 def uses_rope(c: TextConfig) -> bool:
     return c.raw.get("position_embedding_type") == "rope"
 
@@ -190,6 +203,10 @@ class GraniteHybridSpec(ArchSpec):
             (mamba and m.n_groups != 1, f"sets mamba_n_groups {m.n_groups}; transformers normalizes the gated SSM output over "
                               "all channels and llama.cpp per group, so the GGUF would be another model",
              "edgekit converts Granite 4 with mamba_n_groups 1 (every released checkpoint)"),
+            # transformers clamps each time step to time_step_limit; llama.cpp's ssm_scan does not
+            (mamba and _clamps_dt(cfg.get("time_step_limit")),
+             f"sets time_step_limit {cfg.get('time_step_limit')}; llama.cpp's Mamba-2 does not clamp the time step",
+             "this checkpoint cannot run in llama.cpp as is (transformers' default (0, inf) can)"),
             (str(cfg.get("hidden_act", "silu")) != "silu", f"uses hidden_act {cfg.get('hidden_act')!r}; llama.cpp's "
                                                           "granitehybrid runs SiLU only",
              "this checkpoint cannot run in llama.cpp as is"),
