@@ -173,6 +173,31 @@ def test_qwen35_values_are_llama_cpps(qwen35_model: Path, tmp_path: Path) -> Non
     np.testing.assert_allclose(got["blk.0.ssm_norm.weight"], gated, rtol=1e-6)
 
 
+@pytest.mark.parametrize(("suffix", "axis"), [("in_proj_qkv.weight", 0), ("conv1d.weight", 0), ("in_proj_z.weight", 0),
+                                           ("out_proj.weight", 1), ("in_proj_b.weight", 0), ("dt_bias", 0)])
+def test_qwen35_value_heads_are_tiled(suffix: str, axis: int) -> None:
+    """Value head g * r + j (grouped by key head g) lands at j * K + g, rows or columns of a head moving
+    together; q and k rows stay; the inverse gives the tensor back."""
+    d = qwen35.LinearDims(k_heads=2, v_heads=6, head_dim=4, kernel=3)
+    per_head = 1 if suffix in ("in_proj_b.weight", "dt_bias") else d.head_dim
+    n = d.v_heads * per_head
+    lead = 2 * d.key_dim if suffix in ("in_proj_qkv.weight", "conv1d.weight") else 0
+    shape = {"conv1d.weight": (lead + n, 1, 3), "out_proj.weight": (5, n), "dt_bias": (n,)}.get(suffix, (lead + n, 5))
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    got = qwen35._reorder(f"model.layers.0.linear_attn.{suffix}", x, d, inverse=False)
+    want = x.copy()
+    r = d.v_heads // d.k_heads
+    for g in range(d.k_heads):
+        for j in range(r):
+            old, new = (g * r + j) * per_head + lead, (j * d.k_heads + g) * per_head + lead
+            src = np.take(x, range(old, old + per_head), axis=axis)
+            idx = [slice(None)] * x.ndim
+            idx[axis] = slice(new, new + per_head)
+            want[tuple(idx)] = src
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(qwen35._reorder(f"model.layers.0.linear_attn.{suffix}", got, d, inverse=True), x)
+
+
 class _PositiveA(qwen35.Qwen35Spec):
     """ssm_a written as +exp(A_log): the delta-net's decay becomes growth. ``untransform`` undoes it,
     so the verifier's weights are the source's and only the runtime's logits can tell."""

@@ -130,33 +130,28 @@ def mrope_sections(c: TextConfig) -> list[int]:
     return sections + [0] * (4 - len(sections))
 
 
-def _tiled(x: np.ndarray, d: LinearDims, rows: int, axis: int = 0) -> np.ndarray:
-    """Value heads grouped by key head -> tiled (``g * r + j`` -> ``j * K + g``) along ``axis``;
-    ``rows`` values per head."""
-    x = np.moveaxis(x, axis, 0)
-    shape = x.shape
-    out = x.reshape(d.k_heads, d.per_k, rows, *shape[1:]).swapaxes(0, 1).reshape(shape)
-    return np.ascontiguousarray(np.moveaxis(out, 0, axis))
-
-
-def _grouped(x: np.ndarray, d: LinearDims, rows: int, axis: int = 0) -> np.ndarray:
-    """The inverse of :func:`_tiled`."""
-    x = np.moveaxis(x, axis, 0)
-    shape = x.shape
-    out = x.reshape(d.per_k, d.k_heads, rows, *shape[1:]).swapaxes(0, 1).reshape(shape)
-    return np.ascontiguousarray(np.moveaxis(out, 0, axis))
+def _heads_moved(x: np.ndarray, d: LinearDims, rows: int, inverse: bool, axis: int = 0) -> np.ndarray:
+    """Value heads grouped by key head -> tiled (``g * r + j`` -> ``j * K + g``) along ``axis``
+    (``inverse``: back), ``rows`` values per head: one copy, written into a new array."""
+    src = (d.per_k, d.k_heads) if inverse else (d.k_heads, d.per_k)
+    lead = x.shape[:axis]
+    out = np.empty_like(x)
+    out.reshape(*lead, src[1], src[0], rows, -1)[...] = x.reshape(*lead, *src, rows, -1).swapaxes(axis, axis + 1)
+    return out
 
 
 def _reorder(hf_name: str, data: np.ndarray, d: LinearDims, inverse: bool) -> np.ndarray:
-    move = _grouped if inverse else _tiled
     if hf_name.endswith((".in_proj_qkv.weight", _CONV)):  # q and k rows stay, the v rows move
         qk = 2 * d.key_dim
-        return np.concatenate([data[:qk], move(data[qk:], d, d.head_dim)])
+        out = np.empty_like(data)
+        out[:qk] = data[:qk]
+        out[qk:] = _heads_moved(data[qk:], d, d.head_dim, inverse)
+        return out
     if hf_name.endswith(".in_proj_z.weight"):
-        return move(data, d, d.head_dim)
+        return _heads_moved(data, d, d.head_dim, inverse)
     if hf_name.endswith(".out_proj.weight"):  # its columns are the value heads
-        return move(data, d, d.head_dim, axis=1)
-    return move(data, d, 1)  # in_proj_a / in_proj_b rows, A_log, dt_bias: one value per head
+        return _heads_moved(data, d, d.head_dim, inverse, axis=1)
+    return _heads_moved(data, d, 1, inverse)  # in_proj_a / in_proj_b rows, A_log, dt_bias: one value per head
 
 
 @dataclass(frozen=True)
