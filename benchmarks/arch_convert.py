@@ -64,6 +64,11 @@ def family_configs(T: Any, common: dict[str, Any], with_dim: dict[str, Any]) -> 
                                               num_experts_per_tok=2, norm_topk_prob=True),
         "mixtral": lambda: T.MixtralConfig(**{**with_dim, "intermediate_size": 1408}, num_local_experts=8,
                                            num_experts_per_tok=2, sliding_window=None),
+        # hybrids: Qwen3.5-9B's delta-net (16 key / 32 value heads of 128), every 4th layer full attention;
+        # Gemma 4 with its default full-layer head (512), per-layer embeddings of 256, three sliding + one full
+        "qwen35": lambda: T.Qwen3_5TextConfig(**with_dim),
+        "gemma4": lambda: T.Gemma4TextConfig(**with_dim, vocab_size_per_layer_input=VOCAB,
+                                             layer_types=["sliding_attention"] * 3 + ["full_attention"]),
     }
 
 
