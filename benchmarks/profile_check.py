@@ -68,12 +68,13 @@ def config_from_gguf(path: Path) -> dict[str, Any]:
 
 def make_synthetic(out: Path, quants: list[str], hidden: int = 1024, layers: int = 12, ff: int = 2816,
                    heads: int = 16, kv_heads: int = 4, vocab: int = 32000, tied: bool = False,
-                   experts: tuple[int, int, int] | None = None) -> list[Path]:
+                   experts: tuple[int, int, int] | None = None, lfm2: bool = False) -> list[Path]:
     """A random-weight Llama (``experts`` = (experts, active, expert width): a Qwen3-MoE, every layer
     a mixture of experts) with a byte-fallback token list, as f16 plus quantized copies (types that
     need an importance matrix get one of ones: the weights are random, quality is moot). The
     metadata is the architecture spec's own (what edgekit's converter writes), the tensors the
-    profiler's list for the config."""
+    profiler's list for the config. ``lfm2``: an LFM2 instead (every third layer attention, the
+    others gated short convolutions; its MLP ``ff`` wide)."""
     import gguf
     import numpy as np
 
@@ -92,6 +93,10 @@ def make_synthetic(out: Path, quants: list[str], hidden: int = 1024, layers: int
         n_experts, active, expert_ff = experts
         config.update(architectures=["Qwen3MoeForCausalLM"], num_experts=n_experts, num_experts_per_tok=active,
                       moe_intermediate_size=expert_ff, norm_topk_prob=True)
+    if lfm2:  # LFM2-1.2B's mix: a third of the layers attention (its pattern: 2, 5, 8, 10, 12, 14 of 16)
+        config.update(architectures=["Lfm2ForCausalLM"], conv_L_cache=3, norm_eps=1e-5,
+                      block_auto_adjust_ff_dim=False,
+                      layer_types=["full_attention" if i % 3 == 2 else "conv" for i in range(layers)])
     (out / "config.json").write_text(json.dumps(config, indent=2))
     spec, c = spec_for(config), TextConfig.from_hf(config)
     f16 = out / "synthetic-f16.gguf"
@@ -255,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tied", action="store_true", help="--synthetic: tie the embeddings (SmolLM2 does)")
     ap.add_argument("--experts", help="--synthetic: a Qwen3-MoE instead, EXPERTS,ACTIVE,EXPERT_FF experts per layer "
                                       "(e.g. 16,2,768: Qwen3-30B-A3B's expert width)")
+    ap.add_argument("--lfm2", action="store_true", help="--synthetic: an LFM2 hybrid instead (every third layer "
+                                                          "attention, the others short convolutions)")
     ap.add_argument("--no-cpu-time", action="store_true", help="skip the CPU-time runs (with --threads 1)")
     ap.add_argument("--repredict", type=Path, metavar="RESULTS_JSON",
                     help="predict an earlier run's measurements again with --profile (ARTIFACTS: its directory)")
@@ -291,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         if moe is not None and len(moe) != 3:
             ap.error("--experts takes EXPERTS,ACTIVE,EXPERT_FF")
         make_synthetic(args.synthetic, [q.strip() for q in args.quants.split(",") if q.strip()], hidden, layers, ff,
-                       heads, kv_heads, vocab, args.tied, moe)  # type: ignore[arg-type]
+                       heads, kv_heads, vocab, args.tied, moe, args.lfm2)  # type: ignore[arg-type]
         args.artifacts = args.synthetic
     if args.artifacts is None:
         ap.error("give an edgekit output directory or a directory of GGUF files (or --synthetic DIR)")
