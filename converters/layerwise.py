@@ -67,6 +67,10 @@ def empty_model(model_dir: Path, dtype: Any) -> Any:
     config = AutoConfig.from_pretrained(model_dir)
     with _params_on_meta(), no_init_weights():
         model = _from_config(config)(config, dtype=dtype, **reference_attention(config))
+    if getattr(config, "tie_word_embeddings", False) and not getattr(model.config, "tie_word_embeddings", True):
+        # a multimodal checkpoint tying at its top level (Qwen3.5's small models) whose text config
+        # says otherwise, run as the causal LM of that text config: tie it as the checkpoint's class does
+        model.config.tie_word_embeddings = True
     model.tie_weights()
     return model.eval()
 
