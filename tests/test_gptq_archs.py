@@ -1,5 +1,5 @@
 """GPTQ for the dense families of issue 16 (phi3, gemma2, granite, smollm3, olmo2): llmcompressor's
-sequential pipeline on each family's tiny random model (tests/test_archs.py's builder: hidden 256,
+sequential pipeline on each family's tiny random model (tests/test_archs.py's config: hidden 256,
 intermediate 768, vocab 1024), the checkpoint read back and verified against transformers.
 
 What each run must show: every projection of the family's decoder layers (its spec's layout:
@@ -8,7 +8,7 @@ quantized and packed, the checkpoint computes what its own dequantized weights s
 verifier: same tokens, logits within bounds; Gemma 2's soft-capping in the reference), and GPTQ's
 error compensation changed codes against round-to-nearest on the same scales. Not that GPTQ beats
 RTN on held-out text: on random weights the two are indistinguishable (tests/test_gptq.py checks
-that on the trained demo model). Two layers per model, calibration 8 windows of 64 tokens
+that on the trained demo model). One layer per model, calibration 8 windows of 64 tokens
 (most of each run is llmcompressor's per-column loop).
 """
 
@@ -31,12 +31,12 @@ from edgekit.converters.safetensors_io import SafetensorsFile
 
 FAST = QualitySettings(EvalSettings(tokens=256))  # quality is reported, not what these tests check
 GPTQ_FAMILIES = ["phi3", "gemma2", "granite", "smollm3", "olmo2"]
-LAYERS = 2  # GPTQ's cost is per layer; two keep Gemma 2's sliding/global alternation
+LAYERS = 1  # GPTQ costs per layer (llmcompressor's column loop); one runs each family's decoder layer
 
 
 def build_two_layer(family: str, tokenizer_dir: Path, out: Path) -> Path:
     """tests/test_archs.py's tiny random model of the family (its config, norms perturbed from 1),
-    cut to two layers (per-layer lists too)."""
+    cut to LAYERS layers (per-layer lists too)."""
     import shutil
 
     import torch
