@@ -138,7 +138,7 @@ def _config(arch: str, vocab: int, layers: int = LAYERS) -> object:
         from test_archs_moe import MOE_CONFIGS
 
         return MOE_CONFIGS[arch]()
-    if arch == "gemma4":
+    if arch in ("gemma4", "gemma4-vl"):
         from test_archs_gemma4 import GEMMA4_CONFIGS
 
         return GEMMA4_CONFIGS[arch]()

@@ -7,7 +7,8 @@ layers, sliding and full alternating; the last two share the KV of earlier layer
 layers with head 128, one KV head, keys as values; sliding layers with head 64, two KV heads;
 per-layer embeddings of 64), converted to GGUF f16 and q4_k_m and checked for token and logit
 parity against transformers; the metadata llama.cpp reads the pattern and the per-type sizes
-from; the profiler's tensor list; and a conversion whose per-layer embedding table is packed in
+from; the profiler's tensor list; the language model of a ``Gemma4ForConditionalGeneration`` (vision
+tower left out); and a conversion whose per-layer embedding table is packed in
 the wrong order (with the matching inverse, so the weights read back as the source's), which only
 the runtime's logits can tell and the check must refuse.
 """
@@ -51,12 +52,22 @@ def gemma4_config() -> Any:
         pad_token_id=None, tie_word_embeddings=True)
 
 
-def build_gemma4(tokenizer_dir: Path, out: Path, seed: int = 0) -> Path:
+def gemma4_vl_config() -> Any:
+    import transformers as T
+
+    # a vision tower of another depth than the decoder (the reference finds the decoder's layer list by
+    # length); the multimodal forward reads the pad token's embedding, so there is one
+    return T.Gemma4Config(text_config={**gemma4_config().to_dict(), "pad_token_id": 0}, audio_config=None,
+                          vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                             num_attention_heads=2, num_key_value_heads=2, head_dim=32))
+
+
+def build_gemma4(tokenizer_dir: Path, out: Path, seed: int = 0, cls: str = "Gemma4ForCausalLM") -> Path:
     import torch
     import transformers as T
 
     torch.manual_seed(seed)
-    model = T.Gemma4ForCausalLM(gemma4_config()).eval()
+    model = getattr(T, cls)(gemma4_config() if cls == "Gemma4ForCausalLM" else gemma4_vl_config()).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):  # norms start at exactly 1: perturb them so a lost one shows
@@ -166,16 +177,33 @@ def test_gemma4_per_layer_embeddings_packed_wrong_are_caught(gemma4_model: Path,
     assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".edgekit-tmp*"))
 
 
-def test_gemma4_layout_is_transformers_layout() -> None:
+def test_gemma4_multimodal_checkpoint_converts_its_language_model(bpe_tok: Path, tmp_path: Path) -> None:
+    model = build_gemma4(bpe_tok, tmp_path / "vl", cls="Gemma4ForConditionalGeneration")
+    events: list[Any] = []
+    res = convert_gguf(model, tmp_path / "out", "f16", name=NAME, progress=events.append,
+                       quality=QualitySettings(EvalSettings(tokens=256, ctx=256)))  # parity, not quality
+    (rep,) = res.reports
+    assert rep.passed and rep.token_mismatches == [], rep.failures
+    assert rep.metrics is not None and rep.metrics.rel_err < 0.05
+    notes = [e.message for e in events if e.step == "note"]
+    assert len(notes) == 1 and "vision tower" in notes[0] and "left out" in notes[0]
+    names = {t.name for t in read_gguf(tmp_path / "out" / res.artifacts[0].file).tensors}
+    assert "per_layer_token_embd.weight" in names and "blk.5.inp_gate.weight" in names
+    assert all(n.startswith(("blk.", "per_layer_")) or n in ("token_embd.weight", "output_norm.weight",
+                                                             "rope_freqs.weight") for n in names)
+
+
+@pytest.mark.parametrize("cls", ["Gemma4ForCausalLM", "Gemma4ForConditionalGeneration"])
+def test_gemma4_layout_is_transformers_layout(cls: str) -> None:
     """The profiler's tensor list comes from the spec's layout: exactly transformers' own tensors
     (layer_scalar, a persistent buffer, included)."""
     import torch
     import transformers as T
 
-    cfg = gemma4_config()
+    cfg = gemma4_config() if cls == "Gemma4ForCausalLM" else gemma4_vl_config()
     with torch.device("meta"):
-        model = T.Gemma4ForCausalLM(cfg)
-    raw = {**cfg.to_dict(), "architectures": ["Gemma4ForCausalLM"]}
+        model = getattr(T, cls)(cfg)
+    raw = {**cfg.to_dict(), "architectures": [cls]}
     spec = spec_for(raw)
     c = TextConfig.from_hf(raw)
     real = {n: tuple(t.shape) for n, t in model.state_dict().items() if not spec.skip(n, c)}
@@ -201,4 +229,4 @@ def test_gemma4_configs_llama_cpp_cannot_run_are_refused(gemma4_model: Path, tmp
     assert not list((tmp_path / "out").glob("*.gguf"))
 
 
-GEMMA4_CONFIGS = {"gemma4": gemma4_config}  # read by tests/conftest.py's _config
+GEMMA4_CONFIGS = {"gemma4": gemma4_config, "gemma4-vl": gemma4_vl_config}  # read by tests/conftest.py's _config

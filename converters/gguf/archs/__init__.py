@@ -36,7 +36,7 @@ FORMATS = ("gguf", "onnx", "gptq")  # the registry's Format values, in its order
 ARCHS: tuple[ArchSpec, ...] = (llama.SPEC, mistral.SPEC, qwen2.SPEC, qwen3.SPEC, gemma3.SPEC, phi3.SPEC,
                                gemma2.SPEC, granite.SPEC, smollm3.SPEC, olmo2.SPEC, gemma3.VL_SPEC,
                                mistral.VL_SPEC, lfm2.SPEC, ministral3.SPEC, granitehybrid.SPEC, qwen35.SPEC,
-                               qwen35.VL_SPEC, qwen3_moe.SPEC, mixtral.SPEC, gemma4.SPEC)
+                               qwen35.VL_SPEC, qwen3_moe.SPEC, mixtral.SPEC, gemma4.SPEC, gemma4.VL_SPEC)
 _BY_HF = {hf: spec for spec in ARCHS for hf in spec.hf_architectures}
 _REFUSED = dict(qwen35.REFUSED)  # classes of a supported family that are not converted: (class, why)
 

@@ -30,6 +30,8 @@ What differs from Gemma 3, and how llama.cpp's ``gemma4`` expects it (its conver
 - Norms are plain scales (Gemma 4's RMSNorm multiplies by ``w``, not ``1 + w``: no shift);
   sandwich norms as Gemma 3; attention is unscaled (``scaling = 1.0``, llama.cpp's fixed
   ``f_attention_scale``); ``final_logit_softcapping`` as Gemma 2/3.
+- ``Gemma4ForConditionalGeneration``: its language model is converted, the vision and audio towers
+  and their embedders left out.
 - Refused before anything is written: the MoE block (``enable_moe_block``, Gemma 4 26B-A4B),
   bidirectional attention on all tokens, attention biases, a per-layer vocabulary that is not the
   vocabulary, rope types llama.cpp's loader does not express.
@@ -38,14 +40,14 @@ What differs from Gemma 3, and how llama.cpp's ``gemma4`` expects it (its conver
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgekit.errors import InputError
 
-from .base import ArchSpec, TextConfig
+from .base import VISION_LANGUAGE_LAYOUT, ArchSpec, TextConfig
 from .gemma3 import GEMMA_NORMS
 
 if TYPE_CHECKING:
@@ -202,14 +204,14 @@ class Gemma4Spec(ArchSpec):
 
     # -- the Hugging Face layout (the profiler's tensor list) ---------------------------------
     def hf_tensors(self, c: TextConfig) -> Iterator[tuple[str, tuple[int, ...]]]:
-        h, lay = c.hidden_size, layout(c)
-        yield "model.embed_tokens.weight", (c.vocab_size, h)
+        h, lay, m = c.hidden_size, layout(c), self.hf_name("model.")
+        yield m + "embed_tokens.weight", (c.vocab_size, h)
         if lay.ple:
-            yield "model.embed_tokens_per_layer.weight", (c.vocab_size, c.num_layers * lay.ple)
-            yield "model.per_layer_model_projection.weight", (c.num_layers * lay.ple, h)
-            yield "model.per_layer_projection_norm.weight", (lay.ple,)
+            yield m + "embed_tokens_per_layer.weight", (c.vocab_size, c.num_layers * lay.ple)
+            yield m + "per_layer_model_projection.weight", (c.num_layers * lay.ple, h)
+            yield m + "per_layer_projection_norm.weight", (lay.ple,)
         for i in range(c.num_layers):
-            p, hd = f"model.layers.{i}.", lay.head_dim[i]
+            p, hd = f"{m}layers.{i}.", lay.head_dim[i]
             for norm in self.layer_norms:
                 yield p + norm + ".weight", (h,)
             yield p + "layer_scalar", (1,)
@@ -228,7 +230,7 @@ class Gemma4Spec(ArchSpec):
                 yield p + "per_layer_input_gate.weight", (lay.ple, h)
                 yield p + "per_layer_projection.weight", (h, lay.ple)
                 yield p + "post_per_layer_input_norm.weight", (h,)
-        yield "model.norm.weight", (h,)
+        yield m + "norm.weight", (h,)
         if not c.tie_word_embeddings:
             yield "lm_head.weight", (c.vocab_size, h)
 
@@ -244,4 +246,19 @@ SPEC = Gemma4Spec(
                       "Gemma4ForConditionalGeneration only; per-layer embeddings and shared KV are unverified)"),
              ("gptq", "edgekit does not yet run Gemma 4 (per-layer embeddings, shared KV) through llmcompressor's "
                       "sequential pipeline")),
+)
+
+# Gemma4ForConditionalGeneration (the hub's Gemma 4 checkpoints): the language model under
+# model.language_model, a vision tower (and an audio tower on E2B/E4B) with their embedders
+# beside it, left out; the reference runs the checkpoint's own class on the text path.
+_VL = VISION_LANGUAGE_LAYOUT
+VL_SPEC = replace(
+    SPEC,
+    name="gemma4-vl",
+    hf_architectures=("Gemma4ForConditionalGeneration",),
+    text_prefixes=_VL["text_prefixes"],
+    left_out=(*_VL["left_out"], "model.embed_vision.", "model.audio_tower.", "model.embed_audio."),
+    saved_prefixes=_VL["saved_prefixes"],
+    formats=_VL["formats"],
+    why_not=_VL["why_not"],
 )
