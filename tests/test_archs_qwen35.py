@@ -244,6 +244,10 @@ def test_qwen35_multimodal_checkpoint_converts_its_language_model(qwen_tok: Path
     names = {t.name for t in read_gguf(tmp_path / "out" / res.artifacts[0].file).tensors}
     assert "blk.0.ssm_a" in names and "blk.1.attn_q.weight" in names
     assert all(n.startswith("blk.") or n in ("token_embd.weight", "output_norm.weight") for n in names)  # tied
+    from edgekit.profiles.shapes import model_shapes  # the profiler knows the head is tied too
+
+    predicted = {t.name for t in model_shapes(json.loads((model / "config.json").read_text())).tensors}
+    assert predicted == names
 
 
 @pytest.mark.parametrize("family", ["qwen35", "qwen35-vl"])

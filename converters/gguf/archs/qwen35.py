@@ -156,6 +156,20 @@ def _reorder(hf_name: str, data: np.ndarray, d: LinearDims, inverse: bool) -> np
 
 @dataclass(frozen=True)
 class Qwen35Spec(ArchSpec):
+    # a multimodal config's own tie_word_embeddings where its text_config says otherwise (Qwen3.5's
+    # small checkpoints tie at the top level only, and save no lm_head): None, the text config's
+    tied: bool | None = None
+
+    def for_config(self, cfg: dict[str, Any]) -> ArchSpec:
+        text = cfg.get("text_config")
+        if isinstance(text, dict) and "tie_word_embeddings" in cfg \
+                and bool(cfg["tie_word_embeddings"]) != bool(text.get("tie_word_embeddings", False)):
+            return replace(self, tied=bool(cfg["tie_word_embeddings"]))
+        return self
+
+    def _tied(self, c: TextConfig) -> bool:
+        return c.tie_word_embeddings if self.tied is None else self.tied
+
     def check_config(self, cfg: dict[str, Any]) -> None:
         super().check_config(cfg)
         c = TextConfig.from_hf(cfg)
@@ -218,6 +232,8 @@ class Qwen35Spec(ArchSpec):
         return gguf_name.endswith("ssm_conv1d.weight")
 
     def skip(self, hf_name: str, c: TextConfig) -> bool:
+        if self._tied(c) and self.text_name(hf_name) == "lm_head.weight":
+            return True
         return hf_name.startswith(_SKIPPED_PREFIXES) or super().skip(hf_name, c)
 
     # -- values: llama.cpp's layout <-> transformers' ----------------------------------------------
@@ -281,7 +297,7 @@ class Qwen35Spec(ArchSpec):
                 yield la + "out_proj.weight", (h, d.value_dim)
             yield from self.hf_ffn_tensors(p, c)
         yield self.hf_name("model.norm.weight"), (h,)
-        if not c.tie_word_embeddings:
+        if not self._tied(c):
             yield "lm_head.weight", (c.vocab_size, h)
 
     def recurrent_layers(self, c: TextConfig) -> int:
