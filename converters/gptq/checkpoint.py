@@ -217,10 +217,11 @@ def float_model_from(model_dir: Path, config: dict[str, Any], weights: dict[str,
 
 
 def _assemble_parts(model: Any, state: dict[str, Any], config: dict[str, Any]) -> None:
-    """Parameters transformers holds whole that a checkpoint stores in parts, assembled in place:
-    a MoE's fused experts (``mlp.experts.gate_up_proj`` ``[E, 2*ff, h]``) from the per-expert
-    matrices a GPTQ checkpoint holds, their rows one after the other (the spec's
-    :meth:`~edgekit.converters.gguf.archs.ArchSpec.checkpoint_parts`)."""
+    """Parameters a checkpoint stores under another name or in parts, put in place: a MoE's fused
+    experts (``mlp.experts.gate_up_proj`` ``[E, 2*ff, h]``) from the per-expert matrices a GPTQ
+    checkpoint holds, their rows one after the other (the spec's
+    :meth:`~edgekit.converters.gguf.archs.ArchSpec.checkpoint_parts`), Mixtral's router from its
+    hub name (:meth:`~edgekit.converters.gguf.archs.ArchSpec.checkpoint_names`)."""
     import torch
 
     from ..gguf.archs import spec_for
@@ -230,6 +231,10 @@ def _assemble_parts(model: Any, state: dict[str, Any], config: dict[str, Any]) -
         return
     spec = spec_for(config)
     for name, p in absent:
+        stored = next((n for n in spec.checkpoint_names(name)[1:] if n in state), None)
+        if stored is not None:  # under another name (Mixtral's router: block_sparse_moe.gate)
+            state[name] = state.pop(stored)
+            continue
         parts = spec.checkpoint_parts(name, state.__contains__)
         if parts:
             state[name] = torch.cat([state.pop(part) for part in parts]).reshape(p.shape)

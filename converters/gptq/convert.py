@@ -155,6 +155,31 @@ def _load_float_model(model_dir: Path, adapter: LoraAdapter | None) -> Any:
     return model
 
 
+# llmcompressor's linearized experts (converters/gptq/engine.py linearize_experts)
+_LINEAR_EXPERT = re.compile(r"(?P<layer>.*\.)mlp\.experts\.(?P<e>\d+)\.(?P<m>gate_proj|up_proj|down_proj)")
+_EXPERT_MATRICES = ("gate_proj", "up_proj", "down_proj")  # the order of MoeSpec.expert_names
+
+
+def _stored_module(inputs: Inputs, module: str) -> str:
+    """A quantized module's name in the source checkpoint's layout (a linearized expert's hub name)."""
+    from ..gguf.archs import spec_for
+
+    m = _LINEAR_EXPERT.fullmatch(module)
+    spec = spec_for(inputs.source.config)
+    hub = getattr(spec, "hub_expert", None)
+    if m is None or hub is None:
+        return module
+    name = str(hub(m.group("layer"), int(m.group("e")), _EXPERT_MATRICES.index(m.group("m"))))
+    return name.removesuffix(".weight") if inputs.source.has(name) else module
+
+
+def _stored_tensor(inputs: Inputs, name: str) -> str:
+    """A float tensor's name as the source stores it (Mixtral's router: block_sparse_moe.gate)."""
+    from ..gguf.archs import spec_for
+
+    return next((n for n in spec_for(inputs.source.config).checkpoint_names(name) if inputs.source.has(n)), name)
+
+
 def _float_tensors(model: Any, quantized_names: list[str]) -> dict[str, np.ndarray]:
     """Everything the GPTQ checkpoint keeps in float: embeddings, norms, biases, an untied head."""
     skip = {f"{n}.weight" for n in quantized_names}
@@ -271,6 +296,10 @@ def convert_gptq(
                                              precision=PRECISION[bits].value, size_bytes=size, sha256=digest,
                                              verification=None, extra={"same_codes_as": final.name, **base_extra}))
             del model  # GPTQ's in-memory model is not needed any more: bound peak memory
+            # the checkpoint names every tensor as the source stores it (GPTQ loaders read the hub's
+            # layout: Mixtral's experts as block_sparse_moe.experts.E.w1/w3/w2, not the linearized names)
+            quantized = {_stored_module(inputs, n): q for n, q in quantized.items()}
+            float_tensors = {_stored_tensor(inputs, n): v for n, v in float_tensors.items()}
 
             tmp = stack.enter_context(atomic_output_dir(final))
             with timer.step("write gptq"):
