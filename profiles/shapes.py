@@ -39,7 +39,7 @@ from .llama_types import choose_types
 from .schema import Backend, OnnxPrecision
 
 if TYPE_CHECKING:
-    from edgekit.converters.gguf.archs import ExpertLayout, TextConfig
+    from edgekit.converters.gguf.archs import ArchSpec, ExpertLayout, TextConfig
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ def model_shapes(config: dict[str, Any]) -> ModelShapes:
 _BASE_TYPES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}  # config.json's dtype -> GGUF type
 
 
-def _gguf_tensors(spec: Any, c: TextConfig) -> list[tuple[str | None, str, tuple[int, ...]]]:
+def _gguf_tensors(spec: ArchSpec, c: TextConfig) -> list[tuple[str | None, str, tuple[int, ...]]]:
     """(HF name or None, GGUF name, numpy shape) of what the converter writes, in its order:
     one-to-one tensors mapped by llama.cpp's table, composites (stacked experts) in place of the
     checkpoint tensors their pieces name."""
