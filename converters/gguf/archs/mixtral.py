@@ -22,7 +22,6 @@ SPEC = MoeSpec(
     expert_ff_key="intermediate_size",
     write_expert_ff=False,
     required=("num_experts_per_tok",),
-    formats=("gguf",),
-    why_not=(("onnx", "ONNX Runtime GenAI 0.18's builder has no Mixtral (MixtralForCausalLM)"),
-             ("gptq", "edgekit does not yet run mixtures of experts through llmcompressor's sequential pipeline")),
+    formats=("gguf", "gptq"),
+    why_not=(("onnx", "ONNX Runtime GenAI 0.18's builder has no Mixtral (MixtralForCausalLM)"),),
 )

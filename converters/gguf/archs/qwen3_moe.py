@@ -38,7 +38,6 @@ SPEC = Qwen3MoeSpec(
     gguf_arch="QWEN3MOE",
     qk_norm="head",
     required=("num_experts_per_tok", "moe_intermediate_size"),
-    formats=("gguf",),
-    why_not=(("onnx", "ONNX Runtime GenAI 0.18's builder has no Qwen3-MoE (Qwen3MoeForCausalLM)"),
-             ("gptq", "edgekit does not yet run mixtures of experts through llmcompressor's sequential pipeline")),
+    formats=("gguf", "gptq"),
+    why_not=(("onnx", "ONNX Runtime GenAI 0.18's builder has no Qwen3-MoE (Qwen3MoeForCausalLM)"),),
 )
