@@ -311,3 +311,25 @@ def test_hybrid_state_bindings_without_layer_types(tmp_path: Path) -> None:
                          {"layer_types": ["full_attention", "linear_attention", "full_attention", "linear_attention"]})
     with pytest.raises(CorruptFileError, match=r"past\.1\.conv|past_key_values\.0\.key"):
         _check_bindings(json.loads((typed / "genai_config.json").read_text()), typed / "model.onnx")
+
+
+def test_lfm2_gptq_quantizes_the_projections_and_verifies(lfm2_model: Path, tmp_path: Path) -> None:
+    """llmcompressor's sequential pipeline on LFM2: every Linear of the conv and attention layers
+    and the feed-forward is quantized, the convolution kernels stay float, and the checkpoint
+    computes what its own dequantized weights say."""
+    from edgekit.converters.gptq.checkpoint import GPTQCheckpoint
+    from edgekit.converters.gptq.convert import convert_gptq
+
+    config = json.loads((lfm2_model / "config.json").read_text())
+    spec = spec_for(config, "gptq")
+    out = tmp_path / "out"
+    convert_gptq(lfm2_model, out, name=NAME, samples=8, seq_len=64, quality=QualitySettings(EvalSettings(tokens=256)))
+    entry = next(a for a in json.loads((out / "edgekit.json").read_text())["artifacts"] if a["format"] == "gptq")
+    assert entry["verification"]["passed"], entry["verification"]
+    ckpt = GPTQCheckpoint(out / entry["file"])
+    c = TextConfig.from_hf(config)
+    projections = {n.removesuffix(".weight") for n, shape in spec.hf_tensors(c)
+                   if ".layers." in n and len(shape) == 2 and not n.endswith("norm.weight")}
+    assert set(ckpt.quantized) == projections
+    kernels = [n for n, shape in spec.hf_tensors(c) if n.endswith("conv.conv.weight")]
+    assert kernels and all(k in ckpt.float_tensors for k in kernels)

@@ -152,8 +152,9 @@ SPEC = Lfm2Spec(
     hf_architectures=("Lfm2ForCausalLM",),
     gguf_arch="LFM2",
     required=("conv_L_cache",),
-    formats=("gguf", "onnx"),
-    why_not=(("gptq", "edgekit does not yet run LFM2 through llmcompressor's sequential pipeline"),),
+    # GPTQ: llmcompressor's sequential pipeline quantizes the Linear projections (conv in/out,
+    # attention, feed-forward); the short-convolution kernels are Conv1d and stay float
+    formats=("gguf", "onnx", "gptq"),
     onnx_modules=(("attn.o_proj", "self_attn.out_proj"), ("conv.in_proj", "conv.in_proj"),
                   ("conv.out_proj", "conv.out_proj"), ("mlp.gate_proj", "feed_forward.w1"),
                   ("mlp.up_proj", "feed_forward.w3"), ("mlp.down_proj", "feed_forward.w2")),
