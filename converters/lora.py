@@ -94,6 +94,13 @@ class LoraAdapter:
     def check_against(self, source: SourceModel) -> None:
         """Fail early, naming the first tensor, when the adapter was made for another base."""
         for name, pair in self._pairs.items():
+            if not source.has(name) and ".experts." in name:
+                # PEFT's target_parameters on transformers 5's fused expert tensors ([experts, 2 x ff,
+                # hidden]): a delta per expert stack, which a checkpoint of per-expert matrices lacks
+                raise AdapterMismatchError(
+                    f"adapter targets the experts of a mixture of experts ({name}), which edgekit does not merge",
+                    hint="merge it with PEFT first (model.merge_and_unload(), save_pretrained) and convert the merged "
+                         "model; adapters on attention layers convert as they are")
             if not source.has(name):
                 raise AdapterMismatchError(
                     f"adapter targets {name}, which the base model does not have",

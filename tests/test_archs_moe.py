@@ -321,3 +321,23 @@ def test_moe_imatrix_counts_each_expert(moe_models: dict[str, Path], tmp_path: P
             return f.read(t.nbytes)
 
     assert stack(tmp_path / "with.gguf") != stack(tmp_path / "without.gguf")
+
+
+def test_adapter_on_fused_experts_says_merge_first(moe_models: dict[str, Path], tmp_path: Path) -> None:
+    """A PEFT adapter on transformers 5's fused expert tensors (target_parameters) names no matrix
+    of the per-expert checkpoint: one line saying to merge it with PEFT first, not 'another base'."""
+    from safetensors.numpy import save_file
+
+    from edgekit.converters.lora import LoraAdapter
+    from edgekit.converters.source import open_source
+    from edgekit.errors import AdapterMismatchError
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8,
+                                                             "target_parameters": ["mlp.experts.gate_up_proj"]}))
+    mod = "base_model.model.model.layers.0.mlp.experts.gate_up_proj"
+    save_file({f"{mod}.lora_A.weight": np.zeros((4, 256), np.float32),
+               f"{mod}.lora_B.weight": np.zeros((1024, 4), np.float32)}, str(adapter / "adapter_model.safetensors"))
+    with pytest.raises(AdapterMismatchError, match=r"experts of a mixture of experts.*merge_and_unload"):
+        LoraAdapter(adapter).check_against(open_source(moe_models["qwen3-moe"]))
