@@ -23,7 +23,9 @@ the mixture-of-experts rules, tests/test_profiles_moe.py).
 Mixtures of experts: memory holds every expert, a decoded token reads only the router's top-k of
 each ``*_exps`` tensor (``ne[2]`` = experts) plus everything else (:meth:`ModelShapes.read_fraction`).
 Hybrid families: only attention layers keep a KV cache; recurrent and convolution layers keep a
-fixed state per sequence instead (:func:`recurrent_state_bytes`).
+fixed state per sequence instead (:func:`recurrent_state_bytes`). The KV cache is summed layer by
+layer as llama.cpp allocates it (:meth:`ArchSpec.kv_layers`: Gemma 4's full and sliding layers of
+different widths, its shared-KV layers without a cache), checked in tests/test_profiles_hybrid.py.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from .schema import Backend, OnnxPrecision
 
 if TYPE_CHECKING:
     from edgekit.converters.gguf.archs import ArchSpec, ExpertLayout, TextConfig
+    from edgekit.converters.gguf.archs.base import KvLayer
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,9 @@ class ModelShapes:
     # the float type the converter writes as the quantizer's input (what tensors llama.cpp does not
     # quantize, such as a router, keep): the source's dtype (converters/gguf/convert.py _base_type)
     base_type: str = "F16"
+    # each cached layer's K/V widths and window, as llama.cpp holds them (ArchSpec.kv_layers);
+    # empty: derived from the config and the fields above (every attention layer alike)
+    kv_layers: tuple[KvLayer, ...] = ()
 
     @property
     def params(self) -> int:
@@ -126,7 +132,8 @@ def model_shapes(config: dict[str, Any]) -> ModelShapes:
     return ModelShapes(spec.name, c, tuple(t), window, local, experts=spec.experts(c),
                        recurrent_layers=spec.recurrent_layers(c), recurrent_state_floats=r + s,
                        f32_tensors=frozenset(x.name for x in t if len(x.ne) >= 2 and spec.keeps_f32(x.name)),
-                       base_type=_BASE_TYPES.get(str(c.raw.get("dtype") or c.raw.get("torch_dtype")), "F16"))
+                       base_type=_BASE_TYPES.get(str(c.raw.get("dtype") or c.raw.get("torch_dtype")), "F16"),
+                       kv_layers=spec.kv_layers(c))
 
 
 _BASE_TYPES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}  # config.json's dtype -> GGUF type
@@ -277,18 +284,32 @@ def weight_plan(shapes: ModelShapes, quant_name: str, precision: OnnxPrecision |
     return gguf_weights(shapes, quant_name) if precision is None else onnx_weights(shapes, precision, backend)
 
 
-def kv_cache_bytes(shapes: ModelShapes, ctx: int, dtype_bytes: int = 2) -> int:
-    """K and V for every attention layer: layers x kv_heads x head_dim x 2 x ctx x dtype bytes.
+def kv_cache_bytes(shapes: ModelShapes, ctx: int, dtype_bytes: int = 2, *, v_trans: bool = False,
+                   swa_full: bool = False) -> int:
+    """K and V of every layer that holds a cache (:meth:`ArchSpec.kv_layers`): per layer
+    (K width + V width) x cells x dtype bytes, a sliding-window layer's cells capped at its window.
 
-    Gemma 3's sliding-window layers keep only the window (llama.cpp's default SWA cache); the
-    recurrent and convolution layers of a hybrid keep none (llama_memory_hybrid's attention
-    filter: ``!is_recr(il)``)."""
+    The recurrent and convolution layers of a hybrid keep none (llama_memory_hybrid's attention
+    filter: ``!is_recr(il)``), nor do Gemma 4's shared-KV layers. ``v_trans``: llama.cpp without flash
+    attention stores V transposed, each layer's V row padded to the widest layer's
+    (``n_embd_v_gqa_max``, [TAG_V_CACHE_VARIABLE] in src/llama-kv-cache.cpp): Gemma 4's sliding
+    layers then take its full layers' V width. ``swa_full``: the sliding layers' cache sized for
+    the whole context, as llama_context_default_params' ``swa_full = true`` (which llama-cpp-python
+    keeps) allocates it; without it the window, what a context of ``ctx`` needs."""
+    layers = shapes.kv_layers or _default_kv_layers(shapes)
+    v_max = max((x.v for x in layers), default=0)
+    return dtype_bytes * sum((x.k + (v_max if v_trans else x.v))
+                             * (min(ctx, x.window) if x.window and not swa_full else ctx) for x in layers)
+
+
+def _default_kv_layers(shapes: ModelShapes) -> tuple[KvLayer, ...]:
+    """A ModelShapes built without the spec's list: every attention layer alike (num_kv_heads x head_dim)."""
+    from edgekit.converters.gguf.archs.base import KvLayer
+
     c = shapes.config
-    per_token_layer = c.num_kv_heads * c.head_dim * 2 * dtype_bytes
-    if shapes.sliding_window:
-        local_ctx = min(ctx, shapes.sliding_window)
-        return per_token_layer * (shapes.local_layers * local_ctx + (shapes.attention_layers - shapes.local_layers) * ctx)
-    return per_token_layer * shapes.attention_layers * ctx
+    kv, window = c.num_kv_heads * c.head_dim, shapes.sliding_window
+    return tuple(KvLayer(kv, kv, window if window and i < shapes.local_layers else None)
+                 for i in range(shapes.attention_layers))
 
 
 def recurrent_state_bytes(shapes: ModelShapes, n_seq: int = 1) -> int:

@@ -131,6 +131,17 @@ class ExpertLayout:
 
 
 @dataclass(frozen=True)
+class KvLayer:
+    """One layer's KV cache as llama.cpp allocates it, per cell (cached token): the K and V row
+    widths (``n_embd_k_gqa(il)``, ``n_embd_v_gqa(il)``: head size x KV heads) and the window of a
+    sliding-window layer (None: it keeps the whole context)."""
+
+    k: int
+    v: int
+    window: int | None = None
+
+
+@dataclass(frozen=True)
 class ArchSpec:
     """One supported architecture: data first, hooks for what differs."""
 
@@ -294,6 +305,17 @@ class ArchSpec:
     def swa_layers(self, c: TextConfig) -> tuple[int | None, int]:
         """(window, number of layers llama.cpp runs with it): its KV cache keeps only the window."""
         return None, 0
+
+    def kv_layers(self, c: TextConfig) -> tuple[KvLayer, ...]:
+        """The KV cache each layer holds in llama.cpp, one entry per layer that has one (a
+        recurrent or convolution layer, or one reusing another layer's KV, has none): the
+        profiler's memory model. Default: every non-recurrent layer alike, ``num_kv_heads x
+        head_dim`` for K and V, the first :meth:`swa_layers` of them with the window (only the
+        count matters to the sizes)."""
+        window, local = self.swa_layers(c)
+        kv = c.num_kv_heads * c.head_dim
+        n = c.num_layers - self.recurrent_layers(c)
+        return tuple(KvLayer(kv, kv, window if i < local else None) for i in range(n))
 
     # -- hooks ------------------------------------------------------------------------
     def write_hparams(self, w: gguf.GGUFWriter, c: TextConfig) -> None:

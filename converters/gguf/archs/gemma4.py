@@ -47,7 +47,7 @@ import numpy as np
 
 from edgekit.errors import InputError
 
-from .base import VISION_LANGUAGE_LAYOUT, ArchSpec, TextConfig
+from .base import VISION_LANGUAGE_LAYOUT, ArchSpec, KvLayer, TextConfig
 from .gemma3 import GEMMA_NORMS
 
 if TYPE_CHECKING:
@@ -195,6 +195,21 @@ class Gemma4Spec(ArchSpec):
 
     def swa_layers(self, c: TextConfig) -> tuple[int | None, int]:
         return int(c.raw.get("sliding_window") or 512), sum(1 for t in layout(c).types if t == SLIDING)
+
+    def kv_layers(self, c: TextConfig) -> tuple[KvLayer, ...]:
+        """What llama.cpp's gemma4 caches (``llama_kv_cache_iswa``, src/llama-kv-cache.cpp): the layers
+        before the shared ones only (``has_kv``: ``n_layer_kv_from_start``); per layer its type's head
+        size (``key_length`` / ``key_length_swa``) x its own KV heads; a full layer whose keys are its
+        values (no ``attn_v``) still gets a V row of the same width (the cache always allocates V,
+        the graph stores K there); sliding layers keep the window."""
+        lay, window = layout(c), self.swa_layers(c)[0]
+        swa_hd = next((d for d, t in zip(lay.head_dim, lay.types, strict=True) if t == SLIDING), c.head_dim)
+        out = []
+        for t, kv_heads, has_kv in zip(lay.types, lay.kv_heads, lay.has_kv, strict=True):
+            if has_kv:
+                width = kv_heads * (swa_hd if t == SLIDING else lay.full_head_dim)
+                out.append(KvLayer(width, width, window if t == SLIDING else None))
+        return tuple(out)
 
     def gguf_name(self, tmap: gguf.TensorNameMap, hf_name: str) -> str | None:
         name = super().gguf_name(tmap, hf_name)
