@@ -68,6 +68,8 @@ def quantization_config(settings: GPTQSettings) -> dict[str, Any]:
         "true_sequential": True, "static_groups": False, "checkpoint_format": "gptq",
         "modules_in_block_to_quantize": None, "model_name_or_path": None, "model_file_base_name": None,
         "meta": {"quantizer": [f"edgekit:{__version__}", "llmcompressor"], "act_order": settings.act_order},
+        # Linears left in float, as GPTQModel reads them (a "-:" pattern excludes the modules it matches)
+        **({"dynamic": {f"-:{p}": {} for p in settings.float_linears}} if settings.float_linears else {}),
     }
 
 
@@ -196,7 +198,7 @@ def float_model_from(model_dir: Path, config: dict[str, Any], weights: dict[str,
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    cfg = dict(config)
+    cfg = _special_floats(dict(config))
     cfg.pop("quantization_config", None)
     hf_config = AutoConfig.for_model(**{k: v for k, v in cfg.items() if k != "architectures"})
     hf_config.architectures = cfg.get("architectures")
@@ -214,6 +216,22 @@ def float_model_from(model_dir: Path, config: dict[str, Any], weights: dict[str,
         model.tie_weights()
     model.eval()
     return model
+
+
+_FLOATS = {"Infinity": float("inf"), "-Infinity": float("-inf"), "NaN": float("nan")}
+
+
+def _special_floats(obj: Any) -> Any:
+    """config.json's non-JSON floats back as floats: transformers writes ``inf`` as
+    ``{"__float__": "Infinity"}`` (Granite 4's ``time_step_limit``), which ``AutoConfig.for_model``
+    does not decode (``from_pretrained`` does)."""
+    if isinstance(obj, dict):
+        if set(obj) == {"__float__"} and obj["__float__"] in _FLOATS:
+            return _FLOATS[obj["__float__"]]
+        return {k: _special_floats(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_special_floats(v) for v in obj]
+    return obj
 
 
 def _assemble_parts(model: Any, state: dict[str, Any], config: dict[str, Any]) -> None:

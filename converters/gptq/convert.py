@@ -54,6 +54,8 @@ from .engine import (
     DEFAULT_ACT_ORDER,
     DEFAULT_GROUP_SIZE,
     GPTQSettings,
+    float_linears,
+    kept_float,
     linearize_experts,
     quantized_linear_names,
     quiet_llmcompressor,
@@ -102,7 +104,7 @@ def resolve_bits(quants: str | list[str] | None, bits: int) -> int:
     return named
 
 
-def check_group_size(source: SourceModel, group_size: int, bits: int) -> None:
+def check_group_size(source: SourceModel, group_size: int, bits: int, keep: tuple[str, ...] = ()) -> None:
     """Every quantized Linear needs in % group == 0 and (for packing) in, out % (32/bits) == 0."""
     check_group_value(group_size)
     per_word = 32 // bits
@@ -110,7 +112,7 @@ def check_group_size(source: SourceModel, group_size: int, bits: int) -> None:
     widths: list[int] = []
     for info in source.iter_infos():
         m = _LINEAR_WEIGHT.match(info.name)
-        if not m or len(info.shape) != 2 or info.name.endswith(_ROUTERS):
+        if not m or len(info.shape) != 2 or info.name.endswith(_ROUTERS) or kept_float(m.group("mod"), keep):
             continue
         out_f, in_f = info.shape
         widths.append(in_f)
@@ -243,7 +245,6 @@ def convert_gptq(
     """Quantize with GPTQ, write a classic GPTQ checkpoint directory, verify it, compare with RTN."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     bits = check_bits(resolve_bits(quants, bits))
-    settings = GPTQSettings(bits=bits, group_size=group_size, act_order=act_order)
     timer = timer or StepTimer()
     if threads:
         import torch
@@ -252,8 +253,10 @@ def convert_gptq(
 
     # Everything that can be wrong with the input is found before anything is written.
     inputs = open_inputs(model_dir, adapter_dir, timer, prepared, quality, fmt="gptq")
+    settings = GPTQSettings(bits=bits, group_size=group_size, act_order=act_order,
+                            float_linears=float_linears(inputs.source.config))
     with timer.step("check gptq inputs"):
-        check_group_size(inputs.source, group_size, bits)
+        check_group_size(inputs.source, group_size, bits, settings.float_linears)
         check_window(samples, seq_len, inputs.source.config.get("max_position_embeddings"))
         from transformers import AutoTokenizer
 
@@ -280,7 +283,7 @@ def convert_gptq(
                 report(progress, "load", "source model in float32" + (" + LoRA merge" if inputs.adapter else ""))
                 model = _load_float_model(model_dir, inputs.adapter)
                 linearize_experts(model)  # a MoE's 3-D experts as Linears (nothing for a dense model)
-            float_tensors = _float_tensors(model, quantized_linear_names(model))
+            float_tensors = _float_tensors(model, quantized_linear_names(model, settings.float_linears))
             with timer.step("gptq"):
                 report(progress, "gptq", f"{scheme}, act-order {'on' if act_order else 'off'}, llmcompressor")
                 quantized = run_gptq(model, calib.windows, settings, progress)

@@ -44,6 +44,11 @@ log = logging.getLogger(__name__)
 
 INSTALL = 'pip install "edgekit[gptq]"  (or: pip install llmcompressor==0.14.0.1 torch==2.13.0 transformers==5.17.0)'
 IGNORE = ["lm_head"]  # the output head stays float, as in every GPTQ checkpoint
+# Linears a family's GPTQ practice keeps in float (full-match regexes on module names), by spec name.
+# Qwen3.5's gated delta-net: llmcompressor's own Qwen3.5 / Qwen3-Next recipes ignore "re:.*linear_attn.*"
+# (the decay and beta gates in_proj_a/in_proj_b are one row per value head, too narrow for int4 packing,
+# and vLLM's Qwen3.5 loaders expect the delta-net unquantized); its full attention and MLPs are quantized.
+FLOAT_LINEARS: dict[str, tuple[str, ...]] = {"qwen35": (r".*\.linear_attn\..*",)}
 # Defaults chosen on benchmarks/gptq_domains.py (GPTQ vs RTN, calibrated on one text domain and scored
 # on others, on the demo model and on Gemma 3 270M).
 # Fraction of the mean Hessian diagonal added before inversion. Gemma 3 270M calibrated on 16 x 256 code
@@ -65,6 +70,7 @@ class GPTQSettings:
     group_size: int = DEFAULT_GROUP_SIZE  # -1: one group per row (per-channel)
     act_order: bool = DEFAULT_ACT_ORDER
     dampening: float = DAMPENING
+    float_linears: tuple[str, ...] = ()  # module-name regexes left in float (FLOAT_LINEARS)
 
     def weights_args(self) -> dict[str, Any]:
         grouped = self.group_size > 0
@@ -186,10 +192,22 @@ def linearize_experts(model: Any) -> None:
             linearize_moe(model)
 
 
-def quantized_linear_names(model: Any) -> list[str]:
+def float_linears(config: dict[str, Any]) -> tuple[str, ...]:
+    """The Linears this architecture's GPTQ practice keeps in float (FLOAT_LINEARS)."""
+    from ..gguf.archs import spec_for
+
+    return FLOAT_LINEARS.get(spec_for(config).name, ())
+
+
+def kept_float(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(re.fullmatch(p, name) for p in patterns)
+
+
+def quantized_linear_names(model: Any, keep: tuple[str, ...] = ()) -> list[str]:
     import torch
 
-    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n.split(".")[-1] not in IGNORE]
+    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+            and n.split(".")[-1] not in IGNORE and not kept_float(n, keep)]
 
 
 def run_gptq(model: Any, windows: list[list[int]], settings: GPTQSettings,
@@ -198,7 +216,7 @@ def run_gptq(model: Any, windows: list[list[int]], settings: GPTQSettings,
     require_llmcompressor()
     from datasets import Dataset
 
-    names = quantized_linear_names(model)
+    names = quantized_linear_names(model, settings.float_linears)
     seq_len = max(len(w) for w in windows)
     dataset = Dataset.from_dict({"input_ids": windows, "attention_mask": [[1] * len(w) for w in windows]})
     # No shuffling: the Hessians are float sums whose order changes GPTQ's rounding, so a
@@ -209,7 +227,7 @@ def run_gptq(model: Any, windows: list[list[int]], settings: GPTQSettings,
         from llmcompressor.modifiers.gptq import GPTQModifier
 
         recipe = GPTQModifier(
-            ignore=IGNORE, dampening_frac=settings.dampening,
+            ignore=IGNORE + [f"re:{p}" for p in settings.float_linears], dampening_frac=settings.dampening,
             actorder="weight" if settings.act_order else None,
             config_groups={"group_0": {"targets": ["Linear"], "weights": settings.weights_args()}},
         )

@@ -396,9 +396,7 @@ SPEC = GraniteHybridSpec(
     gguf_arch="GRANITE_HYBRID",
     permute_qk=True,
     required=("embedding_multiplier", "residual_multiplier", "attention_multiplier", "logits_scaling"),
-    formats=("gguf",),
+    formats=("gguf", "gptq"),
     why_not=(("onnx", "ONNX Runtime GenAI 0.18's builder has no Mamba-2 layers (it builds a GraniteMoeHybrid's "
-                      "attention layers only, and fails on a hybrid's first Mamba layer)"),
-             ("gptq", "edgekit does not yet run Granite 4's Mamba layers through llmcompressor's sequential "
-                      "pipeline")),
+                      "attention layers only, and fails on a hybrid's first Mamba layer)"),),
 )

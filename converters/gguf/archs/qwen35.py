@@ -316,11 +316,9 @@ SPEC = Qwen35Spec(
     hf_architectures=("Qwen3_5ForCausalLM",),
     gguf_arch="QWEN35",
     required=("linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim", "linear_value_head_dim"),
-    formats=("gguf",),
+    formats=("gguf", "gptq"),
     why_not=(("onnx", "edgekit does not yet verify Qwen3.5's ONNX build (ONNX Runtime GenAI's builder takes "
-                      "Qwen3_5ForConditionalGeneration only; its delta-net states in genai_config.json are unchecked)"),
-             ("gptq", "edgekit does not yet run Qwen3.5's gated delta-net layers through llmcompressor's "
-                      "sequential pipeline")),
+                      "Qwen3_5ForConditionalGeneration only; its delta-net states in genai_config.json are unchecked)"),),
 )
 
 # Qwen3_5ForConditionalGeneration (every Qwen3.5 on the hub): the language model under
