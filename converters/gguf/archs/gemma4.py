@@ -259,8 +259,9 @@ SPEC = Gemma4Spec(
     formats=("gguf",),
     why_not=(("onnx", "edgekit does not yet build Gemma 4 through ONNX Runtime GenAI (its builder takes "
                       "Gemma4ForConditionalGeneration only; per-layer embeddings and shared KV are unverified)"),
-             ("gptq", "edgekit does not yet run Gemma 4 (per-layer embeddings, shared KV) through llmcompressor's "
-                      "sequential pipeline")),
+             ("gptq", "llmcompressor 0.14's sequential pipeline cannot run Gemma 4: its model-level per-layer "
+                      "input projection gets no weight statistics ('No statistics available'), and the KV-sharing "
+                      "layers lose the keys/values they reuse between pipeline stages (KeyError in shared_kv_states)")),
 )
 
 # Gemma4ForConditionalGeneration (the hub's Gemma 4 checkpoints): the language model under
