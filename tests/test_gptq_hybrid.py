@@ -9,7 +9,9 @@ its delta-net left in float as llmcompressor's own Qwen3.5 recipes leave it
 (converters/gptq/engine.py FLOAT_LINEARS) -- while the state tensors (conv kernels, ``A_log``,
 ``D``, ``dt_bias``, norms) stay float; the checkpoint computes what its own dequantized weights
 say (edgekit's verifier); and GPTQ's error compensation moved codes off round-to-nearest in every
-quantized matrix. Calibration 8 windows of 64 tokens.
+quantized matrix. Calibration 8 windows of 64 tokens. Granite 4 with experts is refused in one line
+before anything is written (its fused experts have no GPTQ checkpoint layout yet). Gemma 4 is not
+here: llmcompressor's sequential pipeline cannot run it (its spec's why_not says why).
 """
 
 from __future__ import annotations
@@ -85,3 +87,18 @@ def test_hybrid_gptq_quantizes_the_projections_and_verifies(family: str, bpe_tok
     for name, t in ckpt.quantized.items():
         codes = unpack_linear(t).codes
         assert not np.array_equal(codes, rtn_quantize(weights.float32(f"{name}.weight"), 4, 128).codes), name
+
+
+def test_granite4_with_experts_is_refused_before_anything_is_written(bpe_tok: Path, tmp_path: Path) -> None:
+    """llmcompressor would quantize Granite 4's linearized experts, but the GPTQ checkpoint has no layout for
+    its fused experts yet: one line, before the model is loaded, nothing written."""
+    from test_archs_granite4 import build_granite4
+
+    from edgekit.errors import UnsupportedArchitectureError
+
+    src = build_granite4(bpe_tok, tmp_path / "src", types=["mamba", "attention"], experts=4)
+    out = tmp_path / "out"
+    with pytest.raises(UnsupportedArchitectureError, match="Granite 4 with experts") as e:
+        convert_gptq(src, out, name="moe", samples=8, seq_len=64, quality=FAST)
+    assert "\n" not in e.value.one_line() and "--to gguf" in e.value.one_line()
+    assert not out.exists() or not any(out.iterdir())

@@ -54,6 +54,7 @@ from .engine import (
     DEFAULT_ACT_ORDER,
     DEFAULT_GROUP_SIZE,
     GPTQSettings,
+    check_variant,
     float_linears,
     kept_float,
     linearize_experts,
@@ -253,6 +254,7 @@ def convert_gptq(
 
     # Everything that can be wrong with the input is found before anything is written.
     inputs = open_inputs(model_dir, adapter_dir, timer, prepared, quality, fmt="gptq")
+    check_variant(inputs.source.config)
     settings = GPTQSettings(bits=bits, group_size=group_size, act_order=act_order,
                             float_linears=float_linears(inputs.source.config))
     with timer.step("check gptq inputs"):

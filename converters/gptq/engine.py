@@ -29,13 +29,13 @@ import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from edgekit.errors import DependencyError, EdgekitError, InputError
+from edgekit.errors import DependencyError, EdgekitError, InputError, UnsupportedArchitectureError
 from edgekit.progress import ProgressFn, duration_text, report, time_left
 
 from .rtn import QuantizedLinear, on_grid
@@ -49,6 +49,15 @@ IGNORE = ["lm_head"]  # the output head stays float, as in every GPTQ checkpoint
 # (the decay and beta gates in_proj_a/in_proj_b are one row per value head, too narrow for int4 packing,
 # and vLLM's Qwen3.5 loaders expect the delta-net unquantized); its full attention and MLPs are quantized.
 FLOAT_LINEARS: dict[str, tuple[str, ...]] = {"qwen35": (r".*\.linear_attn\..*",)}
+# Variants of a GPTQ family edgekit refuses, by spec name: (config -> refused?, why). Granite 4's experts
+# are fused 3-D parameters in the hub checkpoint (block_sparse_moe.input_linear [E, 2*ff, h]); llmcompressor
+# linearizes and quantizes them, but a GPTQ checkpoint has no per-expert layout edgekit can write for them
+# that transformers reads back, and the router (router.layer, one row per expert) is a Linear too.
+GPTQ_REFUSED: dict[str, tuple[Callable[[dict[str, Any]], bool], str]] = {
+    "granite4": (lambda cfg: bool(cfg.get("num_local_experts")),
+                 "Granite 4 with experts (granite-4.0-h-tiny/-small) cannot be converted to gptq: edgekit's GPTQ "
+                 "checkpoint has no layout for its fused experts (block_sparse_moe.input_linear/output_linear) yet"),
+}
 # Defaults chosen on benchmarks/gptq_domains.py (GPTQ vs RTN, calibrated on one text domain and scored
 # on others, on the demo model and on Gemma 3 270M).
 # Fraction of the mean Hessian diagonal added before inversion. Gemma 3 270M calibrated on 16 x 256 code
@@ -197,6 +206,18 @@ def float_linears(config: dict[str, Any]) -> tuple[str, ...]:
     from ..gguf.archs import spec_for
 
     return FLOAT_LINEARS.get(spec_for(config).name, ())
+
+
+def check_variant(config: dict[str, Any]) -> None:
+    """Refuse a variant of a GPTQ family edgekit cannot write (GPTQ_REFUSED), in one line."""
+    from ..gguf.archs import spec_for
+
+    name = spec_for(config).name
+    refused = GPTQ_REFUSED.get(name)
+    if refused is not None and refused[0](config):
+        err = UnsupportedArchitectureError(name, [])
+        err.message, err.hint = refused[1], "convert it to GGUF (--to gguf / to=\"gguf\"); dense Granite 4 converts to gptq"
+        raise err
 
 
 def kept_float(name: str, patterns: tuple[str, ...]) -> bool:
