@@ -257,8 +257,9 @@ SPEC = Gemma4Spec(
     add_space_prefix=False,
     layer_norms=GEMMA_NORMS,
     formats=("gguf",),
-    why_not=(("onnx", "edgekit does not yet build Gemma 4 through ONNX Runtime GenAI (its builder takes "
-                      "Gemma4ForConditionalGeneration only; per-layer embeddings and shared KV are unverified)"),
+    why_not=(("onnx", "ONNX Runtime GenAI 0.18's builder takes Gemma4ForConditionalGeneration only, and fails on "
+                      "it under transformers 5.17: it reads num_key_value_heads globally, a per-layer attribute of "
+                      "Gemma 4's config (AmbiguousGlobalPerLayerAttributeError)"),
              ("gptq", "llmcompressor 0.14's sequential pipeline cannot run Gemma 4: its model-level per-layer "
                       "input projection gets no weight statistics ('No statistics available'), and the KV-sharing "
                       "layers lose the keys/values they reuse between pipeline stages (KeyError in shared_kv_states)")),

@@ -317,8 +317,9 @@ SPEC = Qwen35Spec(
     gguf_arch="QWEN35",
     required=("linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim", "linear_value_head_dim"),
     formats=("gguf", "gptq"),
-    why_not=(("onnx", "edgekit does not yet verify Qwen3.5's ONNX build (ONNX Runtime GenAI's builder takes "
-                      "Qwen3_5ForConditionalGeneration only; its delta-net states in genai_config.json are unchecked)"),),
+    why_not=(("onnx", "ONNX Runtime GenAI 0.18's builder takes Qwen3_5ForConditionalGeneration only, and the CPU graph "
+                      "it built for a tiny one disagreed with transformers from the first token (logits off by up "
+                      "to 4.1 of 3.1): edgekit's verification would refuse it"),),
 )
 
 # Qwen3_5ForConditionalGeneration (every Qwen3.5 on the hub): the language model under
