@@ -65,11 +65,58 @@ def granite4_config() -> dict[str, Any]:
     return cfg
 
 
+# Qwen3.5-0.8B's text stack (from memory of its config.json: the linear-attention head counts and the
+# MLP width are the least certain): gated delta-net with 16 key and 16 value heads of 128, a full
+# attention layer every 4th (8 heads of 256, 2 KV heads), vocabulary 248320, embeddings tied
+QWEN35_0_8B = dict(hidden_size=1024, intermediate_size=3584, num_hidden_layers=24, num_attention_heads=8,
+                   num_key_value_heads=2, head_dim=256, vocab_size=248320, max_position_embeddings=262144,
+                   linear_num_key_heads=16, linear_num_value_heads=16, linear_key_head_dim=128,
+                   linear_value_head_dim=128, linear_conv_kernel_dim=4, tie_word_embeddings=True, bos_token_id=1,
+                   eos_token_id=2, pad_token_id=0)
+
+
+def qwen35_config() -> dict[str, Any]:
+    import transformers as T
+
+    n = int(QWEN35_0_8B["num_hidden_layers"])
+    types = ["full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(n)]
+    cfg: dict[str, Any] = T.Qwen3_5TextConfig(**QWEN35_0_8B, layer_types=types).to_dict()
+    cfg.update(architectures=["Qwen3_5ForCausalLM"], torch_dtype="bfloat16")
+    return cfg
+
+
+# Gemma 4 E2B's text stack (from memory: the full layers' head size 512 and the MLP width are the least
+# certain): hidden 1536, 8 heads, 1 KV head of 256 on the sliding layers (window 512), a full layer every
+# 5th, per-layer embeddings of 256, the MLP double wide on the KV-sharing layers, vocabulary 262144.
+# E2B has 35 layers, the last 20 sharing KV; its per-layer embedding table (vocab x layers x 256) alone is
+# 2.3B parameters, so the benchmark keeps the first 10 layers (2 full) with the last 5 sharing KV
+GEMMA4_E2B_LAYERS, GEMMA4_E2B_SHARED = 10, 5
+GEMMA4_E2B = dict(hidden_size=1536, intermediate_size=6144, num_hidden_layers=GEMMA4_E2B_LAYERS, num_attention_heads=8,
+                  num_key_value_heads=1, head_dim=256, global_head_dim=512, attention_k_eq_v=False,
+                  vocab_size=262144, vocab_size_per_layer_input=262144, hidden_size_per_layer_input=256,
+                  num_kv_shared_layers=GEMMA4_E2B_SHARED, use_double_wide_mlp=True, sliding_window=512,
+                  max_position_embeddings=131072, final_logit_softcapping=30.0, tie_word_embeddings=True,
+                  bos_token_id=2, eos_token_id=1, pad_token_id=0)
+
+
+def gemma4_config() -> dict[str, Any]:
+    import transformers as T
+
+    types = ["full_attention" if (i + 1) % 5 == 0 else "sliding_attention" for i in range(GEMMA4_E2B_LAYERS)]
+    cfg: dict[str, Any] = T.Gemma4TextConfig(**GEMMA4_E2B, layer_types=types).to_dict()
+    cfg.update(architectures=["Gemma4ForCausalLM"], torch_dtype="bfloat16")
+    return cfg
+
+
 # family -> (the real checkpoint whose shape it has, its config.json as transformers writes it)
 FAMILIES: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {
     "lfm2": (f"LFM2-350M ({len(LFM2_350M_ATTENTION)} of 16 layers attention)", lfm2_config),
     "granite4": (f"Granite-4.0-H-350M-sized ({len(GRANITE4_ATTENTION)} of 32 layers attention, the rest Mamba-2)",
                  granite4_config),
+    "qwen35": ("Qwen3.5-0.8B-sized text stack (6 of 24 layers full attention, the rest gated delta-net)",
+               qwen35_config),
+    "gemma4": (f"Gemma-4-E2B-sized text stack, {GEMMA4_E2B_LAYERS} of its 35 layers (2 full, the last "
+               f"{GEMMA4_E2B_SHARED} sharing KV)", gemma4_config),
 }
 # what each family is converted to: (label, edgekit convert arguments)
 CONVERSIONS = (("gguf f16", ["-q", "f16"]), ("gguf q4_k_m", ["-q", "q4_k_m"]), ("onnx int4", ["--to", "onnx", "-q", "int4"]))

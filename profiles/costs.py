@@ -345,7 +345,7 @@ def extra_buffer_bytes(shapes: ModelShapes, types: dict[str, str], isa: tuple[st
               else _REPACK_ARM if {"asimddp", "dotprod"} & flags else set())
     # ggml repacks a matrix in blocks of 8 rows (4 for IQ4_NL on Arm): others stay in place
     return sum(tensor_bytes(t.ne, types[t.name]) for t in shapes.tensors
-               if t.is_matrix and t.name != "token_embd.weight" and types[t.name] in repack
+               if t.is_matrix and t.name != "token_embd.weight" and not shapes.is_lookup(t.name) and types[t.name] in repack
                and len(t.ne) >= 2 and t.ne[1] % 8 == 0)
 
 

@@ -92,6 +92,11 @@ class ModelShapes:
         """Layers that keep a KV cache (all but the recurrent/convolution ones)."""
         return self.config.num_layers - self.recurrent_layers
 
+    def is_lookup(self, name: str) -> bool:
+        """A table a token reads one row of (``ggml_get_rows``), not a matrix it multiplies by: a
+        separate embedding (a tied one is the LM head too) and Gemma 4's per-layer embeddings."""
+        return name in LOOKUP_TABLES or (name == "token_embd.weight" and self.has_output)
+
     def read_fraction(self, t: TensorShape) -> float:
         """The share of a tensor one decoded token reads: an expert tensor (``ffn_*_exps``,
         ``ne[2]`` = experts) is read for the router's top-k experts only; everything else whole."""
@@ -103,13 +108,12 @@ class ModelShapes:
     def matmul_params(self) -> int:
         """Parameters multiplied per generated token (everything but the embedding lookup; of
         each expert tensor only the active experts)."""
-        return round(sum(t.numel * self.read_fraction(t) for t in self.tensors
-                         if t.name != "token_embd.weight" or not self.has_output))
+        return round(sum(t.numel * self.read_fraction(t) for t in self.tensors if not self.is_lookup(t.name)))
 
     def decode_matrices(self) -> list[TensorShape]:
         """The weight matrices a generated token multiplies by: all but a separate embedding
         (a tied one is the LM head too)."""
-        return [t for t in self.tensors if t.is_matrix and (t.name != "token_embd.weight" or not self.has_output)]
+        return [t for t in self.tensors if t.is_matrix and not self.is_lookup(t.name)]
 
 
 def model_shapes(config: dict[str, Any]) -> ModelShapes:
@@ -136,6 +140,8 @@ def model_shapes(config: dict[str, Any]) -> ModelShapes:
                        kv_layers=spec.kv_layers(c))
 
 
+# tables read a row per token besides the embedding (llama.cpp's gemma4 loads this one TENSOR_READ_LAZY)
+LOOKUP_TABLES = frozenset({"per_layer_token_embd.weight"})
 _BASE_TYPES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}  # config.json's dtype -> GGUF type
 
 
@@ -190,13 +196,13 @@ class WeightPlan:
 
 def plan_for_types(shapes: ModelShapes, types: dict[str, str]) -> WeightPlan:
     """The bytes of a GGUF holding these tensor types: memory holds all of them; a generated token
-    reads all but a separate embedding (a tied one is the LM head too), and of each expert tensor
+    reads all but the lookup tables (:meth:`ModelShapes.is_lookup`), and of each expert tensor
     only the active experts' share."""
     total = per_token = skipped = 0.0
     for t in shapes.tensors:
         size = tensor_bytes(t.ne, types[t.name])
         total += size
-        if t.name != "token_embd.weight" or not shapes.has_output:
+        if not shapes.is_lookup(t.name):
             per_token += size * shapes.read_fraction(t)
             skipped += size * (1 - shapes.read_fraction(t))
     return WeightPlan(int(total), round(per_token), types, round(skipped))

@@ -118,6 +118,21 @@ def test_gemma4_kv_layers_are_llama_cpps(gemma4_gguf: tuple[Path, dict[str, Any]
     assert abs(shapes.kv_cache_bytes(s, n_ctx, v_trans=True, swa_full=True) / MIB - base[0] - sliding[0]) <= 0.01
 
 
+def test_gemma4_per_layer_embeddings_are_a_lookup(gemma4_gguf: tuple[Path, dict[str, Any]]) -> None:
+    """A decoded token reads one row of the per-layer embedding table (llama.cpp's get_rows), as of the
+    token embedding; the tied embedding is the LM head and read whole."""
+    from edgekit.converters.gguf.inspect import read_gguf
+
+    path, config = gemma4_gguf
+    s = shapes.model_shapes(config)
+    in_file = {t.name: t for t in read_gguf(path).tensors}
+    assert "per_layer_token_embd.weight" in in_file and "output.weight" not in in_file
+    plan = shapes.gguf_weights(s, "f16")
+    ple = next(t for t in s.tensors if t.name == "per_layer_token_embd.weight")
+    assert plan.per_token_bytes == plan.total_bytes - shapes.tensor_bytes(ple.ne, plan.types[ple.name])
+    assert ple not in s.decode_matrices() and "token_embd.weight" in {t.name for t in s.decode_matrices()}
+
+
 def test_qwen35_state_and_kv_are_llama_cpps(qwen_tok: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """16 sequences: 0.38 MiB of conv history (a kernel of K instead of K - 1: 0.5) and 8 MiB of
     delta-net state (key heads instead of value heads: 4)."""
