@@ -403,16 +403,23 @@ def estimate(shapes: ModelShapes, weights: WeightPlan, runtime: Runtime, backend
         # llama-cpp-python's CPU default leaves it off, and only touched pages count there.
         buffers = llamacpp_compute_buffer(shapes, cells, flash_attn=not cpu, n_outputs=1 if cpu else None)
         v_trans = cpu  # no flash attention: V stored transposed, padded to the widest layer's
+        # edgekit's runtime keeps llama.cpp's default swa_full = true (llama-cpp-python passes it on):
+        # sliding layers cache the whole context, and attention runs over every used cell under a
+        # mask. Not false: llama-cpp-python reuses a cached prefix by truncating the cache, which a
+        # window-sized cache cannot give back (llama.cpp's server re-processes the prompt instead).
+        swa_full = True
     else:
         kv_dtype = 2 if backend is Backend.CUDA or onnx_precision is OnnxPrecision.FP16 else 4
         cells = ctx
         buffers = onnx_buffers(shapes, ctx)
         v_trans = False
-    kv = kv_cache_bytes(shapes, cells, kv_dtype, v_trans=v_trans)
+        swa_full = False  # ONNX Runtime GenAI's sliding window keeps the window
+    kv = kv_cache_bytes(shapes, cells, kv_dtype, v_trans=v_trans, swa_full=swa_full)
     state = recurrent_state_bytes(shapes)  # f32 in llama.cpp, one sequence; read and rewritten each token
     overhead = int(RUNTIME_OVERHEAD_GIB[(runtime, backend)][0] * GIB)
     fill = ctx // 2 if kv_fill is None else kv_fill
-    per_token = weights.per_token_bytes + kv_cache_bytes(shapes, max(fill, 1), kv_dtype, v_trans=v_trans) + state
+    per_token = (weights.per_token_bytes + kv_cache_bytes(shapes, max(fill, 1), kv_dtype, v_trans=v_trans,
+                                                          swa_full=swa_full) + state)
     # the cache sees every weight tokens cycle through: a MoE's experts change from token to token,
     # so its working set is all of them although one token reads only the routed ones
     working = per_token + weights.cycled_bytes

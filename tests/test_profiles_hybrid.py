@@ -151,3 +151,30 @@ def test_qwen35_state_and_kv_are_llama_cpps(qwen_tok: Path, tmp_path: Path, capl
     conv, state = (x * n_linear * 4 * n_seq / MIB for x in ((KERNEL - 1) * CONV_DIM, LIN_DIM * LIN_DIM * V_HEADS))
     assert abs(conv - float(rs[1])) <= HALF and abs(state - float(rs[2])) <= HALF
     assert abs(shapes.recurrent_state_bytes(s, n_seq) / MIB - float(rs[1]) - float(rs[2])) <= 0.01
+
+
+def test_edgekit_runtime_allocates_what_the_profiler_counts(gemma4_gguf: tuple[Path, dict[str, Any]],
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """edgekit's llama.cpp session keeps llama.cpp's defaults (no flash attention on the CPU, and
+    swa_full: the sliding layers cache the whole context), which is what profiles.costs counts."""
+    import edgekit
+    from edgekit.runtimes.llama_env import route_llama_logs
+
+    path, config = gemma4_gguf
+    s = shapes.model_shapes(config)
+    route_llama_logs()
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="edgekit.llama_cpp")
+    n_ctx = 1024
+    with edgekit.load(path, n_ctx=n_ctx, n_threads=1):
+        text = "\n".join(r.getMessage() for r in caplog.records)
+    caches = _kv_lines(text)
+    assert len(caches) == 2 and all(c[1] == n_ctx for c in caches), text[-2000:]  # full context on both
+    assert abs(shapes.kv_cache_bytes(s, n_ctx, v_trans=True, swa_full=True) / MIB - sum(c[0] for c in caches)) <= 0.01
+    # and the estimate's KV for a llama.cpp candidate on a CPU is that cache
+    from edgekit.profiles.costs import estimate, pad_ctx
+    from edgekit.profiles.schema import Backend, Runtime
+    from edgekit.profiles.store import get_profile
+
+    cost = estimate(s, shapes.gguf_weights(s, "f16"), Runtime.LLAMA_CPP, Backend.CPU, get_profile("x86-laptop-ddr5"), ctx=n_ctx)
+    assert cost.kv_bytes == shapes.kv_cache_bytes(s, pad_ctx(n_ctx), v_trans=True, swa_full=True)
