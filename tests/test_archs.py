@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _family import save_with_tokenizer
 from conftest import HEAD_DIM, HEADS, HIDDEN, INIT_STD, INTERMEDIATE, KV_HEADS, VOCAB
 
 from edgekit.converters.gguf.archs import (
@@ -126,11 +127,7 @@ def build_family(family: str, tokenizer_dir: Path, out: Path, seed: int = 0) -> 
                 p.add_(torch.randn_like(p) * 0.1)
             elif family in SHARP_ATTENTION and name.endswith(("q_proj.weight", "k_proj.weight")):
                 p.mul_(SHARP_ATTENTION[family])
-    model.save_pretrained(out)
-    for f in tokenizer_dir.iterdir():
-        if f.is_file():
-            shutil.copy(f, out / f.name)
-    return out
+    return save_with_tokenizer(model, tokenizer_dir, out)
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _family import save_with_tokenizer, shared_inputs, verified_by_quant
 from conftest import HIDDEN, INIT_STD, INTERMEDIATE, VOCAB
 
 from edgekit.converters.gguf.archs import TextConfig, gemma4, spec_for
@@ -80,11 +81,7 @@ def build_gemma4(tokenizer_dir: Path, out: Path, seed: int = 0, cls: str = "Gemm
         for name, b in model.named_buffers():
             if name.endswith("layer_scalar"):  # a checkpoint's own scale, not the constructed 1
                 b.copy_(torch.empty_like(b).uniform_(0.5, 1.5))
-    model.save_pretrained(out)
-    for f in tokenizer_dir.iterdir():
-        if f.is_file():
-            shutil.copy(f, out / f.name)
-    return out
+    return save_with_tokenizer(model, tokenizer_dir, out)
 
 
 @pytest.fixture(scope="module")
@@ -94,23 +91,14 @@ def gemma4_model(tmp_path_factory: pytest.TempPathFactory, bpe_tok: Path) -> Pat
 
 @pytest.fixture(scope="module")
 def gemma4_inputs(gemma4_model: Path) -> Any:
-    """One transformers reference shared by the conversions of this module."""
-    from edgekit.converters.pipeline import open_inputs
-    from edgekit.progress import StepTimer
-
-    return open_inputs(gemma4_model, None, StepTimer(), quality=FAST)
+    return shared_inputs(gemma4_model, FAST)
 
 
 def test_gemma4_gguf_matches_transformers(gemma4_model: Path, gemma4_inputs: Any, tmp_path: Path) -> None:
     res = convert_gguf(gemma4_model, tmp_path, "f16,q4_k_m", name=NAME, prepared=gemma4_inputs, quality=FAST)
-    by_quant = {a.quant: (a, rep) for a, rep in zip(res.artifacts, res.reports, strict=True)}
-    for quant, (_, rep) in by_quant.items():
-        assert rep.passed, (quant, rep.failures)
-        assert rep.token_mismatches == []
-    f16 = by_quant["f16"][1].metrics
     # f16 activation rounding alone (the same on every x86 CPU) gives rel. error ~1e-3 and KL ~1e-6
     # (measured 0.0012, 4.3e-7; q4_k_m against its own weights 0.037)
-    assert f16 is not None and f16.rel_err < 0.05 and f16.mean_kl < 1e-3
+    by_quant = verified_by_quant(res)
 
     for art, _ in by_quant.values():
         summary = read_gguf(tmp_path / art.file)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _family import save_with_tokenizer, shared_inputs, verified_by_quant
 from conftest import HEADS, HIDDEN, INIT_STD, KV_HEADS, VOCAB
 
 from edgekit.converters.gguf.archs import TextConfig, granitehybrid, spec_for
@@ -71,11 +72,7 @@ def build_granite4(tokenizer_dir: Path, out: Path, seed: int = 0, **config: Any)
                 p.add_(torch.randn_like(p) * 0.3)
             elif name.endswith("conv1d.weight"):  # kernels large enough that their layout decides the logits
                 p.normal_(0, 0.3)
-    model.save_pretrained(out)
-    for f in tokenizer_dir.iterdir():
-        if f.is_file():
-            shutil.copy(f, out / f.name)
-    return out
+    return save_with_tokenizer(model, tokenizer_dir, out)
 
 
 @pytest.fixture(scope="module")
@@ -85,23 +82,14 @@ def granite4_model(tmp_path_factory: pytest.TempPathFactory, bpe_tok: Path) -> P
 
 @pytest.fixture(scope="module")
 def granite4_inputs(granite4_model: Path) -> Any:
-    """One transformers reference shared by the conversions of this module."""
-    from edgekit.converters.pipeline import open_inputs
-    from edgekit.progress import StepTimer
-
-    return open_inputs(granite4_model, None, StepTimer(), quality=FAST)
+    return shared_inputs(granite4_model, FAST)
 
 
 def test_granite4_gguf_matches_transformers(granite4_model: Path, granite4_inputs: Any, tmp_path: Path) -> None:
     res = convert_gguf(granite4_model, tmp_path, "f16,q4_k_m", name=NAME, prepared=granite4_inputs, quality=FAST)
-    by_quant = {a.quant: (a, rep) for a, rep in zip(res.artifacts, res.reports, strict=True)}
-    for quant, (_, rep) in by_quant.items():
-        assert rep.passed, (quant, rep.failures)
-        assert rep.token_mismatches == []
-    f16 = by_quant["f16"][1].metrics
     # as test_archs' f16 parity: f16 activation rounding alone gives rel. error ~1e-3 and KL ~1e-6;
     # the sign-flipped A below gives O(1)
-    assert f16 is not None and f16.rel_err < 0.05 and f16.mean_kl < 1e-3
+    by_quant = verified_by_quant(res)
 
     for art, _ in by_quant.values():
         summary = read_gguf(tmp_path / art.file)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _family import save_with_tokenizer, shared_inputs, verified_by_quant
 from conftest import HEADS, HIDDEN, INIT_STD, KV_HEADS, VOCAB
 
 from edgekit.converters.gguf.archs import TextConfig, lfm2, spec_for
@@ -55,11 +56,7 @@ def build_lfm2(tokenizer_dir: Path, out: Path, seed: int = 0) -> Path:
                 p.add_(torch.randn_like(p) * 0.1)
             elif name.endswith("conv.conv.weight"):  # kernels large enough that their layout decides the logits
                 p.normal_(0, 0.5)
-    model.save_pretrained(out)
-    for f in tokenizer_dir.iterdir():
-        if f.is_file():
-            shutil.copy(f, out / f.name)
-    return out
+    return save_with_tokenizer(model, tokenizer_dir, out)
 
 
 @pytest.fixture(scope="module")
@@ -69,23 +66,14 @@ def lfm2_model(tmp_path_factory: pytest.TempPathFactory, bpe_tok: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def lfm2_inputs(lfm2_model: Path) -> Any:
-    """One transformers reference shared by the conversions of this module."""
-    from edgekit.converters.pipeline import open_inputs
-    from edgekit.progress import StepTimer
-
-    return open_inputs(lfm2_model, None, StepTimer(), quality=FAST)
+    return shared_inputs(lfm2_model, FAST)
 
 
 def test_lfm2_gguf_matches_transformers(lfm2_model: Path, lfm2_inputs: Any, tmp_path: Path) -> None:
     res = convert_gguf(lfm2_model, tmp_path, "f16,q4_k_m", name=NAME, prepared=lfm2_inputs, quality=FAST)
-    by_quant = {a.quant: (a, rep) for a, rep in zip(res.artifacts, res.reports, strict=True)}
-    for quant, (_, rep) in by_quant.items():
-        assert rep.passed, (quant, rep.failures)
-        assert rep.token_mismatches == []
-    f16 = by_quant["f16"][1].metrics
     # as test_archs' f16 parity: f16 activation rounding alone (the same on every x86 CPU) gives
     # rel. error ~1e-3 and KL ~1e-6 (measured 0.0013, 5.3e-7); the transposed kernel gives 1.41 and 0.64
-    assert f16 is not None and f16.rel_err < 0.05 and f16.mean_kl < 1e-3
+    by_quant = verified_by_quant(res)
 
     for art, _ in by_quant.values():
         summary = read_gguf(tmp_path / art.file)

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _family import save_with_tokenizer
 from conftest import HEAD_DIM, HEADS, HIDDEN, INIT_STD, KV_HEADS, VOCAB
 
 from edgekit.converters.gguf.archs import Composite, Piece, TextConfig, mixtral, qwen3_moe, spec_for
@@ -78,11 +79,7 @@ def build_moe(family: str, tokenizer_dir: Path, out: Path, seed: int = 0) -> Pat
                 p.normal_(0, 0.5)
             elif name.endswith("gate_up_proj") or name.endswith("down_proj"):  # experts that differ markedly
                 p.normal_(0, 0.1)
-    model.save_pretrained(out)
-    for f in tokenizer_dir.iterdir():
-        if f.is_file():
-            shutil.copy(f, out / f.name)
-    return out
+    return save_with_tokenizer(model, tokenizer_dir, out)
 
 
 def fuse_experts(hub: Path, out: Path, spec: MoeSpec) -> Path:

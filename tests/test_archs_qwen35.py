@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _family import save_with_tokenizer, shared_inputs, verified_by_quant
 from conftest import HIDDEN, INIT_STD, INTERMEDIATE, VOCAB
 
 from edgekit.converters.gguf.archs import TextConfig, qwen35, spec_for
@@ -88,11 +89,7 @@ def build(cls: str, config: Any, tokenizer_dir: Path, out: Path, seed: int = 0) 
     torch.manual_seed(seed)
     model = getattr(T, cls)(config).eval()
     _perturb(model)
-    model.save_pretrained(out)
-    for f in tokenizer_dir.iterdir():
-        if f.is_file():
-            shutil.copy(f, out / f.name)
-    return out
+    return save_with_tokenizer(model, tokenizer_dir, out)
 
 
 @pytest.fixture(scope="module")
@@ -102,23 +99,14 @@ def qwen35_model(tmp_path_factory: pytest.TempPathFactory, qwen_tok: Path) -> Pa
 
 @pytest.fixture(scope="module")
 def qwen35_inputs(qwen35_model: Path) -> Any:
-    """One transformers reference shared by the conversions of this module."""
-    from edgekit.converters.pipeline import open_inputs
-    from edgekit.progress import StepTimer
-
-    return open_inputs(qwen35_model, None, StepTimer(), quality=FAST)
+    return shared_inputs(qwen35_model, FAST)
 
 
 def test_qwen35_gguf_matches_transformers(qwen35_model: Path, qwen35_inputs: Any, tmp_path: Path) -> None:
     res = convert_gguf(qwen35_model, tmp_path, "f16,q4_k_m", name=NAME, prepared=qwen35_inputs, quality=FAST)
-    by_quant = {a.quant: (a, rep) for a, rep in zip(res.artifacts, res.reports, strict=True)}
-    for quant, (_, rep) in by_quant.items():
-        assert rep.passed, (quant, rep.failures)
-        assert rep.token_mismatches == []
-    f16 = by_quant["f16"][1].metrics
     # as test_archs' f16 parity: f16 activation rounding alone (the same on every x86 CPU) gives
     # rel. error ~1e-3 and KL ~1e-6; the sign-flipped A of the broken test gives O(1)
-    assert f16 is not None and f16.rel_err < 0.05 and f16.mean_kl < 1e-3
+    by_quant = verified_by_quant(res)
 
     for art, _ in by_quant.values():
         summary = read_gguf(tmp_path / art.file)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _family import save_with_tokenizer
 from test_archs import _CLASSES, _config
 
 from edgekit.converters.gguf.archs import TextConfig, spec_for
@@ -37,7 +38,6 @@ LAYERS = 1  # GPTQ costs per layer (llmcompressor's column loop); one runs each 
 def build_two_layer(family: str, tokenizer_dir: Path, out: Path) -> Path:
     """tests/test_archs.py's tiny random model of the family (its config, norms perturbed from 1),
     cut to LAYERS layers (per-layer lists too)."""
-    import shutil
 
     import torch
     import transformers as T
@@ -53,11 +53,7 @@ def build_two_layer(family: str, tokenizer_dir: Path, out: Path) -> Path:
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
                 p.add_(torch.randn_like(p) * 0.1)
-    model.save_pretrained(out)
-    for f in tokenizer_dir.iterdir():
-        if f.is_file():
-            shutil.copy(f, out / f.name)
-    return out
+    return save_with_tokenizer(model, tokenizer_dir, out)
 
 
 @pytest.mark.parametrize("family", GPTQ_FAMILIES)

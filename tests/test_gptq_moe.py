@@ -14,12 +14,12 @@ dequantized weights say (edgekit's verifier, logits against transformers).
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from _family import save_with_tokenizer
 
 from edgekit.converters.gguf.archs import spec_for
 from edgekit.converters.gguf.archs.moe import MoeSpec
@@ -57,11 +57,7 @@ def build_moe(family: str, tokenizer_dir: Path, out: Path) -> Path:
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
                 p.add_(torch.randn_like(p) * 0.1)
-    model.save_pretrained(out)  # the hub layout: one matrix per expert
-    for f in tokenizer_dir.iterdir():
-        if f.is_file():
-            shutil.copy(f, out / f.name)
-    return out
+    return save_with_tokenizer(model, tokenizer_dir, out)  # the hub layout: one matrix per expert
 
 
 @pytest.mark.parametrize("family", ["qwen3_moe", "mixtral"])

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _family import save_with_tokenizer
 from test_archs_gemma4 import FULL_HEAD_DIM, HEAD_DIM, KV_HEADS, TYPES, WINDOW, gemma4_config
 from test_archs_qwen35 import CONV_DIM, KERNEL, LIN_DIM, V_HEADS, qwen35_config
 from test_archs_qwen35 import TYPES as QWEN35_TYPES
@@ -68,7 +69,6 @@ def _kv_lines(text: str) -> list[tuple[float, int, int, float, float]]:
 
 @pytest.fixture(scope="module")
 def gemma4_gguf(tmp_path_factory: pytest.TempPathFactory, bpe_tok: Path) -> tuple[Path, dict[str, Any]]:
-    import shutil
 
     import torch
     import transformers as T
@@ -79,10 +79,7 @@ def gemma4_gguf(tmp_path_factory: pytest.TempPathFactory, bpe_tok: Path) -> tupl
     cfg = T.Gemma4TextConfig.from_dict(d)
     torch.manual_seed(0)
     src = tmp_path_factory.mktemp("gemma4-kv")
-    T.Gemma4ForCausalLM(cfg).save_pretrained(src)
-    for f in bpe_tok.iterdir():
-        if f.is_file():
-            shutil.copy(f, src / f.name)
+    save_with_tokenizer(T.Gemma4ForCausalLM(cfg), bpe_tok, src)
     res = convert_gguf(src, src / "out", "f16", name="tiny", verify_artifacts=False)
     return src / "out" / res.artifacts[0].file, json.loads((src / "config.json").read_text())
 
