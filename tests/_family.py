@@ -39,3 +39,30 @@ def verified_by_quant(res: Any) -> dict[str, tuple[Any, Any]]:
         f16 = by_quant["f16"][1].metrics
         assert f16 is not None and f16.rel_err < 0.05 and f16.mean_kl < 1e-3
     return by_quant
+
+
+def llama_allocations(path: Path, caplog: Any, **params: Any) -> str:
+    """llama.cpp's log of creating a context for the GGUF at ``path`` with these
+    llama_context_params fields (its ``llama_kv_cache: size = ...`` and ``llama_memory_recurrent:
+    ...`` lines say what it allocated); ``caplog`` is pytest's fixture."""
+    import logging
+
+    import llama_cpp
+
+    from edgekit.runtimes.llama_env import route_llama_logs
+
+    route_llama_logs()
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="edgekit.llama_cpp")
+    model = llama_cpp.llama_model_load_from_file(str(path).encode(), llama_cpp.llama_model_default_params())
+    assert model
+    try:
+        cp = llama_cpp.llama_context_default_params()
+        for key, value in params.items():
+            setattr(cp, key, value)
+        ctx = llama_cpp.llama_init_from_model(model, cp)
+        assert ctx
+        llama_cpp.llama_free(ctx)
+    finally:
+        llama_cpp.llama_model_free(model)
+    return "\n".join(r.getMessage() for r in caplog.records)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _family import save_with_tokenizer, shared_inputs, verified_by_quant
+from _family import llama_allocations, save_with_tokenizer, shared_inputs, verified_by_quant
 from conftest import HEADS, HIDDEN, INIT_STD, KV_HEADS, VOCAB
 
 from edgekit.converters.gguf.archs import TextConfig, granitehybrid, spec_for
@@ -297,30 +297,15 @@ def test_granite4_memory_matches_llama_cpp(granite4_model: Path, granite4_f16: P
     profiler's: KV for the attention layers only, the Mamba conv window and SSM state per sequence
     for the others (32 sequences: 0.42 MiB of conv window, 4 MiB of SSM state, so a conv window
     of d_conv instead of d_conv - 1 or a state without its d_state factor shows)."""
-    import logging
     import re
 
-    import llama_cpp
-
     from edgekit.profiles import shapes
-    from edgekit.runtimes.llama_env import route_llama_logs
 
     s = shapes.model_shapes(json.loads((granite4_model / "config.json").read_text()))
     assert (s.attention_layers, s.recurrent_layers) == (TYPES.count("attention"), TYPES.count("mamba"))
-    route_llama_logs()
-    caplog.set_level(logging.INFO, logger="edgekit.llama_cpp")
-    model = llama_cpp.llama_model_load_from_file(str(granite4_f16).encode(), llama_cpp.llama_model_default_params())
-    assert model
     n_seq, n_ctx = 32, 4096
-    try:
-        cp = llama_cpp.llama_context_default_params()
-        cp.n_ctx, cp.n_seq_max, cp.kv_unified = n_ctx, n_seq, True  # one KV stream of n_ctx cells for all sequences
-        ctx = llama_cpp.llama_init_from_model(model, cp)
-        assert ctx
-        llama_cpp.llama_free(ctx)
-    finally:
-        llama_cpp.llama_model_free(model)
-    text = "\n".join(r.getMessage() for r in caplog.records)
+    # one KV stream of n_ctx cells for all sequences
+    text = llama_allocations(granite4_f16, caplog, n_ctx=n_ctx, n_seq_max=n_seq, kv_unified=True)
     kv = re.search(r"llama_kv_cache: size = +([\d.]+) MiB \( *(\d+) cells, +(\d+) layers", text)
     rs = re.search(r"llama_memory_recurrent: size = .*R \(f32\): +([\d.]+) MiB, S \(f32\): +([\d.]+) MiB", text)
     assert kv and rs, text

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _family import save_with_tokenizer
+from _family import llama_allocations, save_with_tokenizer
 from test_archs_gemma4 import FULL_HEAD_DIM, HEAD_DIM, KV_HEADS, TYPES, WINDOW, gemma4_config
 from test_archs_qwen35 import CONV_DIM, KERNEL, LIN_DIM, V_HEADS, qwen35_config
 from test_archs_qwen35 import TYPES as QWEN35_TYPES
@@ -32,29 +32,6 @@ from edgekit.profiles import shapes
 FULL_KV_HEADS = 2  # full layers twice as wide as the sliding ones (256 vs 128 per K row)
 MIB = 2**20
 HALF = 0.00501  # half the last digit llama.cpp prints (2 decimals of MiB), and float slack
-
-
-def _allocations(path: Path, caplog: pytest.LogCaptureFixture, **params: Any) -> str:
-    """llama.cpp's log of creating a context with these llama_context_params fields."""
-    import llama_cpp
-
-    from edgekit.runtimes.llama_env import route_llama_logs
-
-    route_llama_logs()
-    caplog.clear()
-    caplog.set_level(logging.INFO, logger="edgekit.llama_cpp")
-    model = llama_cpp.llama_model_load_from_file(str(path).encode(), llama_cpp.llama_model_default_params())
-    assert model
-    try:
-        cp = llama_cpp.llama_context_default_params()
-        for key, value in params.items():
-            setattr(cp, key, value)
-        ctx = llama_cpp.llama_init_from_model(model, cp)
-        assert ctx
-        llama_cpp.llama_free(ctx)
-    finally:
-        llama_cpp.llama_model_free(model)
-    return "\n".join(r.getMessage() for r in caplog.records)
 
 
 _KV = re.compile(r"llama_kv_cache: size = +([\d.]+) MiB \( *(\d+) cells, +(\d+) layers.*K \(f16\): +([\d.]+) MiB, "
@@ -97,7 +74,7 @@ def test_gemma4_kv_layers_are_llama_cpps(gemma4_gguf: tuple[Path, dict[str, Any]
 
     # flash attention on (V rows unpadded), the sliding cache llama.cpp's own size (window + ubatch, padded)
     n_ctx = 4096
-    base, sliding = _kv_lines(_allocations(path, caplog, n_ctx=n_ctx, swa_full=False, flash_attn_type=1))
+    base, sliding = _kv_lines(llama_allocations(path, caplog, n_ctx=n_ctx, swa_full=False, flash_attn_type=1))
     assert (base[1], base[2], sliding[2]) == (n_ctx, n_full, n_swa)  # the shared layers hold no cache
     assert sliding[1] < n_ctx  # only the window (and a micro-batch) is kept
     assert abs(n_full * full * n_ctx * 2 / MIB - base[3]) <= HALF and base[4] == base[3]  # keys as values: V too
@@ -109,7 +86,7 @@ def test_gemma4_kv_layers_are_llama_cpps(gemma4_gguf: tuple[Path, dict[str, Any]
     # flash attention off (llama-cpp-python's default) and swa_full (llama.cpp's default): V stored
     # transposed, every row as wide as the widest layer's; the sliding layers hold the whole context
     n_ctx = 2048
-    base, sliding = _kv_lines(_allocations(path, caplog, n_ctx=n_ctx, flash_attn_type=0))
+    base, sliding = _kv_lines(llama_allocations(path, caplog, n_ctx=n_ctx, flash_attn_type=0))
     assert (base[1], sliding[1]) == (n_ctx, n_ctx)
     assert abs(n_swa * full * n_ctx * 2 / MIB - sliding[4]) <= HALF and sliding[4] == 2 * sliding[3]
     assert abs(shapes.kv_cache_bytes(s, n_ctx, v_trans=True, swa_full=True) / MIB - base[0] - sliding[0]) <= 0.01
@@ -139,7 +116,7 @@ def test_qwen35_state_and_kv_are_llama_cpps(qwen_tok: Path, tmp_path: Path, capl
     n_linear = QWEN35_TYPES.count("linear_attention")
     assert (s.recurrent_layers, s.attention_layers) == (n_linear, len(QWEN35_TYPES) - n_linear)
     n_seq, n_ctx = 16, 4096
-    text = _allocations(path, caplog, n_ctx=n_ctx, n_seq_max=n_seq, kv_unified=True)
+    text = llama_allocations(path, caplog, n_ctx=n_ctx, n_seq_max=n_seq, kv_unified=True)
     (kv,) = _kv_lines(text)
     rs = re.search(r"llama_memory_recurrent: size = .*R \(f32\): +([\d.]+) MiB, S \(f32\): +([\d.]+) MiB", text)
     assert rs, text

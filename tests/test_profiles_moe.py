@@ -15,13 +15,13 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import json
-import logging
 import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from _family import llama_allocations
 
 from edgekit.converters.gguf.archs import ExpertLayout, TextConfig, spec_for
 from edgekit.profiles import costs, shapes, store
@@ -168,28 +168,15 @@ def test_lfm2_memory_matches_llama_cpp(tmp_path: Path, caplog: pytest.LogCapture
     """llama.cpp's own account of what it allocated: ``llama_kv_cache: size = X MiB (N cells, L layers ...)``
     and ``llama_memory_recurrent: ... R (f32): X MiB``, printed to 2 decimals: 64 sequences make the
     convolution state large enough (0.5 MiB) for a wrong formula to show (L instead of L - 1: 0.75)."""
-    import llama_cpp
 
-    from edgekit.runtimes.llama_env import route_llama_logs
 
     s = shapes.model_shapes(lfm2_config())
     assert (s.attention_layers, s.recurrent_layers) == (2, 4)
     assert shapes.gguf_tensor_types(s, "f16")["blk.0.shortconv.conv.weight"] == "F32"  # ggml_ssm_conv reads f32
     path = write_lfm2_gguf(tmp_path / "lfm2.gguf")
-    route_llama_logs()
-    caplog.set_level(logging.INFO, logger="edgekit.llama_cpp")
-    model = llama_cpp.llama_model_load_from_file(str(path).encode(), llama_cpp.llama_model_default_params())
-    assert model
     n_seq, n_ctx = 64, 8192
-    try:
-        cp = llama_cpp.llama_context_default_params()
-        cp.n_ctx, cp.n_seq_max, cp.kv_unified = n_ctx, n_seq, True  # one KV stream of n_ctx cells for all sequences
-        ctx = llama_cpp.llama_init_from_model(model, cp)
-        assert ctx
-        llama_cpp.llama_free(ctx)
-    finally:
-        llama_cpp.llama_model_free(model)
-    text = "\n".join(r.getMessage() for r in caplog.records)
+    # one KV stream of n_ctx cells for all sequences
+    text = llama_allocations(path, caplog, n_ctx=n_ctx, n_seq_max=n_seq, kv_unified=True)
     kv = re.search(r"llama_kv_cache: size = +([\d.]+) MiB \( *(\d+) cells, +(\d+) layers", text)
     rs = re.search(r"llama_memory_recurrent: size = .*R \(f32\): +([\d.]+) MiB, S \(f32\): +([\d.]+) MiB", text)
     assert kv and rs, text
