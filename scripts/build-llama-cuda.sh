@@ -162,6 +162,47 @@ echo "$secs" >"$build_dir/seconds"
 [ "$status" = 0 ] || die "build failed after $secs s -- see $out/build.log (run again to resume)"
 
 wheel=$(ls -t "$out"/llama_cpp_python-*.whl | head -1)
+# llama-cpp-python sets CMAKE_INSTALL_RPATH_USE_LINK_PATH, so CMake writes the directories of the
+# libraries linked from outside the build tree into every installed library's RUNPATH: here the
+# driver stub's and CUBLAS_ROOT's. On this host the stub would then shadow the driver's
+# libcuda.so.1 at run time. Those entries are removed with patchelf, the wheel's RECORD updated.
+build_only="${driver_args:+$out/stubs}${cublas_args:+:$cublas_root/lib}"
+if [ -n "$build_only" ]; then
+    command -v patchelf >/dev/null || die "patchelf is needed to clear the build host's paths from the libraries' run path -- pip install patchelf (or apt-get install patchelf), then run this again (the compile is kept)"
+    python3 - "$wheel" "$build_only" <<'EOF_PY' || die "could not rewrite the run paths in $wheel"
+import base64, hashlib, os, subprocess, sys, tempfile, zipfile
+
+wheel, drop = sys.argv[1], {d for d in sys.argv[2].split(":") if d}
+tmp = wheel + ".tmp"
+with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as dst, \
+        tempfile.TemporaryDirectory() as work:
+    changed = {}
+    for info in src.infolist():
+        data = src.read(info)
+        name = os.path.basename(info.filename)
+        if ".so" in name and data[:4] == b"\x7fELF":
+            path = os.path.join(work, "lib.so")
+            with open(path, "wb") as f:
+                f.write(data)
+            rpath = subprocess.run(["patchelf", "--print-rpath", path], check=True, capture_output=True,
+                                   text=True).stdout.strip()
+            keep = ":".join(p for p in rpath.split(":") if p and p.rstrip("/") not in drop)
+            if keep != rpath:
+                subprocess.run(["patchelf", "--set-rpath", keep, path], check=True)
+                with open(path, "rb") as f:
+                    data = f.read()
+                digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+                changed[info.filename] = f"{info.filename},sha256={digest},{len(data)}"
+        if info.filename.endswith(".dist-info/RECORD"):
+            continue  # written last, with the new hashes
+        dst.writestr(info, data)
+    record = next(i for i in src.infolist() if i.filename.endswith(".dist-info/RECORD"))
+    lines = [changed.get(line.split(",", 1)[0], line) for line in src.read(record).decode().splitlines()]
+    dst.writestr(record, "\n".join(lines) + "\n")
+os.replace(tmp, wheel)
+print(f"run path:  build-host directories removed from {len(changed)} libraries")
+EOF_PY
+fi
 # A wheel without libggml-cuda is the silent CPU-only build this script exists to prevent.
 unzip -l "$wheel" | grep -q 'libggml-cuda\.so' \
     || die "$wheel has no libggml-cuda.so: CUDA was not built -- see $out/build.log"
@@ -170,10 +211,26 @@ unzip -l "$wheel" | grep -q 'libggml-cuda\.so' \
 check=$(mktemp -d)
 unzip -q -o "$wheel" 'llama_cpp/lib/libggml-cuda.so*' -d "$check"
 for lib in "$check"/llama_cpp/lib/libggml-cuda.so*; do
-    if readelf -d "$lib" | grep -E 'R(UN)?PATH' | grep -q -e "$out/stubs" ${cublas_args:+-e "$cublas_root"}; then
-        rm -rf "$check"; die "$lib has a build-tree run path ($(readelf -d "$lib" | grep -E 'R(UN)?PATH')) -- report this"
+    rpath=$(readelf -d "$lib" | grep -E 'R(UN)?PATH' || true)
+    if grep -q -e "$out/stubs" ${cublas_args:+-e "$cublas_root"} <<<"$rpath"; then
+        rm -rf "$check"; die "$(basename "$lib") has a build-host run path (${rpath##*: }) -- report this"
     fi
 done
 rm -rf "$check"
 echo "built:   $wheel"
 echo "size:    $(du -m "$wheel" | cut -f1) MiB   time: ${secs} s (all runs of this build tree)"
+# what was built, for the record (benchmarks/results/ keeps one)
+python3 - "$wheel" "$archs" "$cuda_version" "$secs" "$CMAKE_BUILD_PARALLEL_LEVEL" "$(nproc)" >"$out/build-info.json" <<'EOF_PY'
+import hashlib, json, os, platform, sys, zipfile
+wheel, archs, cuda, secs, jobs, cores = sys.argv[1:]
+with zipfile.ZipFile(wheel) as z:
+    cuda_lib = max((i.file_size for i in z.infolist() if "libggml-cuda.so" in i.filename), default=0)
+h = hashlib.sha256()
+with open(wheel, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+        h.update(block)
+print(json.dumps({"wheel": os.path.basename(wheel), "wheel_bytes": os.path.getsize(wheel), "sha256": h.hexdigest(),
+                  "libggml_cuda_bytes": cuda_lib, "cuda_architectures": archs, "cuda_version": cuda,
+                  "compile_seconds_all_runs": int(secs), "jobs": int(jobs), "host_cores": int(cores),
+                  "host": platform.node(), "machine": platform.machine()}, indent=2))
+EOF_PY
