@@ -30,8 +30,12 @@ so the device tool can carry it (64 MiB in all):
         --no-deps -d bench-out/gpu_wheels click 'gguf>=0.17,<0.20' psutil sentencepiece 'peft>=0.17' starlette uvicorn diskcache
     pip wheel --no-deps --no-build-isolation -w bench-out/gpu_wheels . && rm -rf build    # edgekit itself (~6 MB)
 
-(if the CUDA wheel is too large to carry, carry the sdist instead and run the build script there
-with all cores), then on the GPU machine, from the repository root, with carry ["bench-out/gpu_wheels"]:
+(the sm_90 wheel is 255 MiB and the 0.3.36 sdist 73 MiB, both over the 64 MiB the device tool
+carries: `scripts/trim-llama-sdist.sh SDIST bench-out/gpu_wheels/llama-src.tar.gz` writes a 48 MiB
+sdist without llama.cpp's test vocabularies and docs -- checked to configure with CUDA and to list
+the same 144 CUDA objects -- to build there with `CMAKE_BUILD_PARALLEL_LEVEL=16
+scripts/build-llama-cuda.sh bench-out/gpu_wheels/llama-src.tar.gz 90 bench-out/gpu_wheels`),
+then on the GPU machine, from the repository root, with carry ["bench-out/gpu_wheels"]:
 
     pip install --no-index --no-deps bench-out/gpu_wheels/*.whl && python benchmarks/gpu_check.py
 
