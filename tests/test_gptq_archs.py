@@ -1,4 +1,4 @@
-"""GPTQ for the dense families of issue 16 (phi3, gemma2, granite, smollm3, olmo2): llmcompressor's
+"""GPTQ for the dense families of issue 16 (phi3, gemma2, granite, smollm3, olmo2, ministral3): llmcompressor's
 sequential pipeline on each family's tiny random model (tests/test_archs.py's config: hidden 256,
 intermediate 768, vocab 1024), the checkpoint read back and verified against transformers.
 
@@ -31,7 +31,7 @@ from edgekit.converters.quality import EvalSettings, QualitySettings
 from edgekit.converters.safetensors_io import SafetensorsFile
 
 FAST = QualitySettings(EvalSettings(tokens=256))  # quality is reported, not what these tests check
-GPTQ_FAMILIES = ["phi3", "gemma2", "granite", "smollm3", "olmo2"]
+GPTQ_FAMILIES = ["phi3", "gemma2", "granite", "smollm3", "olmo2", "ministral3"]
 LAYERS = 1  # GPTQ costs per layer (llmcompressor's column loop); one runs each family's decoder layer
 
 

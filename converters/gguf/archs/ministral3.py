@@ -58,9 +58,8 @@ SPEC = Ministral3Spec(
     hf_architectures=("Ministral3ForCausalLM",),
     gguf_arch="MISTRAL3",
     permute_qk=True,
-    formats=("gguf",),
-    why_not=(("onnx", "ONNX Runtime GenAI's builder has no Ministral3ForCausalLM"),
-             ("gptq", "edgekit does not yet run Ministral 3 through llmcompressor's sequential pipeline")),
+    formats=("gguf", "gptq"),
+    why_not=(("onnx", "ONNX Runtime GenAI's builder has no Ministral3ForCausalLM"),),
 )
 
 # Mistral3ForConditionalGeneration whose text_config is ministral3 (Ministral 3 3B/8B/14B): the
