@@ -140,24 +140,9 @@ class SafetensorsFile:
         ``max_bytes``, a row being the last axis's values (the leading axes flattened: one expert's
         gate half of a fused ``[E, 2*ff, h]`` stack is one span). Memory as :meth:`blocks`."""
         info = self.tensors[name]
-        dtype = np.dtype(_DTYPES[info.dtype][0])
         row = info.shape[-1] if info.shape else 1
-        if hi <= lo:
-            return
-        per_block = max(1, max_bytes // max(1, row * dtype.itemsize))
-        with open(self.path, "rb") as f:
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        try:
-            for r0 in range(lo, hi, per_block):
-                n = min(per_block, hi - r0)
-                start = info.start + r0 * row * dtype.itemsize
-                yield np.frombuffer(mm, dtype=dtype, count=n * row, offset=start).reshape(n, row)
-                _release(mm, start, n * row * dtype.itemsize)
-        finally:
-            try:
-                mm.close()
-            except BufferError:  # the caller still holds the last view: the map closes when it is dropped
-                pass
+        if hi > lo:
+            yield from self._mapped_rows(info, lo, hi, row, (row,), max_bytes)
 
     def blocks(self, name: str, max_bytes: int) -> Iterator[np.ndarray]:
         """The tensor as stored, in blocks of whole rows (first axis) of about ``max_bytes``.
@@ -170,20 +155,26 @@ class SafetensorsFile:
         be used after the next block is requested.
         """
         info = self.tensors[name]
-        dtype = np.dtype(_DTYPES[info.dtype][0])
+        if info.nbytes == 0:
+            yield np.empty(info.shape, dtype=np.dtype(_DTYPES[info.dtype][0]))
+            return
         rows = info.shape[0] if info.shape else 1
         row_elems = math.prod(info.shape[1:]) if info.shape else 1
-        if info.nbytes == 0:
-            yield np.empty(info.shape, dtype=dtype)
-            return
+        yield from self._mapped_rows(info, 0, rows, row_elems, tuple(info.shape[1:]), max_bytes)
+
+    def _mapped_rows(self, info: TensorInfo, lo: int, hi: int, row_elems: int, row_shape: tuple[int, ...],
+                     max_bytes: int) -> Iterator[np.ndarray]:
+        """Rows ``[lo, hi)`` of ``row_elems`` values each as read-only views of a memory map, about
+        ``max_bytes`` at a time, each block's pages dropped when the next is asked for."""
+        dtype = np.dtype(_DTYPES[info.dtype][0])
         per_block = max(1, max_bytes // max(1, row_elems * dtype.itemsize))
         with open(self.path, "rb") as f:
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         try:
-            for r0 in range(0, rows, per_block):
-                n = min(per_block, rows - r0)
+            for r0 in range(lo, hi, per_block):
+                n = min(per_block, hi - r0)
                 start = info.start + r0 * row_elems * dtype.itemsize
-                yield np.frombuffer(mm, dtype=dtype, count=n * row_elems, offset=start).reshape(n, *info.shape[1:])
+                yield np.frombuffer(mm, dtype=dtype, count=n * row_elems, offset=start).reshape(n, *row_shape)
                 _release(mm, start, n * row_elems * dtype.itemsize)
         finally:
             try:

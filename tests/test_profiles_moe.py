@@ -52,6 +52,20 @@ def moe_shapes(n_experts: int, layers: int = 4) -> ModelShapes:
                        f32_tensors=frozenset(x.name for x in t if x.name.endswith("ffn_gate_inp.weight")))
 
 
+def _write_random_tensors(w: Any, s: ModelShapes, path: Path) -> Path:
+    """The profiler's tensor list as random values (f16 matrices, f32 vectors and the tensors llama.cpp
+    keeps in f32) after the metadata already in the GGUFWriter ``w``; the file written."""
+    rng = np.random.default_rng(0)
+    for t in s.tensors:
+        a = rng.standard_normal(tuple(reversed(t.ne)), dtype=np.float32) * 0.02
+        w.add_tensor(t.name, a.astype(np.float16) if t.is_matrix and t.name not in s.f32_tensors else a)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
 def write_moe_f16(s: ModelShapes, path: Path) -> Path:
     """The f16 GGUF a converter writes for these shapes (router in f32, as llama.cpp's converter keeps it)."""
     import gguf
@@ -68,15 +82,7 @@ def write_moe_f16(s: ModelShapes, path: Path) -> Path:
                      (w.add_vocab_size, c.vocab_size), (w.add_file_type, 1)):
         add(val)
     w.add_layer_norm_rms_eps(1e-6)
-    rng = np.random.default_rng(0)
-    for t in s.tensors:
-        a = rng.standard_normal(tuple(reversed(t.ne)), dtype=np.float32) * 0.02
-        w.add_tensor(t.name, a.astype(np.float16) if t.is_matrix and t.name not in s.f32_tensors else a)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return _write_random_tensors(w, s, path)
 
 
 @pytest.fixture(scope="module")
@@ -153,15 +159,7 @@ def write_lfm2_gguf(path: Path) -> Path:
     w.add_token_list(tokens)
     w.add_token_scores([0.0] * VOCAB)
     w.add_token_types([2, 3, 3] + [6] * 256 + [1] * (VOCAB - 259))
-    rng = np.random.default_rng(0)
-    for t in s.tensors:
-        a = rng.standard_normal(tuple(reversed(t.ne)), dtype=np.float32) * 0.02
-        w.add_tensor(t.name, a.astype(np.float16) if t.is_matrix and t.name not in s.f32_tensors else a)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return _write_random_tensors(w, s, path)
 
 
 def test_lfm2_memory_matches_llama_cpp(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
