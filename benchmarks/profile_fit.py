@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.profiles.costs import KernelFamily
+from edgekit.profiles.cost_tables import KernelFamily
 from edgekit.profiles.schema import Runtime
 
 FOOTPRINTS = (1.5, 2.0, 2.5, 3.0)

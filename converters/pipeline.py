@@ -21,9 +21,10 @@ from edgekit.fsutil import check_output_lock, clean_stale_temps, ensure_writable
 from edgekit.manifest import MANIFEST_NAME, ArtifactEntry, Manifest, open_or_new
 from edgekit.progress import ProgressFn, StepTimer, report
 
+from .artifact_weights import ArtifactWeights
 from .lora import LoraAdapter
 from .quality import QualityReport, QualitySettings, ScoreFn, score_artifact
-from .reference import ArtifactWeights, SourceReference
+from .reference import SourceReference
 from .source import SourceModel, open_source
 from .verify import LogitsFn, OwnWeights, TokenizeFn, VerificationReport, own_weights, verify
 

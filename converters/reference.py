@@ -19,6 +19,9 @@ The model is loaded in the source's own dtype (a bf16 model stays bf16: no fp32 
 swapping weights in place keeps the memory at one model whatever the number of artifacts.
 A LoRA adapter is merged by PEFT (not by edgekit's own merge, which the artifacts use), and
 edgekit's merged tensors are compared with PEFT's once, so a wrong merge is a broken artifact.
+
+Beside it: :mod:`.artifact_weights` (what an artifact's weights are, and the per-tensor check) and
+:mod:`.checkpoint_layout` (where each model parameter is in the checkpoint).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +39,8 @@ import numpy as np
 from edgekit.errors import InputError
 from edgekit.progress import ProgressFn, report
 
+from .artifact_weights import ArtifactTensor, ArtifactWeights, WeightCheck, rel_err
+from .checkpoint_layout import checkpoint_layout, read_param, rows_of, stored_tensor, torch_dtype
 from .probes import CHAT_PROBE, LOGIT_PROBES, TOKENIZER_PROBES
 from .quality import (
     DEFAULT_EVAL_CTX,
@@ -56,24 +61,6 @@ _PPL_MAX_TOKENS = 256  # the correctness probe set's longer text
 LONG_VERIFY_S = 180.0  # verification longer than this is announced with the flag that shortens it
 
 
-@dataclass(frozen=True)
-class ArtifactTensor:
-    """One weight of an artifact, dequantized to float32 in the Hugging Face layout and name.
-
-    ``blocks()`` yields its rows in order, a block of rows at a time, so that a large tensor
-    (a 262k x 640 embedding) is never held in float32 whole beside its source copy."""
-
-    hf_name: str
-    shape: tuple[int, ...]
-    blocks: Callable[[], Iterator[np.ndarray]]
-    stored_as: str  # the artifact's type for it: "Q4_K", "F16", "int4/32"...
-    bits: float  # bits per weight of that type, block scales included
-
-    @classmethod
-    def whole(cls, hf_name: str, data: np.ndarray, stored_as: str, bits: float) -> ArtifactTensor:
-        return cls(hf_name, tuple(data.shape), lambda: iter([data]), stored_as, bits)
-
-
 def default_eval_text() -> tuple[str, str]:
     """(text, description) of the packaged evaluation set, disjoint from any calibration text."""
     try:  # the general mix (prose, code, dialogue) when this edgekit ships it
@@ -85,37 +72,6 @@ def default_eval_text() -> tuple[str, str]:
 
         path = heldout_path()
         return path.read_text(encoding="utf-8"), f"packaged: {path.name}"
-
-
-def _torch_dtype(source: SourceModel) -> Any:
-    """The dtype the source's matrices are stored in (norms are often kept in float32 beside them)."""
-    import torch
-
-    tags = {source.info(n).dtype for n in source.names() if len(source.info(n).shape) >= 2}
-    if tags == {"BF16"}:
-        return torch.bfloat16
-    if tags == {"F16"}:
-        return torch.float16
-    return torch.float32
-
-
-@dataclass(frozen=True)
-class ArtifactWeights:
-    """An artifact's weights by Hugging Face name: which it carries (known without reading any
-    data) and each one on demand, so verification reads them in the model's layer order."""
-
-    names: tuple[str, ...]
-    get: Callable[[str], ArtifactTensor]
-
-    def __iter__(self) -> Iterator[ArtifactTensor]:
-        for name in self.names:
-            yield self.get(name)
-
-    @classmethod
-    def of(cls, tensors: Iterable[ArtifactTensor]) -> ArtifactWeights:
-        """From tensors already in memory (tests, small artifacts)."""
-        by_name = {t.hf_name: t for t in tensors}
-        return cls(tuple(by_name), by_name.__getitem__)
 
 
 @dataclass
@@ -137,7 +93,7 @@ class SourceReference:
         if self.threads:
             torch.set_num_threads(self.threads)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        self.dtype = _torch_dtype(self.source)
+        self.dtype = torch_dtype(self.source)
         # Without an adapter the decoder layers stay on disk and are read one at a time
         # (peak memory: the embedding, the head and one layer). PEFT's merge, the independent
         # check of edgekit's, needs the whole model in memory: a LoRA run keeps it resident.
@@ -167,7 +123,7 @@ class SourceReference:
         for canon, parts in self._parts.items():
             pos = 0
             for part in parts:
-                n = _rows(self.source.info(part).shape)
+                n = rows_of(self.source.info(part).shape)
                 self._part_at[part] = (canon, pos, pos + n)
                 pos += n
         self._parked = self.streamed  # resident tensors are read on first use
@@ -377,7 +333,7 @@ class SourceReference:
                 check.errors[part] = (float("inf"), t.stored_as, t.bits)
                 t = None
             if t is None or not self._fill(t, part, expected, check, dst):
-                dst.copy_(_stored_tensor(self.source, part).reshape(dst.shape))
+                dst.copy_(stored_tensor(self.source, part).reshape(dst.shape))
         return out.view(param.shape)
 
     def _fill(self, t: ArtifactTensor, stored: str, expected: Callable[[str], np.ndarray], check: WeightCheck,
@@ -440,73 +396,12 @@ class SourceReference:
                 peft = self.lm.param(canon).float().reshape(-1, mine.shape[-1])[lo:hi].numpy().reshape(mine.shape)
             else:
                 peft = self.lm.param(name).float().numpy()
-            err = _rel_err(mine, peft)
+            err = rel_err(mine, peft)
             if err > worst:
                 worst, where = err, name
         if worst > 1e-2:
             raise VerificationError("the LoRA merge", "merge", f"edgekit's merge of {where} differs from PEFT's "
                                                                f"(relative error {worst:.3g})")
-
-
-def _rows(shape: tuple[int, ...]) -> int:
-    """Rows of a tensor as parts are counted: the last axis's values, the leading axes flattened."""
-    return math.prod(shape[:-1]) if len(shape) > 1 else 1
-
-
-def checkpoint_layout(lm: Any, source: SourceModel, spec: Any) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
-    """Where each model parameter (canonical name) is in the checkpoint: the name it is stored
-    under (tied weights: the one the source stores), and for those stored in parts (transformers
-    5's fused experts from per-expert matrices) the parts in order, checked against its shape."""
-    groups: dict[str, list[str]] = {}
-    for name, canon in lm.aliases.items():
-        groups.setdefault(canon, []).append(name)
-    stored = {canon: next((c for n in names for c in spec.checkpoint_names(n) if source.has(c)), canon)
-              for canon, names in groups.items()}
-    parts: dict[str, tuple[str, ...]] = {}
-    for canon, name in stored.items():
-        if source.has(name):
-            continue
-        got = tuple(spec.checkpoint_parts(canon, source.has))
-        if not got:
-            continue
-        shape = tuple(lm.param(canon).shape)
-        shapes = [source.info(p).shape for p in got]
-        if any(s[-1] != shape[-1] for s in shapes) or sum(_rows(s) for s in shapes) != _rows(shape):
-            raise InputError(f"the checkpoint's parts of {canon} ({got[0]}, ... {len(got)} tensors) do not make its "
-                             f"shape {list(shape)}", hint="the checkpoint's expert tensors do not match its "
-                                                          "config.json (num_experts / expert width / hidden_size)")
-        parts[canon] = got
-    return stored, parts
-
-
-def _stored_tensor(source: SourceModel, stored: str) -> Any:
-    """A checkpoint tensor as stored (bf16 stays bf16), read into its own buffer."""
-    import torch
-
-    raw = source.file_of(stored).raw(stored)
-    if source.info(stored).dtype == "BF16":
-        return torch.from_numpy(raw.view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(np.require(raw, requirements=["W"]))
-
-
-def read_param(source: SourceModel, lm: Any, canon: str, stored: dict[str, str],
-               parts: dict[str, tuple[str, ...]]) -> Any:
-    """A model parameter from the checkpoint as stored (see :func:`checkpoint_layout`)."""
-    import torch
-
-    if canon not in parts:
-        return _stored_tensor(source, stored[canon])
-    shape = tuple(lm.param(canon).shape)
-    out: Any = None
-    pos = 0
-    for p in parts[canon]:  # one part read at a time beside the assembled parameter
-        t = _stored_tensor(source, p)
-        if out is None:
-            out = torch.empty(shape, dtype=t.dtype).view(-1, shape[-1])
-        n = _rows(tuple(t.shape))
-        out[pos:pos + n] = t.reshape(n, shape[-1])
-        pos += n
-    return out.view(shape)
 
 
 def _float32_head(model: Any) -> None:
@@ -531,44 +426,6 @@ def _float32_head(model: Any) -> None:
         return out
 
     head.forward = types.MethodType(forward, head)
-
-
-def _rel_err(got: np.ndarray, want: np.ndarray, rows: int = 4096) -> float:
-    """||got - want|| / ||want||, in float64, a slice of rows at a time (no model-sized temporaries)."""
-    n = got.shape[0] if got.ndim else 1
-    g, w = got.reshape(n, -1), want.reshape(n, -1)
-    num = den = 0.0
-    for i in range(0, g.shape[0], rows):
-        a, b = g[i:i + rows].astype(np.float64), w[i:i + rows].astype(np.float64)
-        num += float(np.square(a - b).sum())
-        den += float(np.square(b).sum())
-    return math.sqrt(num / den) if den > 0 else (0.0 if num == 0 else float("inf"))
-
-
-@dataclass
-class WeightCheck:
-    """Per-tensor relative error (||dequantized - source|| / ||source||) of an artifact's weights."""
-
-    errors: dict[str, tuple[float, str, float]] = field(default_factory=dict)  # name -> (error, type, bits)
-    unexpected: list[str] = field(default_factory=list)
-    n_tensors: int = 0
-
-    def failures(self, bound: Callable[[float], float]) -> list[str]:
-        out = [f"weights: {self.unexpected[0]!r} has no place in the source model"
-               f"{f' (+{len(self.unexpected) - 1} more)' if len(self.unexpected) > 1 else ''}"] if self.unexpected else []
-        bad = [(n, e, s, b) for n, (e, s, b) in self.errors.items() if e > bound(b)]
-        if bad:
-            n, e, s, b = max(bad, key=lambda x: x[1] / bound(x[3]))
-            out.append(f"weights: {len(bad)} tensor(s) differ from the source beyond {s}'s rounding, worst "
-                       f"{n} (relative error {e:.3g} > {bound(b):g}: permuted, transposed or wrong tensor)")
-        return out
-
-    def summary(self) -> dict[str, Any]:
-        if not self.errors:
-            return {"tensors": 0}
-        name, (err, stored, _) = max(self.errors.items(), key=lambda kv: kv[1][0])
-        return {"tensors": len(self.errors), "max_rel_err": float(f"{err:.4g}"), "max_rel_err_tensor": name,
-                "max_rel_err_type": stored}
 
 
 def torch_logits(model: Any, ids: list[int]) -> np.ndarray:

@@ -34,7 +34,8 @@ import numpy as np
 from .quality import log_softmax, rows_for
 
 if TYPE_CHECKING:
-    from .reference import ArtifactWeights, SourceReference, WeightCheck
+    from .artifact_weights import ArtifactWeights, WeightCheck
+    from .reference import SourceReference
 
 log = logging.getLogger(__name__)
 

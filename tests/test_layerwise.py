@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from conftest import ARCH_TOKENIZER, VOCAB
 
-from edgekit.converters.reference import ArtifactTensor, ArtifactWeights, SourceReference
+from edgekit.converters.artifact_weights import ArtifactTensor, ArtifactWeights
+from edgekit.converters.reference import SourceReference
 from edgekit.converters.source import open_source
 
 

@@ -15,7 +15,7 @@ from edgekit import cli
 from edgekit._compat import tomllib
 from edgekit.errors import EdgekitError, ModelNotFoundError
 from edgekit.manifest import ArtifactEntry, Manifest
-from edgekit.profiles import calibrate, costs, detect, planner, quality, schema, shapes, store
+from edgekit.profiles import calibrate, cost_tables, costs, detect, planner, quality, schema, shapes, store
 
 # The tiny model of tests/conftest.py: dimensions that differ from each other.
 TINY = {"architectures": ["LlamaForCausalLM"], "hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 2,
@@ -551,18 +551,18 @@ def test_profile_fit_recovers_runs_the_cost_model_made_and_restores_the_table(tm
         path.write_text(json.dumps({"calibration": cal.to_dict(), "settings": settings, "results": results}))
         runs.append(str(path))
     (tmp_path / "t1.bench.json").write_text("[]")  # profile_check's raw file beside it: skipped
-    before = (dict(costs.CPU_KERNELS[costs.KernelFamily.X86_AVX512]), dict(costs.CPU_OVERHEADS), costs.CACHE_FOOTPRINT)
+    before = (dict(cost_tables.CPU_KERNELS[cost_tables.KernelFamily.X86_AVX512]), dict(costs.CPU_OVERHEADS), costs.CACHE_FOOTPRINT)
 
     assert _load_profile_fit().main([*runs, str(tmp_path / "t1.bench.json")]) == 0
     out = capsys.readouterr().out
     rms = float(out.split("rms ")[1].split("%")[0])
     assert rms < 3.0, out
     assert "'Q4_K': CpuKernel(" in out and "barrier" in out  # pasteable rows; 2-thread runs fit the barrier
-    assert (dict(costs.CPU_KERNELS[costs.KernelFamily.X86_AVX512]), dict(costs.CPU_OVERHEADS), costs.CACHE_FOOTPRINT) == before
+    assert (dict(cost_tables.CPU_KERNELS[cost_tables.KernelFamily.X86_AVX512]), dict(costs.CPU_OVERHEADS), costs.CACHE_FOOTPRINT) == before
     assert _load_profile_fit().main([*runs, "--metric", "prompt"]) == 0
     out = capsys.readouterr().out
     assert float(out.split("rms ")[1].split("%")[0]) < 3.0, out
-    assert (dict(costs.CPU_KERNELS[costs.KernelFamily.X86_AVX512]), dict(costs.CPU_OVERHEADS), costs.CACHE_FOOTPRINT) == before
+    assert (dict(cost_tables.CPU_KERNELS[cost_tables.KernelFamily.X86_AVX512]), dict(costs.CPU_OVERHEADS), costs.CACHE_FOOTPRINT) == before
 
 
 def test_profile_fit_without_usable_runs_says_so(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 
 from edgekit.errors import VerificationError
 
-from ..reference import ArtifactTensor, ArtifactWeights
+from ..artifact_weights import ArtifactTensor, ArtifactWeights
 from ..source import SourceModel
 from .archs import ArchSpec, Composite, TextConfig
 from .composite import Segment, plan_composites, rows_of, segments_by_source, source_shapes

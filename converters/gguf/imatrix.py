@@ -241,8 +241,8 @@ def compute_imatrix(model_dir: Path, source: SourceModel, spec: ArchSpec, *, ada
     import torch
     from transformers import AutoTokenizer
 
+    from ..checkpoint_layout import checkpoint_layout, read_param, torch_dtype
     from ..layerwise import LayerwiseLM, empty_model
-    from ..reference import _torch_dtype, checkpoint_layout, read_param
 
     if threads:
         torch.set_num_threads(threads)
@@ -255,7 +255,7 @@ def compute_imatrix(model_dir: Path, source: SourceModel, spec: ArchSpec, *, ada
 
     # bf16 stays bf16 (no float32 copy of the model); f16 runs in float32: one layer at a time is
     # resident, f16 activations can overflow, and CPU f16 matmuls are ~10x slower than float32.
-    dtype = _torch_dtype(source)
+    dtype = torch_dtype(source)
     dtype = torch.float32 if dtype == torch.float16 else dtype
     model = empty_model(model_dir, dtype)
     lm = LayerwiseLM(model)

@@ -346,8 +346,8 @@ def _verify_and_compare(ckpt: GPTQCheckpoint, ckpt_dir: Path, verifier: Verifier
     """Correctness and quality of the read-back checkpoint, then GPTQ vs RTN on the same evaluation text."""
     from transformers import AutoTokenizer
 
+    from ..artifact_weights import ArtifactTensor, ArtifactWeights
     from ..quality import make_windows, score_artifact
-    from ..reference import ArtifactTensor, ArtifactWeights
 
     tokenizer = AutoTokenizer.from_pretrained(ckpt_dir)  # the checkpoint's own copy of the tokenizer
 

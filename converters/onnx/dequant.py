@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from ..artifact_weights import ArtifactTensor, ArtifactWeights
 from ..gguf.archs import ArchSpec, TextConfig, spec_for
-from ..reference import ArtifactTensor, ArtifactWeights
 from ..source import SourceModel
 
 # builder initializer prefix (after "model.layers.N.") -> HF module names it holds, in order
