@@ -21,7 +21,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _family import llama_allocations, save_with_tokenizer, shared_inputs, verified_by_quant
+from _family import (
+    assert_moe_parity,
+    llama_allocations,
+    position_errors,
+    save_with_tokenizer,
+    shared_inputs,
+    verified_by_quant,
+)
 from conftest import HEADS, HIDDEN, INIT_STD, KV_HEADS, VOCAB
 
 from edgekit.converters.gguf.archs import TextConfig, granitehybrid, spec_for
@@ -251,7 +258,8 @@ def test_granite4_moe_gguf_matches_transformers(granite4_moe_model: Path, tmp_pa
     (art,), (rep,) = res.artifacts, res.reports
     assert rep.passed, rep.failures
     assert rep.token_mismatches == []
-    assert rep.metrics is not None and rep.metrics.rel_err < 0.05 and rep.metrics.mean_kl < 1e-3
+    # routed experts: parity per position (an aggregate is not CPU-independent, see assert_moe_parity)
+    assert_moe_parity(position_errors(granite4_moe_model, tmp_path / art.file))
 
     summary = read_gguf(tmp_path / art.file)
     meta = summary.metadata
@@ -323,6 +331,7 @@ def test_all_attention_granite4_is_llama_cpp_granite(bpe_tok: Path, tmp_path: Pa
     res = convert_gguf(model, tmp_path / "out", "f16", name=NAME, quality=FAST)
     (art,), (rep,) = res.artifacts, res.reports
     assert rep.passed, rep.failures
+    # dense: f16 rounding alone, bounded on every x86 CPU (see tests/_family.py::verified_by_quant)
     assert rep.metrics is not None and rep.metrics.rel_err < 0.05 and rep.metrics.mean_kl < 1e-3
     summary = read_gguf(tmp_path / "out" / art.file)
     meta = summary.metadata

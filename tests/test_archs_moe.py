@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _family import save_with_tokenizer
+from _family import assert_moe_parity, position_errors, save_with_tokenizer
 from conftest import HEAD_DIM, HEADS, HIDDEN, INIT_STD, KV_HEADS, VOCAB
 
 from edgekit.converters.gguf.archs import Composite, Piece, TextConfig, mixtral, qwen3_moe, spec_for
@@ -162,8 +162,7 @@ def test_moe_gguf_matches_transformers(family: str, moe_models: dict[str, Path],
     # position (measured 0.0017 and 0.0015; swapped experts: O(1)). Not the aggregate over positions:
     # where two experts' router logits nearly tie at the top-k boundary, rounding may pick the other
     # one (measured: one position in 200 at 0.14), on any CPU -- the verification bounds above absorb those.
-    errors = _position_errors(hub, tmp_path / "hub" / by_quant["f16"][0].file)
-    assert float(np.median(errors)) < 0.01 and float(np.mean(errors > 0.05)) < 0.1
+    assert_moe_parity(position_errors(hub, tmp_path / "hub" / by_quant["f16"][0].file))
     f16_file = read_gguf(tmp_path / "hub" / by_quant["f16"][0].file)
     predicted = {t.name: t.ne for t in model_shapes(json.loads((hub / "config.json").read_text())).tensors}
     assert predicted == {t.name: tuple(t.shape) for t in f16_file.tensors}
@@ -182,24 +181,6 @@ def test_moe_gguf_matches_transformers(family: str, moe_models: dict[str, Path],
             fa.seek(t.offset)
             fb.seek(tb[name].offset)
             assert fa.read(t.nbytes) == fb.read(tb[name].nbytes), name
-
-
-def _position_errors(model_dir: Path, gguf_path: Path, n_tokens: int = 192) -> np.ndarray:
-    """Relative error of llama.cpp's logits against transformers' (float32), per position of a text."""
-    import torch
-    import transformers as T
-    from conftest import corpus_path
-
-    from edgekit.runtimes.llamacpp import LlamaCppSession
-    from edgekit.runtimes.llamacpp_score import score_positions
-
-    ids = T.AutoTokenizer.from_pretrained(model_dir)(corpus_path().read_text()[:4000])["input_ids"][:n_tokens]
-    model = T.AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    with torch.no_grad():
-        want = model(torch.tensor([ids])).logits[0].float().numpy()
-    with LlamaCppSession(gguf_path, n_ctx=256, n_batch=256) as s:
-        got = np.concatenate(list(score_positions(s, ids, 0)))
-    return np.asarray(np.linalg.norm(got - want, axis=1) / np.linalg.norm(want, axis=1))
 
 
 def _swapped(spec: MoeSpec) -> MoeSpec:
