@@ -3,6 +3,7 @@ one transformers reference per module, and the parity every conversion of a fami
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -105,3 +106,22 @@ def assert_moe_parity(errors: np.ndarray) -> None:
     flip depends on the CPU's float32 summation order. The median and the share of such positions
     are bounded on any CPU; the verifier's own bounds absorb the flipped positions."""
     assert float(np.median(errors)) < 0.01 and float(np.mean(errors > 0.05)) < 0.1
+
+
+_KV = re.compile(r"llama_kv_cache: size = +([\d.]+) MiB \( *(\d+) cells, +(\d+) layers.*K \(f16\): +([\d.]+) MiB, "
+                 r"V \(f16\): +([\d.]+) MiB")
+_RS = re.compile(r"llama_memory_recurrent: size = .*R \(f32\): +([\d.]+) MiB, S \(f32\): +([\d.]+) MiB")
+
+
+def kv_caches(log: str) -> list[tuple[float, int, int, float, float]]:
+    """(MiB, cells, layers, K MiB, V MiB) of each KV cache in a :func:`llama_allocations` log, in
+    order (llama.cpp prints 2 decimals of MiB; Gemma's full layers' cache, then the sliding one's)."""
+    return [(float(m[1]), int(m[2]), int(m[3]), float(m[4]), float(m[5])) for m in _KV.finditer(log)]
+
+
+def recurrent_state(log: str) -> tuple[float, float]:
+    """(R MiB, S MiB) of llama.cpp's recurrent memory in a :func:`llama_allocations` log: the
+    convolution history and the recurrent (SSM / delta-net) state of all sequences."""
+    m = _RS.search(log)
+    assert m, log
+    return float(m[1]), float(m[2])

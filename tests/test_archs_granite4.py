@@ -23,8 +23,10 @@ import numpy as np
 import pytest
 from _family import (
     assert_moe_parity,
+    kv_caches,
     llama_allocations,
     position_errors,
+    recurrent_state,
     save_with_tokenizer,
     shared_inputs,
     verified_by_quant,
@@ -305,7 +307,6 @@ def test_granite4_memory_matches_llama_cpp(granite4_model: Path, granite4_f16: P
     profiler's: KV for the attention layers only, the Mamba conv window and SSM state per sequence
     for the others (32 sequences: 0.42 MiB of conv window, 4 MiB of SSM state, so a conv window
     of d_conv instead of d_conv - 1 or a state without its d_state factor shows)."""
-    import re
 
     from edgekit.profiles import shapes
 
@@ -314,14 +315,12 @@ def test_granite4_memory_matches_llama_cpp(granite4_model: Path, granite4_f16: P
     n_seq, n_ctx = 32, 4096
     # one KV stream of n_ctx cells for all sequences
     text = llama_allocations(granite4_f16, caplog, n_ctx=n_ctx, n_seq_max=n_seq, kv_unified=True)
-    kv = re.search(r"llama_kv_cache: size = +([\d.]+) MiB \( *(\d+) cells, +(\d+) layers", text)
-    rs = re.search(r"llama_memory_recurrent: size = .*R \(f32\): +([\d.]+) MiB, S \(f32\): +([\d.]+) MiB", text)
-    assert kv and rs, text
-    assert int(kv.group(3)) == s.attention_layers and int(kv.group(2)) == n_ctx
-    assert abs(shapes.kv_cache_bytes(s, n_ctx) / 2**20 - float(kv.group(1))) <= 0.005
+    (kv,), (r_mib, s_mib) = kv_caches(text), recurrent_state(text)
+    assert kv[2] == s.attention_layers and kv[1] == n_ctx
+    assert abs(shapes.kv_cache_bytes(s, n_ctx) / 2**20 - kv[0]) <= 0.005
     conv, ssm = (x * s.recurrent_layers * 4 * n_seq / 2**20 for x in ((D_CONV - 1) * CONV_DIM, D_STATE * D_INNER))
-    assert abs(conv - float(rs.group(1))) <= 0.005 and abs(ssm - float(rs.group(2))) <= 0.005
-    assert abs(shapes.recurrent_state_bytes(s, n_seq) / 2**20 - float(rs.group(1)) - float(rs.group(2))) <= 0.01
+    assert abs(conv - r_mib) <= 0.005 and abs(ssm - s_mib) <= 0.005
+    assert abs(shapes.recurrent_state_bytes(s, n_seq) / 2**20 - r_mib - s_mib) <= 0.01
 
 
 def test_all_attention_granite4_is_llama_cpp_granite(bpe_tok: Path, tmp_path: Path) -> None:

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _family import llama_allocations, save_with_tokenizer
+from _family import kv_caches, llama_allocations, recurrent_state, save_with_tokenizer
 from test_archs_gemma4 import FULL_HEAD_DIM, HEAD_DIM, KV_HEADS, TYPES, WINDOW, gemma4_config
 from test_archs_qwen35 import CONV_DIM, KERNEL, LIN_DIM, V_HEADS, qwen35_config
 from test_archs_qwen35 import TYPES as QWEN35_TYPES
@@ -32,16 +31,6 @@ from edgekit.profiles import shapes
 FULL_KV_HEADS = 2  # full layers twice as wide as the sliding ones (256 vs 128 per K row)
 MIB = 2**20
 HALF = 0.00501  # half the last digit llama.cpp prints (2 decimals of MiB), and float slack
-
-
-_KV = re.compile(r"llama_kv_cache: size = +([\d.]+) MiB \( *(\d+) cells, +(\d+) layers.*K \(f16\): +([\d.]+) MiB, "
-                 r"V \(f16\): +([\d.]+) MiB")
-
-
-def _kv_lines(text: str) -> list[tuple[float, int, int, float, float]]:
-    """(MiB, cells, layers, K MiB, V MiB) of each KV cache llama.cpp created, in order (Gemma 4: the
-    full layers' cache, then the sliding layers')."""
-    return [(float(m[1]), int(m[2]), int(m[3]), float(m[4]), float(m[5])) for m in _KV.finditer(text)]
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +63,7 @@ def test_gemma4_kv_layers_are_llama_cpps(gemma4_gguf: tuple[Path, dict[str, Any]
 
     # flash attention on (V rows unpadded), the sliding cache llama.cpp's own size (window + ubatch, padded)
     n_ctx = 4096
-    base, sliding = _kv_lines(llama_allocations(path, caplog, n_ctx=n_ctx, swa_full=False, flash_attn_type=1))
+    base, sliding = kv_caches(llama_allocations(path, caplog, n_ctx=n_ctx, swa_full=False, flash_attn_type=1))
     assert (base[1], base[2], sliding[2]) == (n_ctx, n_full, n_swa)  # the shared layers hold no cache
     assert sliding[1] < n_ctx  # only the window (and a micro-batch) is kept
     assert abs(n_full * full * n_ctx * 2 / MIB - base[3]) <= HALF and base[4] == base[3]  # keys as values: V too
@@ -86,7 +75,7 @@ def test_gemma4_kv_layers_are_llama_cpps(gemma4_gguf: tuple[Path, dict[str, Any]
     # flash attention off (llama-cpp-python's default) and swa_full (llama.cpp's default): V stored
     # transposed, every row as wide as the widest layer's; the sliding layers hold the whole context
     n_ctx = 2048
-    base, sliding = _kv_lines(llama_allocations(path, caplog, n_ctx=n_ctx, flash_attn_type=0))
+    base, sliding = kv_caches(llama_allocations(path, caplog, n_ctx=n_ctx, flash_attn_type=0))
     assert (base[1], sliding[1]) == (n_ctx, n_ctx)
     assert abs(n_swa * full * n_ctx * 2 / MIB - sliding[4]) <= HALF and sliding[4] == 2 * sliding[3]
     assert abs(shapes.kv_cache_bytes(s, n_ctx, v_trans=True, swa_full=True) / MIB - base[0] - sliding[0]) <= 0.01
@@ -117,14 +106,13 @@ def test_qwen35_state_and_kv_are_llama_cpps(qwen_tok: Path, tmp_path: Path, capl
     assert (s.recurrent_layers, s.attention_layers) == (n_linear, len(QWEN35_TYPES) - n_linear)
     n_seq, n_ctx = 16, 4096
     text = llama_allocations(path, caplog, n_ctx=n_ctx, n_seq_max=n_seq, kv_unified=True)
-    (kv,) = _kv_lines(text)
-    rs = re.search(r"llama_memory_recurrent: size = .*R \(f32\): +([\d.]+) MiB, S \(f32\): +([\d.]+) MiB", text)
-    assert rs, text
+    (kv,) = kv_caches(text)
+    rs = recurrent_state(text)
     assert (kv[1], kv[2]) == (n_ctx, s.attention_layers)
     assert abs(shapes.kv_cache_bytes(s, n_ctx) / MIB - kv[0]) <= HALF
     conv, state = (x * n_linear * 4 * n_seq / MIB for x in ((KERNEL - 1) * CONV_DIM, LIN_DIM * LIN_DIM * V_HEADS))
-    assert abs(conv - float(rs[1])) <= HALF and abs(state - float(rs[2])) <= HALF
-    assert abs(shapes.recurrent_state_bytes(s, n_seq) / MIB - float(rs[1]) - float(rs[2])) <= 0.01
+    assert abs(conv - rs[0]) <= HALF and abs(state - rs[1]) <= HALF
+    assert abs(shapes.recurrent_state_bytes(s, n_seq) / MIB - rs[0] - rs[1]) <= 0.01
 
 
 def test_edgekit_runtime_allocates_what_the_profiler_counts(gemma4_gguf: tuple[Path, dict[str, Any]],
@@ -142,7 +130,7 @@ def test_edgekit_runtime_allocates_what_the_profiler_counts(gemma4_gguf: tuple[P
     n_ctx = 1024
     with edgekit.load(path, n_ctx=n_ctx, n_threads=1):
         text = "\n".join(r.getMessage() for r in caplog.records)
-    caches = _kv_lines(text)
+    caches = kv_caches(text)
     assert len(caches) == 2 and all(c[1] == n_ctx for c in caches), text[-2000:]  # full context on both
     assert abs(shapes.kv_cache_bytes(s, n_ctx, v_trans=True, swa_full=True) / MIB - sum(c[0] for c in caches)) <= 0.01
     # and the estimate's KV for a llama.cpp candidate on a CPU is that cache

@@ -15,13 +15,12 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from _family import llama_allocations
+from _family import kv_caches, llama_allocations, recurrent_state
 
 from edgekit.converters.gguf.archs import ExpertLayout, TextConfig, spec_for
 from edgekit.profiles import costs, shapes, store
@@ -175,13 +174,11 @@ def test_lfm2_memory_matches_llama_cpp(tmp_path: Path, caplog: pytest.LogCapture
     n_seq, n_ctx = 64, 8192
     # one KV stream of n_ctx cells for all sequences
     text = llama_allocations(path, caplog, n_ctx=n_ctx, n_seq_max=n_seq, kv_unified=True)
-    kv = re.search(r"llama_kv_cache: size = +([\d.]+) MiB \( *(\d+) cells, +(\d+) layers", text)
-    rs = re.search(r"llama_memory_recurrent: size = .*R \(f32\): +([\d.]+) MiB, S \(f32\): +([\d.]+) MiB", text)
-    assert kv and rs, text
-    assert int(kv.group(3)) == s.attention_layers and int(kv.group(2)) == n_ctx
-    assert abs(shapes.kv_cache_bytes(s, n_ctx) / 2**20 - float(kv.group(1))) <= 0.005
-    assert abs(shapes.recurrent_state_bytes(s, n_seq) / 2**20 - float(rs.group(1))) <= 0.005
-    assert float(rs.group(2)) == 0.0  # LFM2 keeps no recurrent (S) state
+    (kv,), (r_mib, s_mib) = kv_caches(text), recurrent_state(text)
+    assert kv[2] == s.attention_layers and kv[1] == n_ctx
+    assert abs(shapes.kv_cache_bytes(s, n_ctx) / 2**20 - kv[0]) <= 0.005
+    assert abs(shapes.recurrent_state_bytes(s, n_seq) / 2**20 - r_mib) <= 0.005
+    assert s_mib == 0.0  # LFM2 keeps no recurrent (S) state
 
 
 def test_hybrid_estimate_counts_state_not_kv_for_conv_layers() -> None:
